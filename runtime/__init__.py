@@ -1,0 +1,47 @@
+"""cellfleet: a distributed runtime in Ray's architecture, for Jupyter.
+
+``import cellfleet as ray`` gives Ray's core API: ``init``, ``remote``, ``get``, ``wait``,
+``put``, ``shutdown``, ``ObjectRef`` and ``exceptions``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import exceptions
+from .api import get, init, is_initialized, put, shutdown, wait
+from .core.object_ref import ObjectRef
+from .remote_function import RemoteFunction
+
+__all__ = [
+    "ObjectRef",
+    "exceptions",
+    "get",
+    "init",
+    "is_initialized",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]
+
+__version__ = "0.1.0"
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """``@remote`` or ``@remote(num_cpus=..., num_returns=...)`` on a function."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("The @remote decorator must be applied either with no arguments and "
+                        "no parentheses, or with keyword arguments only, e.g. "
+                        "@remote(num_cpus=2).")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        raise TypeError("actors (@remote on a class) are not available yet")
+    if not callable(target):
+        raise TypeError(f"@remote applies to functions and classes, not {type(target).__name__}")
+    return RemoteFunction(target, options)

@@ -1,0 +1,318 @@
+"""Typed control messages and their compact msgpack encoding.
+
+A frame's payload is the msgpack list ``[code, request_id, *fields]``. ``request_id`` is 0 for a
+one-way message; otherwise the receiver answers with ``Reply`` or ``ErrorReply`` carrying the same
+id. Values that are Python objects travel as cloudpickle bytes inside a field; msgpack itself
+never builds anything but plain data, so decoding a frame cannot run code.
+
+Messages are grouped by the process that receives them: the GCS, a raylet, a core worker (the
+owner side of every driver and worker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import msgpack
+
+from .exceptions import ProtocolError
+
+__all__ = ["Message", "decode", "encode", "MESSAGE_TYPES"]
+
+MESSAGE_TYPES: dict[int, type[Message]] = {}
+
+
+class Message:
+    """Base of every wire message; subclasses are slotted dataclasses with a unique ``code``."""
+
+    __slots__ = ()
+    code: ClassVar[int]
+    _fields: ClassVar[tuple[str, ...]]
+
+
+def _message(code: int):
+    def register(cls: type) -> type:
+        cls = dataclasses.dataclass(slots=True)(cls)
+        if code in MESSAGE_TYPES:
+            raise ValueError(f"message code {code} used twice")
+        cls.code = code
+        cls._fields = tuple(f.name for f in dataclasses.fields(cls))
+        MESSAGE_TYPES[code] = cls
+        return cls
+
+    return register
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def encode(message: Message, request_id: int = 0) -> bytes:
+    """Serialize ``message`` (with the request id it answers or expects an answer to)."""
+    return _packer.pack(
+        [message.code, request_id, *[getattr(message, f) for f in message._fields]]
+    )
+
+
+def decode(payload: bytes) -> tuple[Message, int]:
+    """Parse a frame payload into ``(message, request_id)``; ProtocolError if malformed."""
+    try:
+        items = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False)
+        code, request_id, *fields = items
+        cls = MESSAGE_TYPES[code]
+        return cls(*fields), request_id
+    except Exception as exc:  # any malformed input is one kind of error to the caller
+        raise ProtocolError(f"malformed message: {exc!r}"[:200]) from None
+
+
+# --- replies -------------------------------------------------------------------------------
+
+
+@_message(1)
+class Reply(Message):
+    value: Any = None
+
+
+@_message(2)
+class ErrorReply(Message):
+    """A request failed; ``kind`` names an exception class of ``cellfleet.exceptions``."""
+
+    kind: str
+    message: str
+
+
+# --- GCS -----------------------------------------------------------------------------------
+
+
+@_message(10)
+class RegisterNode(Message):
+    node_id: bytes
+    raylet_address: str
+    resources: dict
+    store_name: str
+    store_capacity: int
+    session_dir: str
+
+
+@_message(11)
+class Heartbeat(Message):
+    node_id: bytes
+    available: dict
+    store: dict
+    load: dict
+
+
+@_message(12)
+class GetNodes(Message):
+    pass
+
+
+@_message(13)
+class RegisterJob(Message):
+    driver_address: str
+    pid: int
+    namespace: str
+    entrypoint: str
+
+
+@_message(14)
+class FinishJob(Message):
+    job_id: int
+
+
+@_message(15)
+class ExportFunction(Message):
+    function_id: bytes
+    name: str
+    blob: bytes
+
+
+@_message(16)
+class GetFunction(Message):
+    function_id: bytes
+
+
+@_message(17)
+class KvPut(Message):
+    namespace: str
+    key: bytes
+    value: bytes
+    overwrite: bool
+
+
+@_message(18)
+class KvGet(Message):
+    namespace: str
+    key: bytes
+
+
+@_message(19)
+class KvDelete(Message):
+    namespace: str
+    key: bytes
+
+
+@_message(20)
+class KvKeys(Message):
+    namespace: str
+    prefix: bytes
+
+
+@_message(21)
+class AddEvents(Message):
+    """Batched task and object events from one core worker (see ``gcs.task_events``)."""
+
+    tasks: list
+    objects: list
+
+
+@_message(22)
+class ListTasks(Message):
+    filters: dict
+    limit: int
+
+
+@_message(23)
+class AddLogs(Message):
+    """Lines a worker printed: each ``[job_id, tag, task_id, name, pid, stream, text]``."""
+
+    lines: list
+
+
+@_message(24)
+class Subscribe(Message):
+    channel: str
+
+
+@_message(25)
+class Publish(Message):
+    channel: str
+    data: Any
+
+
+@_message(26)
+class ListObjects(Message):
+    limit: int
+
+
+@_message(27)
+class SummarizeTasks(Message):
+    pass
+
+
+@_message(28)
+class ListJobs(Message):
+    pass
+
+
+# --- raylet --------------------------------------------------------------------------------
+
+
+@_message(30)
+class RegisterClient(Message):
+    """A driver or worker joins its node; the reply describes the node."""
+
+    worker_id: bytes
+    address: str
+    pid: int
+    kind: str
+    job_id: int
+
+
+@_message(31)
+class RequestLease(Message):
+    resources: dict
+    scheduling_key: str
+
+
+@_message(32)
+class ReturnLease(Message):
+    lease_id: int
+    worker_failed: bool
+
+
+@_message(33)
+class NotifyBlocked(Message):
+    pass
+
+
+@_message(34)
+class NotifyUnblocked(Message):
+    pass
+
+
+@_message(35)
+class AllocateObject(Message):
+    object_id: bytes
+    size: int
+    owner_address: str
+
+
+@_message(36)
+class FreeObjects(Message):
+    object_ids: list
+
+
+@_message(37)
+class PinObjects(Message):
+    object_ids: list
+
+
+@_message(38)
+class UnpinObjects(Message):
+    object_ids: list
+
+
+@_message(39)
+class GetNodeStats(Message):
+    pass
+
+
+@_message(40)
+class WorkerShutdown(Message):
+    """The raylet tells an idle worker to exit."""
+
+
+# --- core worker ---------------------------------------------------------------------------
+
+
+@_message(50)
+class PushTasks(Message):
+    """Task specs (``core.task_spec.TaskSpec.to_wire``) from their owner to a leased worker."""
+
+    tasks: list
+
+
+@_message(51)
+class TaskResults(Message):
+    """Results (``core.task_spec.TaskResult.to_wire``) from the worker back to the owner."""
+
+    results: list
+
+
+@_message(52)
+class GetObjectStatus(Message):
+    """Asks an owner for an object; answered once the object is ready."""
+
+    object_id: bytes
+
+
+@_message(53)
+class AddBorrowers(Message):
+    """``borrower`` (a core worker address) now holds refs to these objects of the receiver."""
+
+    object_ids: list
+    borrower: str
+
+
+@_message(54)
+class RemoveBorrowers(Message):
+    object_ids: list
+    borrower: str
+
+
+@_message(55)
+class DefineFunctions(Message):
+    """Pickled functions ``[[function_id, name, blob], ...]`` sent ahead of the first task."""
+
+    functions: list

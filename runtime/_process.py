@@ -1,0 +1,79 @@
+"""Starting runtime processes so that none outlives its parent.
+
+A child gets the read end of a pipe whose write end only the parent holds. When the parent
+exits for any reason, SIGKILL included, the kernel closes the write end and the child sees
+end-of-file on the read end: ``watch_parent`` turns that into a shutdown of the child's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["LifelinePipe", "spawn", "watch_parent"]
+
+
+class LifelinePipe:
+    """The parent's side of the pipes its children watch."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_inheritable(self.read_fd, True)
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def spawn(
+    module: str,
+    args: list[str],
+    *,
+    lifeline: LifelinePipe | None,
+    log_path: Path | None,
+    pass_fds: tuple[int, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start ``python -m module args``; its output goes to ``log_path``."""
+    fds = tuple(pass_fds)
+    argv = [sys.executable, "-m", module, *args]
+    if lifeline is not None:
+        fds += (lifeline.read_fd,)
+        argv += ["--lifeline-fd", str(lifeline.read_fd)]
+    out = open(log_path, "ab", buffering=0) if log_path is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=fds,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        if log_path is not None:
+            out.close()
+
+
+def watch_parent(fd: int, on_parent_exit: Callable[[], None]) -> None:
+    """Call ``on_parent_exit`` in the running loop when the lifeline pipe closes."""
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 1)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            on_parent_exit()
+
+    loop.add_reader(fd, readable)

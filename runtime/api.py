@@ -1,0 +1,273 @@
+"""The driver API: ``init``, ``shutdown``, ``get``, ``wait``, ``put`` (Ray's signatures)."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from . import _context, _messages as m
+from ._ids import random_id
+from ._rpc import connect
+from ._session import Session, find_token
+from .core.core_worker import CoreWorker, print_logs
+from .core.object_ref import ObjectRef
+from .node import HeadNode, start_head
+
+__all__ = ["RuntimeInfo", "get", "init", "is_initialized", "put", "shutdown", "wait"]
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_head: HeadNode | None = None
+
+
+class RuntimeInfo(Mapping):
+    """What ``init`` returns: the cluster's addresses (a read-only mapping, like Ray's)."""
+
+    def __init__(self, **info: Any) -> None:
+        self._info = info
+
+    def __getitem__(self, key: str) -> Any:
+        return self._info[key]
+
+    def __iter__(self):
+        return iter(self._info)
+
+    def __len__(self) -> int:
+        return len(self._info)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._info[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def address_info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def __repr__(self) -> str:
+        return f"RuntimeInfo({self._info})"
+
+
+def _check_init_arguments(address: str | None, num_cpus: Any, num_gpus: Any,
+                          resources: Any, object_store_memory: Any) -> None:
+    if address not in (None, "local") and (num_cpus is not None or num_gpus is not None
+                                           or resources or object_store_memory):
+        raise ValueError(
+            "When connecting to an existing cluster, num_cpus, num_gpus, resources and "
+            "object_store_memory must not be provided: they belong to the cluster's nodes."
+        )
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if resources is not None:
+        if not isinstance(resources, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+            for k, v in resources.items()
+        ):
+            raise ValueError(f"resources must map names to non-negative numbers, "
+                             f"got {resources!r}")
+        if "CPU" in resources or "GPU" in resources:
+            raise ValueError("Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and "
+                             "'GPU' in 'resources' keyword")
+    if object_store_memory is not None and (not isinstance(object_store_memory, int)
+                                            or object_store_memory < 1 << 20):
+        raise ValueError(f"object_store_memory must be a number of bytes of at least 1 MiB, "
+                         f"got {object_store_memory!r}")
+
+
+def _resolve_address(address: str | None) -> str | None:
+    """None means: start a local cluster. Otherwise the GCS address to connect to."""
+    if address is None:
+        address = os.environ.get("CELLFLEET_ADDRESS") or None
+    if address in (None, "local"):
+        return None
+    if address == "auto":
+        session = Session.current()
+        if session is None:
+            raise ConnectionError(
+                "Could not find any running cellfleet instance. Start one with "
+                "'cellfleet start --head', or call init() without an address."
+            )
+        return session.info()["gcs_address"]
+    host, _, port = address.removeprefix("cellfleet://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address={address!r} is not understood: use 'host:port', 'auto' or "
+                         "None (start a local cluster)")
+    return f"{host}:{port}"
+
+
+async def _find_local_raylet(gcs_address: str, token: bytes) -> str:
+    conn = await connect(gcs_address, token, timeout=5)
+    try:
+        nodes = await conn.request(m.GetNodes())
+    finally:
+        conn.close()
+    alive = [n for n in nodes if n["alive"]]
+    host = gcs_address.rpartition(":")[0]
+    for node in alive:
+        if node["raylet_address"].rpartition(":")[0] == host:
+            return node["raylet_address"]
+    if alive:
+        return alive[0]["raylet_address"]
+    raise ConnectionError(f"the cluster at {gcs_address} has no live node to run work on")
+
+
+def _in_thread(coro) -> Any:
+    """Run a coroutine to completion even when the caller's thread runs an event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    gcs_storage: str | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
+    **unsupported: Any,
+) -> RuntimeInfo:
+    """Start a local cluster (GCS, raylet, workers) or connect to a running one.
+
+    ``address``: None starts a local head (or uses ``CELLFLEET_ADDRESS``); ``"auto"`` finds
+    the cluster ``cellfleet start`` made on this machine; ``"host:port"`` is a GCS address.
+    ``gcs_storage``: None keeps control state in memory; ``"redis://host:port"`` in Redis.
+    """
+    global _head
+    ignored = {"include_dashboard", "dashboard_host", "dashboard_port", "configure_logging",
+               "logging_level", "_temp_dir", "runtime_env", "_system_config"}
+    unknown = set(unsupported) - ignored
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword argument(s) {sorted(unknown)}")
+    with _lock:
+        if _context.core is not None:
+            if ignore_reinit_error:
+                return _runtime_info()
+            raise RuntimeError(
+                "Maybe you called ray.init twice by accident? This error can be suppressed by "
+                "passing in 'ignore_reinit_error=True' or by calling 'ray.shutdown()' prior "
+                "to 'ray.init()'."
+            )
+        _check_init_arguments(address, num_cpus, num_gpus, resources, object_store_memory)
+        gcs_address = _resolve_address(address)
+        head = None
+        if gcs_address is None:
+            head = start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                              object_store_memory=object_store_memory, gcs_storage=gcs_storage)
+            gcs_address, raylet_address = head.gcs_address, head.raylet_address
+            token = head.session.token()
+        else:
+            token = find_token(gcs_address)
+            raylet_address = _in_thread(_find_local_raylet(gcs_address, token))
+        core = CoreWorker(kind="driver", token=token, gcs_address=gcs_address,
+                          raylet_address=raylet_address, worker_id=random_id(),
+                          namespace=namespace or "")
+        try:
+            core.start(register_job=True, log_to_driver=log_to_driver,
+                       entrypoint=" ".join(sys.argv))
+        except BaseException:
+            core.shutdown()
+            if head is not None:
+                head.stop()
+            raise
+        if log_to_driver:
+            core.log_handler = print_logs
+        _context.core = core
+        _head = head
+        atexit.register(shutdown)
+        return _runtime_info()
+
+
+def _runtime_info() -> RuntimeInfo:
+    core = _context.core
+    return RuntimeInfo(
+        address=core.gcs_address,
+        gcs_address=core.gcs_address,
+        raylet_address=core.raylet_address,
+        node_id=core.node_id.hex(),
+        job_id=core.job_id,
+        session_dir=str(_head.session.path) if _head is not None else None,
+        dashboard_url=None,
+    )
+
+
+def is_initialized() -> bool:
+    """True once ``init`` has run in this process (always in a worker)."""
+    return _context.core is not None
+
+
+def shutdown() -> None:
+    """Disconnect; stop the processes ``init`` started (a connected cluster keeps running)."""
+    global _head
+    with _lock:
+        core, _context.core = _context.core, None
+        if core is not None:
+            core.shutdown()
+        if _head is not None:
+            _head.stop()
+            _head = None
+
+
+def _core() -> CoreWorker:
+    core = _context.core
+    if core is None:
+        init()
+        core = _context.core
+    return core
+
+
+def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value(s) of one ref or a list of refs, waiting for them; raises a task's error."""
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+    core = _core()
+    if isinstance(object_refs, ObjectRef):
+        return core.get([object_refs], timeout)[0]
+    if not isinstance(object_refs, (list, tuple)) or not all(
+        isinstance(r, ObjectRef) for r in object_refs
+    ):
+        raise ValueError(
+            "'object_refs' must either be an ObjectRef or a list of ObjectRefs, got "
+            f"{type(object_refs).__name__}"
+        )
+    return core.get(list(object_refs), timeout)
+
+
+def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split refs into ``(ready, not_ready)`` (input order) once ``num_returns`` are ready."""
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+        raise TypeError("wait() expected a list of ObjectRef, got "
+                        f"{type(object_refs).__name__}")
+    if not all(isinstance(r, ObjectRef) for r in object_refs):
+        raise TypeError("wait() expected a list of ObjectRef")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if num_returns <= 0 and object_refs:
+        raise ValueError(f"Invalid number of objects to return {num_returns}.")
+    if num_returns > len(object_refs):
+        raise ValueError("num_returns cannot be greater than the number of objects provided "
+                         f"to wait ({num_returns} > {len(object_refs)}).")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+    if not object_refs:
+        return [], []
+    return _core().wait(list(object_refs), num_returns, timeout)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a value in the cluster; the returned ref can be passed to tasks."""
+    return _core().put(value)

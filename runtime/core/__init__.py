@@ -1,0 +1,1 @@
+"""Owner-side runtime shared by drivers and workers."""

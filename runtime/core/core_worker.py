@@ -1,0 +1,680 @@
+"""The core worker: the part of every driver and worker that owns objects and submits tasks.
+
+Two threads meet here. The caller's thread (the notebook, a script, a task's body) serializes
+values and waits for results; the I/O thread runs an event loop with every connection: the
+node's raylet, the GCS, leased workers and other owners. The caller hands work to the I/O
+thread through one ordered queue (``_queue``) and wakes it at most once per batch, so a burst
+of ``.remote()`` calls costs one wake-up, not one per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import hashlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .. import _messages as m
+from .. import exceptions
+from .._ids import IdGenerator, object_id_for
+from .._rpc import Connection, connect, serve
+from .._serialization import (
+    INLINE_THRESHOLD,
+    KIND_ERROR,
+    SerializedObject,
+    deserialize_inline,
+    deserialize_view,
+    dumps_function,
+    find_unserializable,
+    serialize,
+)
+from .._shm import SharedArena
+from .events import FLUSH_INTERVAL_S, EventBuffer
+from .object_ref import ObjectRef
+from .reference_table import ObjectEntry, ReferenceTable
+from .submitter import LeasedWorker, TaskSubmitter
+from .task_spec import ArgSlot, TaskResult, TaskSpec
+
+__all__ = ["CoreWorker"]
+
+logger = logging.getLogger(__name__)
+
+DRIVER_TASK_ID = bytes(16)
+submission_tag: contextvars.ContextVar[str] = contextvars.ContextVar("cellfleet_tag", default="")
+
+
+def _is_error(payload: list) -> bool:
+    return (payload[1][0] if payload[0] == "i" else payload[1]) == KIND_ERROR
+
+
+class CoreWorker:
+    """Owner-side runtime of one process: refs, objects, submission, get/wait/put."""
+
+    def __init__(self, *, kind: str, token: bytes, gcs_address: str, raylet_address: str,
+                 worker_id: bytes, namespace: str = "", host: str = "127.0.0.1") -> None:
+        self.kind = kind
+        self.token = token
+        self.gcs_address = gcs_address
+        self.raylet_address = raylet_address
+        self.worker_id = worker_id
+        self.namespace = namespace
+        self.host = host
+        self.address = ""
+        self.job_id = 0
+        self.node_id = b""
+        self.ids = IdGenerator()
+        self.events = EventBuffer()
+        self.functions: dict[bytes, tuple[str, bytes]] = {}
+        self.log_handler: Callable[[list], None] | None = None
+        self.executor: Any = None  # set in worker processes (worker.executor.TaskExecutor)
+        self.current_task: TaskSpec | None = None  # the task this process is running
+        self.arena: SharedArena | None = None
+        self.raylet: Connection | None = None
+        self.gcs: Connection | None = None
+        self._queue: deque = deque()
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._peers: dict[str, asyncio.Future] = {}
+        self._pending: dict[bytes, tuple[TaskSpec, list[bytes]]] = {}  # task id -> spec, refs
+        self._exported: set[bytes] = set()
+        self._closed = False
+        self.submitter: TaskSubmitter | None = None
+        self.refs: ReferenceTable  # set in start(), once the address is known
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self, *, register_job: bool, log_to_driver: bool, entrypoint: str = "",
+              timeout: float = 30.0) -> None:
+        """Start the I/O thread and connect to the node and the GCS."""
+        ready: concurrent.futures.Future = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run_loop, args=(ready,),
+                                        name="cellfleet-io", daemon=True)
+        self._thread.start()
+        self._loop = ready.result(timeout)
+        self.run(self._connect(register_job, log_to_driver, entrypoint), timeout)
+
+    def _run_loop(self, ready: concurrent.futures.Future) -> None:
+        try:
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        ready.set_result(loop)
+        loop.run_forever()
+        loop.close()
+
+    async def _connect(self, register_job: bool, log_to_driver: bool, entrypoint: str) -> None:
+        handlers = self._handlers()
+        self._server, self.address = await serve(handlers, self.token, host=self.host)
+        self.refs = ReferenceTable(self.address, self._queue, self._wake, self._on_free,
+                                   self._on_borrow)
+        self.raylet, self.gcs = await asyncio.gather(
+            connect(self.raylet_address, self.token, handlers),
+            connect(self.gcs_address, self.token, handlers),
+        )
+        node = await self.raylet.request(
+            m.RegisterClient(self.worker_id, self.address, os.getpid(), self.kind, 0)
+        )
+        self.node_id = node["node_id"]
+        self.arena = SharedArena.attach(node["store_name"])
+        if register_job:
+            self.job_id = await self.gcs.request(
+                m.RegisterJob(self.address, os.getpid(), self.namespace, entrypoint)
+            )
+            if log_to_driver:
+                self.gcs.send(m.Subscribe("logs"))
+        self.submitter = TaskSubmitter(
+            raylet=lambda: self.raylet,
+            connect=self._peer,
+            export=self._export_to,
+            on_pushed=self._task_pushed,
+            on_failed=self._task_failed_to_schedule,
+            on_worker_lost=self._task_worker_lost,
+        )
+        self._loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
+
+    def run(self, coro, timeout: float | None = None) -> Any:
+        """Run a coroutine on the I/O thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def shutdown(self) -> None:
+        """Flush events, return leases, close connections and stop the I/O thread."""
+        if self._closed or self._loop is None:
+            return
+        self._closed = True
+
+        async def close() -> None:
+            if self.submitter is not None:
+                self.submitter.shutdown()
+            self.events.flush(self.gcs)
+            await asyncio.sleep(0)
+            for fut in self._peers.values():
+                if fut.done() and not fut.exception():
+                    fut.result().close()
+            for conn in (self.raylet, self.gcs):
+                if conn is not None:
+                    conn.close()
+            if self._server is not None:
+                self._server.close()
+
+        try:
+            self.run(close(), timeout=5)
+        except Exception:  # a dead runtime cannot be closed more
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if self.arena is not None:
+            self.arena.close()
+
+    # -- the I/O thread's queue -----------------------------------------------------------
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: the process is shutting down
+                pass
+
+    def _call_soon(self, fn: Callable[[], Any]) -> None:
+        self._queue.append(fn)
+        self._wake()
+
+    def _drain(self) -> None:
+        self._wake_pending = False
+        queue = self._queue
+        releases: list[bytes] = []
+        while queue:
+            item = queue.popleft()
+            if type(item) is bytes:
+                releases.append(item)
+                continue
+            if releases:
+                self.refs.apply_releases(releases)
+                releases = []
+            try:
+                item()
+            except Exception:
+                logger.exception("internal operation failed")
+        if releases:
+            self.refs.apply_releases(releases)
+
+    def _flush_events(self) -> None:
+        self.events.flush(self.gcs)
+        if not self._closed:
+            self._loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _handlers(self) -> dict:
+        return {
+            m.PushTasks: self._push_tasks,
+            m.DefineFunctions: self._define_functions,
+            m.TaskResults: self._task_results,
+            m.GetObjectStatus: self._get_object_status,
+            m.AddBorrowers: lambda conn, msg: self.refs.add_borrower(msg.object_ids,
+                                                                     msg.borrower),
+            m.RemoveBorrowers: lambda conn, msg: self.refs.remove_borrower(msg.object_ids,
+                                                                           msg.borrower),
+            m.Publish: self._published,
+        }
+
+    def _peer(self, address: str) -> asyncio.Future:
+        """A (cached) connection to another core worker."""
+        fut = self._peers.get(address)
+        if fut is None or (fut.done() and (fut.exception() or not fut.result().is_open)):
+            fut = asyncio.ensure_future(self._open_peer(address))
+            self._peers[address] = fut
+        return fut
+
+    async def _open_peer(self, address: str) -> Connection:
+        conn = await connect(address, self.token, self._handlers())
+        conn.state = set()  # function ids already defined on this connection
+        return conn
+
+    def _send_to(self, address: str, message: m.Message) -> None:
+        if address == self.address:
+            return
+        fut = self._peer(address)
+        if fut.done():
+            if not fut.exception():
+                fut.result().send(message)
+            return
+        fut.add_done_callback(lambda f: None if f.exception() else f.result().send(message))
+
+    def _published(self, conn: Connection, msg: m.Publish) -> None:
+        if msg.channel == "logs" and self.log_handler is not None:
+            lines = [line for line in msg.data if line[0] == self.job_id]
+            if lines:
+                self.log_handler(lines)
+
+    # -- functions ------------------------------------------------------------------------
+
+    def register_function(self, fn: Callable, name: str) -> bytes:
+        """Pickle a function once; its id is the hash of its pickle."""
+        blob = dumps_function(fn)
+        function_id = hashlib.sha1(blob).digest()[:16]
+        if function_id not in self.functions:
+            self.functions[function_id] = (name, blob)
+            self._call_soon(lambda: self.gcs.send(m.ExportFunction(function_id, name, blob)))
+        return function_id
+
+    def _export_to(self, conn: Connection, spec: TaskSpec) -> None:
+        sent: set = conn.state
+        if spec.function_id not in sent:
+            name, blob = self.functions[spec.function_id]
+            conn.send(m.DefineFunctions([[spec.function_id, name, blob]]))
+            sent.add(spec.function_id)
+
+    def _define_functions(self, conn: Connection, msg: m.DefineFunctions) -> None:
+        if self.executor is not None:
+            self.executor.define_functions(msg.functions)
+
+    def _push_tasks(self, conn: Connection, msg: m.PushTasks) -> None:
+        if self.executor is None:
+            raise exceptions.RaySystemError("this process does not execute tasks")
+        self.executor.push(conn, msg.tasks)
+
+    # -- put ------------------------------------------------------------------------------
+
+    def put(self, value: Any, *, owner_address: str | None = None) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError(
+                "put() of an ObjectRef is not allowed: pass the ref itself, or wrap it in a "
+                "list to store a ref inside an object"
+            )
+        try:
+            obj = serialize(value)
+        except Exception as exc:
+            raise TypeError(f"Could not serialize the put value {value!r:.100}: {exc}") from exc
+        object_id = object_id_for(self.ids.task_id(), 0)
+        payload = self.store_payload(object_id, obj, self.address)
+        self.refs.create_owned(object_id, payload=payload, size=obj.size)
+        if obj.contained_refs:
+            self.refs.set_contains(object_id, [[r._id, r._owner] for r in obj.contained_refs])
+        self.events.object(object_id, "CREATED", {
+            "size": obj.size, "owner": self.address, "node_id": self.node_id.hex(),
+            "where": "inline" if payload[0] == "i" else "shared_memory", "source": "put",
+            "job_id": self.job_id, "tag": submission_tag.get(),
+        })
+        return ObjectRef(object_id, self.address)
+
+    def store_payload(self, object_id: bytes, obj: SerializedObject, owner: str) -> list:
+        """Inline a small object; write a large one into this node's arena."""
+        size = obj.size
+        if size <= INLINE_THRESHOLD:
+            return ["i", obj.inline()]
+        fut = asyncio.run_coroutine_threadsafe(self._allocate(object_id, size, owner), self._loop)
+        offset = fut.result()
+        self.arena.write(offset, obj.chunks())
+        return ["s", obj.kind, offset, size, self.node_id, self.raylet_address]
+
+    async def _allocate(self, object_id: bytes, size: int, owner: str) -> int:
+        self._drain()  # releases queued before this put go first: their space is reusable
+        return await self.raylet.request(m.AllocateObject(object_id, size, owner))
+
+    # -- get / wait -----------------------------------------------------------------------
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        entries = [self._entry_for(ref) for ref in refs]
+        self._wait_for(entries, len(entries), deadline, refs)
+        return [self._value(ref, entry) for ref, entry in zip(refs, entries)]
+
+    def wait(self, refs: list[ObjectRef], num_returns: int,
+             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        entries = [self._entry_for(ref) for ref in refs]
+        try:
+            self._wait_for(entries, num_returns, deadline, refs)
+        except exceptions.GetTimeoutError:
+            pass
+        ready, not_ready = [], []
+        for ref, entry in zip(refs, entries):
+            if entry.payload is not None and len(ready) < num_returns:
+                ready.append(ref)
+            else:
+                not_ready.append(ref)
+        return ready, not_ready
+
+    def _entry_for(self, ref: ObjectRef) -> ObjectEntry:
+        entry = self.refs.entries.get(ref._id)
+        if entry is None:
+            raise exceptions.ReferenceCountingAssertionError(ref._id.hex(), ref._owner)
+        if not entry.owned and entry.payload is None and not entry.fetching:
+            entry.fetching = True
+            object_id = ref._id
+            self._call_soon(lambda: self._loop.create_task(self._fetch(object_id, entry)))
+        return entry
+
+    def _wait_for(self, entries: list[ObjectEntry], count: int, deadline: float | None,
+                  refs: list[ObjectRef]) -> None:
+        """Block until ``count`` entries are ready; GetTimeoutError at the deadline."""
+        blocked = False
+        try:
+            while True:
+                with self.refs.lock:
+                    pending = [e for e in entries if e.payload is None]
+                    if len(entries) - len(pending) >= min(count, len(entries)):
+                        return
+                    event = threading.Event()
+                    for entry in pending:
+                        entry.waiters.append(event)
+                if not blocked and self.current_task is not None:
+                    blocked = True
+                    self._call_soon(lambda: self.raylet.send(m.NotifyBlocked()))
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0 or not event.wait(remaining):
+                    with self.refs.lock:
+                        for entry in pending:
+                            if event in entry.waiters:
+                                entry.waiters.remove(event)
+                    if all(e.payload is None for e in pending):
+                        n = len(pending)
+                        raise exceptions.GetTimeoutError(
+                            f"Get timed out: {n} of {len(entries)} object(s) not ready "
+                            f"(first: {next(r for r, e in zip(refs, entries) if e in pending)})."
+                        )
+        finally:
+            if blocked:
+                self._call_soon(lambda: self.raylet.send(m.NotifyUnblocked()))
+
+    def _value(self, ref: ObjectRef, entry: ObjectEntry) -> Any:
+        kind, value = self.read_payload(ref._id, entry.payload)
+        if kind == KIND_ERROR:
+            if isinstance(value, exceptions.RayTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def read_payload(self, object_id: bytes, payload: list) -> tuple[int, Any]:
+        """Deserialize a payload; a shared-memory one is a zero-copy, pinned view."""
+        if payload[0] == "i":
+            return deserialize_inline(payload[1])
+        _, _, offset, size, node_id, _ = payload
+        if node_id != self.node_id:
+            raise exceptions.RaySystemError(
+                f"object {object_id.hex()} is on node {node_id.hex()}; objects cannot move "
+                "between nodes on this cluster"
+            )
+        self._call_soon(lambda: self.raylet.send(m.PinObjects([object_id])))
+
+        def unpin() -> None:
+            if not self._closed:
+                self._call_soon(lambda: self.raylet.send(m.UnpinObjects([object_id])))
+
+        return deserialize_view(self.arena.read_view(offset, size, on_release=unpin))
+
+    async def _fetch(self, object_id: bytes, entry: ObjectEntry) -> None:
+        """Ask a borrowed object's owner for it; the reply comes once it is ready."""
+        try:
+            conn = await self._peer(entry.owner)
+            payload = await conn.request(m.GetObjectStatus(object_id))
+        except exceptions.RayError as exc:
+            payload = _error_payload(exc)
+        except Exception as exc:
+            logger.info("owner of %s unreachable: %s", object_id.hex(), exc)
+            payload = _error_payload(exceptions.OwnerDiedError(object_id.hex(), entry.owner))
+        self._set_ready(entry, payload)
+
+    def _get_object_status(self, conn: Connection, msg: m.GetObjectStatus) -> Any:
+        entry = self.refs.entries.get(msg.object_id)
+        if entry is None:
+            return _error_payload(exceptions.ReferenceCountingAssertionError(
+                msg.object_id.hex(), self.address))
+        if entry.payload is not None:
+            return entry.payload
+        fut = self._loop.create_future()
+        entry.callbacks.append(lambda e: fut.done() or fut.set_result(e.payload))
+        return fut
+
+    def value_future(self, ref: ObjectRef) -> concurrent.futures.Future:
+        """A future for one ref's value (``ObjectRef.future()`` and ``await ref``)."""
+        out: concurrent.futures.Future = concurrent.futures.Future()
+        entry = self._entry_for(ref)
+
+        def resolve(e: ObjectEntry) -> None:
+            try:
+                out.set_result(self._value(ref, e))
+            except BaseException as exc:
+                out.set_exception(exc)
+
+        def attach() -> None:
+            if entry.payload is not None:
+                resolve(entry)
+            else:
+                entry.callbacks.append(resolve)
+
+        self._call_soon(attach)
+        return out
+
+    def _set_ready(self, entry: ObjectEntry, payload: list) -> None:
+        with self.refs.lock:
+            entry.payload = payload
+            waiters, entry.waiters = entry.waiters, []
+            callbacks, entry.callbacks = entry.callbacks, []
+        for event in waiters:
+            event.set()
+        for callback in callbacks:
+            callback(entry)
+
+    # -- submission -----------------------------------------------------------------------
+
+    def submit_task(self, function_id: bytes, name: str, args: tuple, kwargs: dict, *,
+                    num_returns: int, resources: dict, max_retries: int,
+                    retry_exceptions: bool, task_name: str | None = None) -> list[ObjectRef]:
+        blob, arg_refs, contained = self._serialize_args(name, args, kwargs)
+        task_id = self.ids.task_id()
+        parent = self.current_task
+        spec = TaskSpec(
+            task_id, self.job_id if parent is None else parent.job_id, function_id,
+            task_name or name, blob, arg_refs, num_returns, self.address,
+            DRIVER_TASK_ID if parent is None else parent.task_id,
+            submission_tag.get() if parent is None else parent.tag,
+            resources, max_retries, retry_exceptions,
+        )
+        refs = []
+        for index in range(1, num_returns + 1):
+            object_id = object_id_for(task_id, index)
+            self.refs.create_owned(object_id, spec=spec)
+            refs.append(ObjectRef(object_id, self.address))
+        submitted = [r[0] for r in arg_refs] + [r._id for r in contained]
+        self.refs.add_submitted(submitted)
+        self.events.task(task_id, "PENDING_ARGS_AVAIL", {
+            "name": spec.name, "func_or_class_name": name, "job_id": spec.job_id,
+            "parent_task_id": spec.parent_task_id.hex(), "tag": spec.tag,
+            "args": [r[0].hex() for r in arg_refs],
+            "returns": [r.hex() for r in refs],
+            "required_resources": resources, "owner": self.address, "type": "NORMAL_TASK",
+        })
+        self._call_soon(lambda: self._resolve(spec, submitted))
+        return refs
+
+    def _serialize_args(self, name: str, args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
+        if not args and not kwargs:
+            return b"", [], []
+        arg_refs: list[list] = []
+
+        def slot(value: Any) -> Any:
+            if isinstance(value, ObjectRef):
+                arg_refs.append([value._id, value._owner])
+                return ArgSlot(len(arg_refs) - 1)
+            return value
+
+        slotted = (tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()})
+        try:
+            obj = serialize(slotted, out_of_band=False)
+        except Exception as exc:
+            named = [(f"#{i} ({type(a).__name__})", a) for i, a in enumerate(args)]
+            named += [(f"{k!r} ({type(v).__name__})", v) for k, v in kwargs.items()]
+            bad = find_unserializable(named)
+            which = f"argument {bad[0]}" if bad else "the arguments"
+            raise TypeError(
+                f"Could not serialize {which} of {name}(): {bad[1] if bad else exc}. "
+                "Arguments travel to another process: pass picklable values, or create the "
+                "object inside the task."
+            ) from exc
+        if len(obj.pickled) > INLINE_THRESHOLD:
+            # Large arguments go into the object store once and travel by reference.
+            args = tuple(self._put_if_large(a) for a in args)
+            kwargs = {k: self._put_if_large(v) for k, v in kwargs.items()}
+            arg_refs.clear()
+            slotted = (tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()})
+            obj = serialize(slotted, out_of_band=False)
+        return obj.pickled, arg_refs, obj.contained_refs
+
+    def _put_if_large(self, value: Any) -> Any:
+        if isinstance(value, ObjectRef):
+            return value
+        if serialize(value).size > INLINE_THRESHOLD // 4:
+            return self.put(value)
+        return value
+
+    def _resolve(self, spec: TaskSpec, submitted: list[bytes]) -> None:
+        """Wait (on the I/O thread) for top-level arguments, then queue the task."""
+        self._pending[spec.task_id] = (spec, submitted)
+        entries = [self.refs.entries.get(object_id) for object_id, _ in spec.arg_refs]
+        waiting = [e for e in entries if e is not None and e.payload is None]
+        if not waiting:
+            self._dispatch(spec, entries)
+            return
+        remaining = [len(waiting)]
+
+        def one_ready(_: ObjectEntry) -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._dispatch(spec, entries)
+
+        for entry in waiting:
+            entry.callbacks.append(one_ready)
+            if not entry.owned and not entry.fetching:
+                entry.fetching = True
+                self._loop.create_task(self._fetch(spec.arg_refs[entries.index(entry)][0],
+                                                   entry))
+
+    def _dispatch(self, spec: TaskSpec, entries: list[ObjectEntry | None]) -> None:
+        resolved = []
+        for (object_id, owner), entry in zip(spec.arg_refs, entries):
+            if entry is None:
+                self._finish(spec, None, _error_payload(
+                    exceptions.ObjectLostError(object_id.hex(), owner)))
+                return
+            if _is_error(entry.payload):
+                self._finish(spec, None, entry.payload)  # failures propagate downstream
+                return
+            resolved.append(entry.payload)
+        spec.resolved = resolved
+        self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT")
+        self.submitter.submit(spec)
+
+    def _task_pushed(self, spec: TaskSpec, worker: LeasedWorker) -> None:
+        self.events.task(spec.task_id, "SUBMITTED_TO_WORKER", {
+            "node_id": worker.node_id.hex(), "worker_id": worker.worker_id.hex(),
+            "attempt_number": spec.attempt,
+        })
+
+    def _task_results(self, conn: Connection, msg: m.TaskResults) -> None:
+        for items in msg.results:
+            result = TaskResult.from_wire(items)
+            pending = self._pending.get(result.task_id)
+            if pending is None:
+                continue
+            spec = pending[0]
+            self.submitter.task_done(result.task_id, spec.function_id, result.end - result.start)
+            if not result.ok and result.retryable and self._retry(spec):
+                continue
+            self._finish(spec, result, None)
+
+    def _retry(self, spec: TaskSpec) -> bool:
+        if spec.max_retries != -1 and spec.attempt >= spec.max_retries:
+            return False
+        spec.attempt += 1
+        self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT", {"attempt_number": spec.attempt})
+        self.submitter.submit(spec)
+        return True
+
+    def _task_worker_lost(self, spec: TaskSpec, worker: LeasedWorker) -> None:
+        if self._retry(spec):
+            return
+        self._finish(spec, None, _error_payload(exceptions.WorkerCrashedError(
+            f"The worker running {spec.name}() died unexpectedly "
+            f"(after {spec.attempt + 1} attempt(s); max_retries={spec.max_retries}). "
+            "It may have run out of memory or been killed; check the worker log in the "
+            "session's logs directory."
+        )))
+
+    def _task_failed_to_schedule(self, spec: TaskSpec, exc: BaseException) -> None:
+        if not isinstance(exc, exceptions.RayError):
+            exc = exceptions.RaySystemError(f"could not lease a worker for {spec.name}(): {exc}")
+        self._finish(spec, None, _error_payload(exc))
+
+    def _finish(self, spec: TaskSpec, result: TaskResult | None, error: list | None) -> None:
+        """Record a task's outcome: fill its return objects and release its arguments."""
+        pending = self._pending.pop(spec.task_id, None)
+        for index in range(spec.num_returns):
+            object_id = object_id_for(spec.task_id, index + 1)
+            payload = error if result is None else result.returns[index]
+            entry = self.refs.entries.get(object_id)
+            if entry is None:  # nobody holds the return any more
+                if payload[0] == "s":
+                    self.raylet.send(m.FreeObjects([object_id]))
+                continue
+            if result is not None and result.contained and result.contained[index]:
+                self.refs.set_contains(object_id, result.contained[index])
+            self._set_ready(entry, payload)
+        if result is not None:
+            self.events.task(spec.task_id, "FINISHED" if result.ok else "FAILED", {
+                "start_time": result.start, "end_time": result.end, "worker_pid": result.pid,
+                "worker_id": result.worker_id.hex(), "node_id": result.node_id.hex(),
+                "error_message": result.error_text or None,
+            })
+        else:
+            self.events.task(spec.task_id, "FAILED", {"error_message": "see the error object"})
+        if pending is not None and pending[1]:
+            self.refs.remove_submitted(pending[1])
+
+    # -- reference counting hooks (I/O thread) -----------------------------------------
+
+    def _on_free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        if entry.owned:
+            if entry.payload is not None and entry.payload[0] == "s":
+                self.raylet.send(m.FreeObjects([object_id]))
+            self.events.object(object_id, "FREED")
+        else:
+            self._send_to(entry.owner, m.RemoveBorrowers([object_id], self.address))
+
+    def _on_borrow(self, object_id: bytes, owner: str) -> None:
+        self._send_to(owner, m.AddBorrowers([object_id], self.address))
+
+    def lend(self, refs: list, borrower: str) -> None:
+        """Register ``borrower`` for refs this process passes on (results holding refs)."""
+        for object_id, owner in refs:
+            if owner == self.address:
+                self.refs.add_borrower([object_id], borrower)
+            else:
+                self._call_soon(lambda o=owner, i=object_id: self._send_to(
+                    o, m.AddBorrowers([i], borrower)))
+
+
+def _error_payload(exc: BaseException) -> list:
+    return ["i", serialize(exc, KIND_ERROR).inline()]
+
+
+def print_logs(lines: list) -> None:
+    """Default driver output of worker prints: ``(name pid=123) text``."""
+    for _, _, _, name, pid, stream, text in lines:
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        print(f"({name} pid={pid}) {text}", file=out)

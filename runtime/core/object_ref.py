@@ -1,0 +1,77 @@
+"""``ObjectRef``: a future naming an object and the process that owns it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .. import _context
+from .._serialization import record_contained_ref
+
+__all__ = ["ObjectRef"]
+
+
+class ObjectRef:
+    """A reference to an object somewhere in the cluster, as returned by ``.remote()``/``put``.
+
+    While any ``ObjectRef`` to an object exists in any process (or inside another live object),
+    the object is kept; when the last one goes, its owner frees it.
+    """
+
+    __slots__ = ("_id", "_owner", "_core", "__weakref__")
+
+    def __init__(self, object_id: bytes, owner: str, *, _add_ref: bool = True) -> None:
+        self._id = object_id
+        self._owner = owner
+        core = _context.core
+        self._core = core
+        if _add_ref and core is not None:
+            core.refs.add_local_ref(object_id, owner)
+
+    def __del__(self) -> None:
+        core = self._core
+        if core is not None:
+            core.refs.release_local_ref(self._id)
+
+    # -- identity -------------------------------------------------------------------------
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def task_id(self) -> str:
+        return self._id[:16].hex()
+
+    def owner_address(self) -> str:
+        return self._owner
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __reduce__(self):
+        record_contained_ref(self)
+        return _rebuild_ref, (self._id, self._owner)
+
+    # -- futures --------------------------------------------------------------------------
+
+    def future(self) -> Any:
+        """A ``concurrent.futures.Future`` resolved with the object's value."""
+        return self._core.value_future(self)
+
+    def __await__(self):
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
+    core = _context.core
+    if core is not None:
+        core.refs.note_deserialized(object_id, owner)
+    return ObjectRef(object_id, owner)

@@ -1,0 +1,212 @@
+"""Direct task submission: lease workers from the raylet, push tasks to them, pipelined.
+
+Tasks whose arguments are ready wait in a queue per scheduling key (their resource shape).
+For each key the submitter keeps at most one lease request in flight at the raylet; every
+granted worker gets tasks pushed straight to it. A worker runs one task at a time; the
+submitter sends it more than one only for functions whose tasks have proven short, so a
+burst of tiny tasks is pipelined while long tasks still spread over all workers. A lease
+with nothing left to run goes back to the raylet after a short idle period.
+
+Runs entirely on the core worker's I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import _messages as m
+from .._rpc import Connection
+from .task_spec import TaskSpec, scheduling_key
+
+__all__ = ["TaskSubmitter"]
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_DEPTH = 64
+SHORT_TASK_S = 0.002
+LEASE_IDLE_S = 0.01
+
+
+@dataclass(slots=True, eq=False)
+class LeasedWorker:
+    lease_id: int
+    worker_id: bytes
+    address: str
+    node_id: bytes
+    key: tuple
+    conn: Connection | None = None
+    in_flight: dict[bytes, TaskSpec] = field(default_factory=dict)
+    idle_timer: asyncio.TimerHandle | None = None
+    returned: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _KeyQueue:
+    resources: dict
+    tasks: deque[TaskSpec] = field(default_factory=deque)
+    workers: list[LeasedWorker] = field(default_factory=list)
+    lease_pending: bool = False
+
+
+class TaskSubmitter:
+    """Queues, leases and pushes of one owner."""
+
+    def __init__(
+        self,
+        *,
+        raylet: Callable[[], Connection],
+        connect: Callable[[str], asyncio.Future],
+        export: Callable[[Connection, TaskSpec], None],
+        on_pushed: Callable[[TaskSpec, LeasedWorker], None],
+        on_failed: Callable[[TaskSpec, BaseException], None],
+        on_worker_lost: Callable[[TaskSpec, LeasedWorker], None],
+    ) -> None:
+        self._raylet = raylet
+        self._connect = connect
+        self._export = export
+        self._on_pushed = on_pushed
+        self._on_failed = on_failed
+        self._on_worker_lost = on_worker_lost
+        self._queues: dict[tuple, _KeyQueue] = {}
+        self._durations: dict[bytes, float] = {}  # function id -> moving average seconds
+        self._loop = asyncio.get_running_loop()
+        self.workers_by_task: dict[bytes, LeasedWorker] = {}
+
+    def submit(self, spec: TaskSpec) -> None:
+        key = scheduling_key(spec.resources)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _KeyQueue(spec.resources)
+        queue.tasks.append(spec)
+        self._pump(key, queue)
+
+    def task_done(self, task_id: bytes, function_id: bytes, duration: float) -> None:
+        worker = self.workers_by_task.pop(task_id, None)
+        if worker is None:
+            return
+        spec = worker.in_flight.pop(task_id, None)
+        avg = self._durations.get(function_id)
+        self._durations[function_id] = duration if avg is None else 0.8 * avg + 0.2 * duration
+        if spec is not None:
+            queue = self._queues[worker.key]
+            self._pump(worker.key, queue)
+            if not worker.in_flight and not queue.tasks:
+                self._schedule_return(worker)
+
+    def cancel_queued(self, task_id: bytes) -> TaskSpec | None:
+        """Take a not-yet-pushed task out of its queue."""
+        for queue in self._queues.values():
+            for spec in queue.tasks:
+                if spec.task_id == task_id:
+                    queue.tasks.remove(spec)
+                    return spec
+        return None
+
+    # -- pushing --------------------------------------------------------------------------
+
+    def _pump(self, key: tuple, queue: _KeyQueue) -> None:
+        tasks = queue.tasks
+        if tasks:
+            for worker in queue.workers:
+                if worker.conn is None or worker.returned:
+                    continue
+                batch = []
+                while tasks and self._can_take(worker, tasks[0]):
+                    spec = tasks.popleft()
+                    worker.in_flight[spec.task_id] = spec
+                    self.workers_by_task[spec.task_id] = worker
+                    batch.append(spec)
+                if batch:
+                    self._push(worker, batch)
+                if not tasks:
+                    break
+        if tasks and not queue.lease_pending:
+            queue.lease_pending = True
+            self._loop.create_task(self._lease(key, queue))
+
+    def _can_take(self, worker: LeasedWorker, spec: TaskSpec) -> bool:
+        if not worker.in_flight:
+            return True
+        if len(worker.in_flight) >= PIPELINE_DEPTH:
+            return False
+        avg = self._durations.get(spec.function_id)
+        return avg is not None and avg < SHORT_TASK_S
+
+    def _push(self, worker: LeasedWorker, batch: list[TaskSpec]) -> None:
+        if worker.idle_timer is not None:
+            worker.idle_timer.cancel()
+            worker.idle_timer = None
+        conn = worker.conn
+        for spec in batch:
+            self._export(conn, spec)
+            self._on_pushed(spec, worker)
+        conn.send(m.PushTasks([spec.to_wire() for spec in batch]))
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _lease(self, key: tuple, queue: _KeyQueue) -> None:
+        try:
+            lease_id, worker_id, address, node_id = await self._raylet().request(
+                m.RequestLease(queue.resources, repr(key))
+            )
+        except Exception as exc:
+            queue.lease_pending = False
+            failed, queue.tasks = list(queue.tasks), deque()
+            for spec in failed:
+                self._on_failed(spec, exc)
+            return
+        queue.lease_pending = False
+        worker = LeasedWorker(lease_id, worker_id, address, node_id, key)
+        if not queue.tasks:
+            self._return(worker, failed=False)
+            return
+        try:
+            worker.conn = await self._connect(address)
+        except Exception as exc:
+            logger.warning("leased worker at %s unreachable: %s", address, exc)
+            self._return(worker, failed=True)
+            self._pump(key, queue)
+            return
+        worker.conn.closed.add_done_callback(lambda _: self._worker_lost(worker))
+        queue.workers.append(worker)
+        self._pump(key, queue)
+        if not worker.in_flight:
+            self._schedule_return(worker)
+
+    def _schedule_return(self, worker: LeasedWorker) -> None:
+        if worker.idle_timer is None and not worker.returned:
+            worker.idle_timer = self._loop.call_later(LEASE_IDLE_S, self._return_if_idle, worker)
+
+    def _return_if_idle(self, worker: LeasedWorker) -> None:
+        worker.idle_timer = None
+        if not worker.in_flight and not self._queues[worker.key].tasks:
+            self._return(worker, failed=False)
+
+    def _return(self, worker: LeasedWorker, *, failed: bool) -> None:
+        if worker.returned:
+            return
+        worker.returned = True
+        queue = self._queues.get(worker.key)
+        if queue is not None and worker in queue.workers:
+            queue.workers.remove(worker)
+        raylet = self._raylet()
+        if raylet is not None:
+            raylet.send(m.ReturnLease(worker.lease_id, failed))
+
+    def _worker_lost(self, worker: LeasedWorker) -> None:
+        """The connection to a leased worker closed: its in-flight tasks did not finish."""
+        lost = list(worker.in_flight.values())
+        worker.in_flight.clear()
+        self._return(worker, failed=True)
+        for spec in lost:
+            self.workers_by_task.pop(spec.task_id, None)
+            self._on_worker_lost(spec, worker)
+
+    def shutdown(self) -> None:
+        for queue in self._queues.values():
+            for worker in list(queue.workers):
+                self._return(worker, failed=False)

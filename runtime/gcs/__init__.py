@@ -1,0 +1,1 @@
+"""The Global Control Store process (head node only)."""

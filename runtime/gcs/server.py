@@ -1,0 +1,228 @@
+"""The Global Control Store: the cluster's control state, served over one port.
+
+It owns the node table (with heartbeats), jobs, exported functions, a KV store, task and object
+events, and pub/sub channels (``node``, ``logs``, ``error``). Tables needed for recovery are
+written through to storage (``gcs.storage``); with Redis a restarted GCS reloads them.
+The GCS is never on the hot path of a task: owners push work directly to leased workers and
+send it events in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgpack
+
+from .. import _messages as m
+from .._rpc import Connection, HandlerTable
+from .storage import MemoryStorage, RedisStorage
+from .task_events import TaskEventStore
+
+__all__ = ["GcsServer"]
+
+logger = logging.getLogger(__name__)
+
+NODE_TIMEOUT_S = 10.0
+LOG_HISTORY = 10_000
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class GcsServer:
+    """The GCS's state and message handlers; ``gcs.__main__`` runs it."""
+
+    def __init__(self, storage: MemoryStorage | RedisStorage) -> None:
+        self.storage = storage
+        self.nodes: dict[bytes, dict[str, Any]] = {}
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.functions: dict[bytes, bytes] = {}
+        self.kv: dict[tuple[str, bytes], bytes] = {}
+        self.events = TaskEventStore()
+        self.logs: list[list] = []
+        self.subscribers: dict[str, set[Connection]] = {}
+        self._node_conns: dict[Connection, bytes] = {}
+        self._job_conns: dict[Connection, int] = {}
+
+    async def load(self) -> None:
+        """Reload the recoverable tables from storage (a no-op in memory)."""
+        for key, value in (await self.storage.load("nodes")).items():
+            node = _unpack(value)
+            node["last_heartbeat"] = time.time()  # give raylets time to reconnect
+            self.nodes[key] = node
+        for key, value in (await self.storage.load("jobs")).items():
+            self.jobs[int(key)] = _unpack(value)
+        self.functions.update(await self.storage.load("functions"))
+        for key, value in (await self.storage.load("kv")).items():
+            ns, _, k = key.partition(b"\0")
+            self.kv[(ns.decode(), k)] = value
+
+    def handlers(self) -> HandlerTable:
+        return {
+            m.RegisterNode: self.register_node,
+            m.Heartbeat: self.heartbeat,
+            m.GetNodes: lambda conn, msg: list(self._public_nodes()),
+            m.RegisterJob: self.register_job,
+            m.FinishJob: lambda conn, msg: self._finish_job(msg.job_id),
+            m.ListJobs: lambda conn, msg: list(self.jobs.values()),
+            m.ExportFunction: self.export_function,
+            m.GetFunction: lambda conn, msg: self.functions.get(msg.function_id),
+            m.KvPut: self.kv_put,
+            m.KvGet: lambda conn, msg: self.kv.get((msg.namespace, msg.key)),
+            m.KvDelete: self.kv_delete,
+            m.KvKeys: lambda conn, msg: [
+                k for ns, k in self.kv if ns == msg.namespace and k.startswith(msg.prefix)
+            ],
+            m.AddEvents: self.add_events,
+            m.ListTasks: lambda conn, msg: self.events.list_tasks(msg.filters, msg.limit),
+            m.ListObjects: lambda conn, msg: list(self.events.objects.values())[-msg.limit :],
+            m.SummarizeTasks: lambda conn, msg: self.events.summarize(),
+            m.AddLogs: self.add_logs,
+            m.Subscribe: self.subscribe,
+        }
+
+    # -- connections ----------------------------------------------------------------------
+
+    def connection_closed(self, conn: Connection) -> None:
+        for subscribers in self.subscribers.values():
+            subscribers.discard(conn)
+        node_id = self._node_conns.pop(conn, None)
+        if node_id is not None:
+            self._mark_node_dead(node_id, "its raylet disconnected")
+        job_id = self._job_conns.pop(conn, None)
+        if job_id is not None:
+            asyncio.get_running_loop().create_task(self._finish_job(job_id))
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    async def register_node(self, conn: Connection, msg: m.RegisterNode) -> dict:
+        now = time.time()
+        node = {
+            "node_id": msg.node_id,
+            "raylet_address": msg.raylet_address,
+            "resources": msg.resources,
+            "available": dict(msg.resources),
+            "store_name": msg.store_name,
+            "store_capacity": msg.store_capacity,
+            "session_dir": msg.session_dir,
+            "alive": True,
+            "start_time": now,
+            "last_heartbeat": now,
+            "death_reason": "",
+            "store": {},
+            "load": {},
+        }
+        self.nodes[msg.node_id] = node
+        self._node_conns[conn] = msg.node_id
+        await self.storage.put("nodes", msg.node_id, _pack(node))
+        self.publish("node", {"node_id": msg.node_id, "alive": True})
+        return {"nodes": list(self._public_nodes())}
+
+    def heartbeat(self, conn: Connection, msg: m.Heartbeat) -> None:
+        node = self.nodes.get(msg.node_id)
+        if node is None or not node["alive"]:
+            return
+        node["last_heartbeat"] = time.time()
+        node["available"] = msg.available
+        node["store"] = msg.store
+        node["load"] = msg.load
+
+    def _public_nodes(self):
+        for node in self.nodes.values():
+            yield {k: v for k, v in node.items()}
+
+    def _mark_node_dead(self, node_id: bytes, reason: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or not node["alive"]:
+            return
+        node["alive"] = False
+        node["death_reason"] = reason
+        node["end_time"] = time.time()
+        logger.warning("node %s is dead: %s", node_id.hex(), reason)
+        asyncio.get_running_loop().create_task(self.storage.put("nodes", node_id, _pack(node)))
+        self.publish("node", {"node_id": node_id, "alive": False, "reason": reason})
+
+    async def monitor_heartbeats(self) -> None:
+        """Declare nodes dead whose heartbeats stopped."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for node_id, node in list(self.nodes.items()):
+                if node["alive"] and now - node["last_heartbeat"] > NODE_TIMEOUT_S:
+                    self._mark_node_dead(node_id, f"no heartbeat for {NODE_TIMEOUT_S:.0f}s")
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def register_job(self, conn: Connection, msg: m.RegisterJob) -> int:
+        job_id = max(self.jobs, default=0) + 1
+        job = {
+            "job_id": job_id,
+            "driver_address": msg.driver_address,
+            "driver_pid": msg.pid,
+            "namespace": msg.namespace,
+            "entrypoint": msg.entrypoint,
+            "start_time": time.time(),
+            "end_time": None,
+            "alive": True,
+        }
+        self.jobs[job_id] = job
+        self._job_conns[conn] = job_id
+        await self.storage.put("jobs", str(job_id).encode(), _pack(job))
+        return job_id
+
+    async def _finish_job(self, job_id: int) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or not job["alive"]:
+            return
+        job["alive"] = False
+        job["end_time"] = time.time()
+        await self.storage.put("jobs", str(job_id).encode(), _pack(job))
+
+    # -- functions and KV -----------------------------------------------------------------
+
+    async def export_function(self, conn: Connection, msg: m.ExportFunction) -> None:
+        if msg.function_id not in self.functions:
+            self.functions[msg.function_id] = msg.blob
+            await self.storage.put("functions", msg.function_id, msg.blob)
+
+    async def kv_put(self, conn: Connection, msg: m.KvPut) -> bool:
+        key = (msg.namespace, msg.key)
+        if not msg.overwrite and key in self.kv:
+            return False
+        self.kv[key] = msg.value
+        await self.storage.put("kv", msg.namespace.encode() + b"\0" + msg.key, msg.value)
+        return True
+
+    async def kv_delete(self, conn: Connection, msg: m.KvDelete) -> bool:
+        existed = self.kv.pop((msg.namespace, msg.key), None) is not None
+        await self.storage.delete("kv", msg.namespace.encode() + b"\0" + msg.key)
+        return existed
+
+    # -- events, logs, pub/sub ------------------------------------------------------------
+
+    def add_events(self, conn: Connection, msg: m.AddEvents) -> None:
+        if msg.tasks:
+            self.events.add_task_events(msg.tasks)
+        if msg.objects:
+            self.events.add_object_events(msg.objects)
+
+    def add_logs(self, conn: Connection, msg: m.AddLogs) -> None:
+        self.logs.extend(msg.lines)
+        if len(self.logs) > LOG_HISTORY:
+            del self.logs[: len(self.logs) - LOG_HISTORY]
+        self.publish("logs", msg.lines)
+
+    def subscribe(self, conn: Connection, msg: m.Subscribe) -> None:
+        self.subscribers.setdefault(msg.channel, set()).add(conn)
+
+    def publish(self, channel: str, data: Any) -> None:
+        for conn in self.subscribers.get(channel, ()):
+            conn.send(m.Publish(channel, data))

@@ -1,0 +1,90 @@
+"""The GCS's bounded store of task and object events: the live task graph.
+
+Core workers send events in batches. A task event is ``[task_id, state, time, info]`` where
+``info`` is a dict of fields that state adds (name, parent, arguments, node, worker, error...).
+Events of one task may arrive out of order (the worker's RUNNING after the owner's FINISHED);
+the record keeps the furthest state and every timestamp. Beyond ``max_tasks`` the oldest
+records are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from typing import Any
+
+__all__ = ["TASK_STATES", "TaskEventStore"]
+
+TASK_STATES = (
+    "PENDING_ARGS_AVAIL",
+    "PENDING_NODE_ASSIGNMENT",
+    "SUBMITTED_TO_WORKER",
+    "RUNNING",
+    "FINISHED",
+    "FAILED",
+)
+_RANK = {state: i for i, state in enumerate(TASK_STATES)}
+
+
+class TaskEventStore:
+    """Merges task and object events into records, oldest dropped first."""
+
+    def __init__(self, max_tasks: int = 100_000, max_objects: int = 100_000) -> None:
+        self.tasks: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self.objects: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._max_tasks = max_tasks
+        self._max_objects = max_objects
+        self.dropped_tasks = 0
+
+    def add_task_events(self, events: list) -> None:
+        tasks = self.tasks
+        for task_id, state, ts, info in events:
+            record = tasks.get(task_id)
+            if record is None:
+                record = tasks[task_id] = {
+                    "task_id": task_id.hex(),
+                    "state": state,
+                    "events": {},
+                }
+                if len(tasks) > self._max_tasks:
+                    tasks.popitem(last=False)
+                    self.dropped_tasks += 1
+            elif _RANK.get(state, 0) >= _RANK.get(record["state"], 0):
+                record["state"] = state
+            record["events"][state] = ts
+            if info:
+                record.update(info)
+
+    def add_object_events(self, events: list) -> None:
+        """``[object_id, state, info]``: state is CREATED or FREED."""
+        objects = self.objects
+        for object_id, state, info in events:
+            if state == "FREED":
+                objects.pop(object_id, None)
+                continue
+            record = objects.setdefault(object_id, {"object_id": object_id.hex()})
+            record.update(info)
+            if len(objects) > self._max_objects:
+                objects.popitem(last=False)
+
+    def list_tasks(self, filters: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        out = []
+        for record in reversed(self.tasks.values()):
+            if all(record.get(k) == v for k, v in filters.items()):
+                out.append(record)
+                if len(out) >= limit:
+                    break
+        out.reverse()
+        return out
+
+    def summarize(self) -> dict[str, Any]:
+        by_name: dict[str, Counter] = {}
+        for record in self.tasks.values():
+            by_name.setdefault(record.get("name", "?"), Counter())[record["state"]] += 1
+        return {
+            "summary": {
+                name: {"func_or_class_name": name, "state_counts": dict(counts)}
+                for name, counts in by_name.items()
+            },
+            "total_tasks": len(self.tasks),
+            "dropped_tasks": self.dropped_tasks,
+        }

@@ -1,0 +1,1 @@
+"""The raylet process: a node's scheduler, worker pool and object store."""

@@ -1,0 +1,110 @@
+"""The node's object store: which objects live where in the shared-memory arena.
+
+Processes on the node map the arena themselves and copy object bytes in and out directly;
+the store only hands out space, remembers each object's owner and readers, and frees space
+once the owner has released the object and no reader still maps it. Objects are immutable once
+their creator has written them and reported their location to the owner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exceptions import ObjectStoreFullError
+from .allocator import ArenaAllocator
+
+__all__ = ["ObjectStore", "StoredObject"]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+@dataclass(slots=True)
+class StoredObject:
+    offset: int
+    size: int
+    owner: str
+    readers: dict[Any, int] = field(default_factory=dict)  # reader connection -> pin count
+    released: bool = False  # the owner no longer needs it
+
+
+class ObjectStore:
+    """Space accounting and lifetimes of the objects in one node's arena."""
+
+    def __init__(self, capacity: int) -> None:
+        self.allocator = ArenaAllocator(capacity)
+        self.objects: dict[bytes, StoredObject] = {}
+
+    @property
+    def capacity(self) -> int:
+        return self.allocator.capacity
+
+    def allocate(self, object_id: bytes, size: int, owner: str) -> int:
+        """Reserve space for a new object; ObjectStoreFullError says what is in the way."""
+        existing = self.objects.get(object_id)
+        if existing is not None:  # a retried task writing the same return again
+            return existing.offset
+        offset = self.allocator.allocate(size)
+        if offset is None:
+            a = self.allocator
+            raise ObjectStoreFullError(
+                f"cannot store an object of {_mib(size)}: the object store holds "
+                f"{_mib(a.used)} of its {_mib(a.capacity)} in {a.num_allocations} objects "
+                f"(largest free block {_mib(a.largest_free_block)}). Release references to "
+                "objects you no longer need, or start the cluster with a larger "
+                "object_store_memory."
+            )
+        self.objects[object_id] = StoredObject(offset, size, owner)
+        return offset
+
+    def release(self, object_ids: list[bytes]) -> None:
+        """The owner is done with these objects: free them once no reader maps them."""
+        for object_id in object_ids:
+            obj = self.objects.get(object_id)
+            if obj is not None:
+                obj.released = True
+                self._free_if_unused(object_id, obj)
+
+    def pin(self, reader: Any, object_ids: list[bytes]) -> None:
+        for object_id in object_ids:
+            obj = self.objects.get(object_id)
+            if obj is not None:
+                obj.readers[reader] = obj.readers.get(reader, 0) + 1
+
+    def unpin(self, reader: Any, object_ids: list[bytes]) -> None:
+        for object_id in object_ids:
+            obj = self.objects.get(object_id)
+            if obj is None:
+                continue
+            count = obj.readers.get(reader, 0) - 1
+            if count > 0:
+                obj.readers[reader] = count
+            else:
+                obj.readers.pop(reader, None)
+            self._free_if_unused(object_id, obj)
+
+    def reader_gone(self, reader: Any) -> None:
+        for object_id, obj in list(self.objects.items()):
+            if obj.readers.pop(reader, None) is not None:
+                self._free_if_unused(object_id, obj)
+
+    def owner_gone(self, owner: str) -> None:
+        """An owner process exited: nobody can reach its objects any more."""
+        self.release([oid for oid, obj in self.objects.items() if obj.owner == owner])
+
+    def stats(self) -> dict[str, Any]:
+        largest = sorted(self.objects.items(), key=lambda kv: kv[1].size, reverse=True)[:10]
+        return {
+            "capacity": self.allocator.capacity,
+            "used": self.allocator.used,
+            "num_objects": len(self.objects),
+            "spilled": 0,
+            "largest": [[oid.hex(), obj.size, obj.owner] for oid, obj in largest],
+        }
+
+    def _free_if_unused(self, object_id: bytes, obj: StoredObject) -> None:
+        if obj.released and not obj.readers:
+            del self.objects[object_id]
+            self.allocator.free(obj.offset)

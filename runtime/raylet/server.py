@@ -1,0 +1,188 @@
+"""The raylet: one per node. Local scheduler, worker pool and object store behind one port.
+
+Clients (drivers and workers) register here first. Owners ask for worker leases and get a
+worker's address back; from then on they talk to that worker directly. Processes on the node
+ask for arena space for large objects, and owners release objects here when nobody can reach
+them. Every second the raylet sends the GCS a heartbeat with its free resources, store figures
+and load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from .. import _messages as m
+from ..exceptions import TaskUnschedulableError
+from .._rpc import Connection, HandlerTable
+from .object_store import ObjectStore
+from .scheduler import Grant, LeaseRequest, LocalScheduler, Reject, StartWorker
+from .worker_pool import WorkerPool
+
+__all__ = ["Raylet"]
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+
+
+class _Client:
+    """What the raylet knows about one registered connection."""
+
+    __slots__ = ("worker_id", "address", "pid", "kind", "job_id")
+
+    def __init__(self, msg: m.RegisterClient) -> None:
+        self.worker_id = msg.worker_id
+        self.address = msg.address
+        self.pid = msg.pid
+        self.kind = msg.kind
+        self.job_id = msg.job_id
+
+
+class Raylet:
+    """State and handlers of one node's raylet; ``raylet.__main__`` runs it."""
+
+    def __init__(self, *, node_id: bytes, resources: dict[str, float], store: ObjectStore,
+                 store_name: str, pool: WorkerPool, prestart: int) -> None:
+        self.node_id = node_id
+        self.scheduler = LocalScheduler(dict(resources))
+        self.store = store
+        self.store_name = store_name
+        self.pool = pool
+        self.gcs: Connection | None = None
+        self._lease_futures: dict[int, asyncio.Future] = {}
+        self._next_request = 1
+        for _ in range(prestart):
+            self.scheduler.workers_starting += 1
+            self.pool.start()
+
+    def handlers(self) -> HandlerTable:
+        return {
+            m.RegisterClient: self.register_client,
+            m.RequestLease: self.request_lease,
+            m.ReturnLease: self.return_lease,
+            m.NotifyBlocked: self.notify_blocked,
+            m.NotifyUnblocked: self.notify_unblocked,
+            m.AllocateObject: self.allocate_object,
+            m.FreeObjects: lambda conn, msg: self.store.release(msg.object_ids),
+            m.PinObjects: lambda conn, msg: self.store.pin(conn, msg.object_ids),
+            m.UnpinObjects: lambda conn, msg: self.store.unpin(conn, msg.object_ids),
+            m.GetNodeStats: lambda conn, msg: self.stats(),
+        }
+
+    # -- clients --------------------------------------------------------------------------
+
+    def register_client(self, conn: Connection, msg: m.RegisterClient) -> dict[str, Any]:
+        client = _Client(msg)
+        conn.state = client
+        if msg.kind == "worker":
+            if not self.pool.registered(msg.worker_id, conn, msg.address):
+                raise ValueError("unknown worker id")
+            self._carry_out(self.scheduler.worker_registered(msg.worker_id))
+        return {
+            "node_id": self.node_id,
+            "store_name": self.store_name,
+            "store_capacity": self.store.capacity,
+            "resources": self.scheduler.total,
+        }
+
+    def connection_closed(self, conn: Connection) -> None:
+        client: _Client | None = conn.state
+        self.store.reader_gone(conn)
+        if client is None:
+            return
+        if client.kind == "worker":
+            self.pool.remove(client.worker_id)
+            self.worker_exited(client.worker_id)
+        self.store.owner_gone(client.address)
+        self.scheduler.cancel_requests(conn)
+        # Leases held by a departed owner: their workers may be mid-task for nobody.
+        for lease in [lease for lease in self.scheduler.leases.values() if lease.owner is conn]:
+            self.pool.kill(lease.worker_id)
+
+    def worker_exited(self, worker_id: bytes) -> None:
+        self.pool.remove(worker_id)
+        _, actions = self.scheduler.worker_died(worker_id)
+        self._carry_out(actions)
+
+    def worker_failed_to_start(self, worker_id: bytes) -> None:
+        self.pool.remove(worker_id)
+        self.scheduler.workers_starting = max(0, self.scheduler.workers_starting - 1)
+        self._carry_out(self.scheduler.schedule())
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def request_lease(self, conn: Connection, msg: m.RequestLease) -> asyncio.Future:
+        request_id = self._next_request
+        self._next_request += 1
+        future = asyncio.get_running_loop().create_future()
+        self._lease_futures[request_id] = future
+        request = LeaseRequest(request_id, msg.resources, conn)
+        self._carry_out(self.scheduler.request_lease(request))
+        return future
+
+    def return_lease(self, conn: Connection, msg: m.ReturnLease) -> None:
+        lease = self.scheduler.leases.get(msg.lease_id)
+        if lease is None:
+            return
+        if msg.worker_failed:
+            self.pool.kill(lease.worker_id)
+        self._carry_out(self.scheduler.return_lease(msg.lease_id, not msg.worker_failed))
+
+    def notify_blocked(self, conn: Connection, msg: m.NotifyBlocked) -> None:
+        self._carry_out(self.scheduler.worker_blocked(conn.state.worker_id))
+
+    def notify_unblocked(self, conn: Connection, msg: m.NotifyUnblocked) -> None:
+        self.scheduler.worker_unblocked(conn.state.worker_id)
+
+    def _carry_out(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Grant):
+                future = self._lease_futures.pop(action.request.request_id)
+                worker = self.pool.workers.get(action.lease.worker_id)
+                if future.done() or worker is None:
+                    self._carry_out(self.scheduler.return_lease(action.lease.lease_id,
+                                                                worker is not None))
+                    continue
+                future.set_result([action.lease.lease_id, worker.worker_id, worker.address,
+                                   self.node_id])
+            elif isinstance(action, StartWorker):
+                self.pool.start()
+            elif isinstance(action, Reject):
+                future = self._lease_futures.pop(action.request.request_id)
+                if not future.done():
+                    future.set_exception(
+                        TaskUnschedulableError(f"cannot schedule the task: {action.reason}")
+                    )
+
+    # -- objects --------------------------------------------------------------------------
+
+    def allocate_object(self, conn: Connection, msg: m.AllocateObject) -> int:
+        return self.store.allocate(msg.object_id, msg.size, msg.owner_address)
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "resources": self.scheduler.total,
+            "available": self.scheduler.available,
+            "store": self.store.stats(),
+            "load": self.scheduler.load(),
+            "workers": [
+                {"worker_id": w.worker_id, "pid": w.process.pid, "address": w.address}
+                for w in self.pool.workers.values()
+            ],
+            "pid": os.getpid(),
+        }
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if self.gcs is not None and self.gcs.is_open:
+                store = self.store.stats()
+                store.pop("largest")
+                self.gcs.send(m.Heartbeat(self.node_id, self.scheduler.available, store,
+                                          self.scheduler.load()))

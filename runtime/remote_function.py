@@ -1,0 +1,109 @@
+"""``@remote`` on functions: ``RemoteFunction`` and its options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from . import _context
+from .core.object_ref import ObjectRef
+
+__all__ = ["RemoteFunction", "TASK_OPTIONS", "resources_from_options"]
+
+TASK_OPTIONS = {
+    "num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "retry_exceptions",
+    "name", "memory", "scheduling_strategy",
+}
+_DEFAULTS = {"num_returns": 1, "max_retries": 3, "retry_exceptions": False}
+
+
+def check_options(options: dict[str, Any], valid: set[str], what: str) -> None:
+    unknown = set(options) - valid
+    if unknown:
+        raise ValueError(f"Invalid option keyword(s) {sorted(unknown)} for {what}. "
+                         f"Valid ones are {sorted(valid)}.")
+    for key in ("num_cpus", "num_gpus", "memory"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+    resources = options.get("resources")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise ValueError(f"resources must be a dict, got {type(resources).__name__}")
+        if "CPU" in resources or "GPU" in resources:
+            raise ValueError("Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and "
+                             "'GPU' in 'resources' keyword")
+    num_returns = options.get("num_returns")
+    if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 0):
+        raise ValueError(f"num_returns must be a non-negative int, got {num_returns!r}")
+    max_retries = options.get("max_retries")
+    if max_retries is not None and (not isinstance(max_retries, int) or max_retries < -1):
+        raise ValueError(f"max_retries must be an int >= -1 (-1: retry forever), "
+                         f"got {max_retries!r}")
+
+
+def resources_from_options(options: dict[str, Any], default_cpus: float) -> dict[str, float]:
+    """Ray's resource options as one resource dict (zero entries dropped)."""
+    out = {"CPU": float(options.get("num_cpus", default_cpus) or 0)}
+    if options.get("num_gpus"):
+        out["GPU"] = float(options["num_gpus"])
+    if options.get("memory"):
+        out["memory"] = float(options["memory"])
+    out.update({k: float(v) for k, v in (options.get("resources") or {}).items()})
+    return {k: v for k, v in out.items() if v > 0}
+
+
+class RemoteFunction:
+    """A function that runs as a task: ``f.remote(*args)`` returns ObjectRef(s) at once."""
+
+    def __init__(self, function: Callable, options: dict[str, Any]) -> None:
+        check_options(options, TASK_OPTIONS, "a remote function")
+        self._function = function
+        self._options = {**_DEFAULTS, **options}
+        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
+        self._registered: tuple[Any, bytes] | None = None  # (core, function id)
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = getattr(self._function, "__module__", "__main__")
+        raise TypeError(
+            "Remote functions cannot be called directly. Instead of running "
+            f"'{module}.{self._name}()', try '{module}.{self._name}.remote()'."
+        )
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """A copy with these options changed (``num_cpus``, ``num_returns``, ``name``...)."""
+        copy = RemoteFunction(self._function, {**self._options, **options})
+        copy._registered = self._registered
+        return copy
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
+        from .api import _core
+
+        core = _core()
+        registered = self._registered
+        if registered is None or registered[0] is not core:
+            registered = self._registered = (core, core.register_function(self._function,
+                                                                          self._name))
+        opts = self._options
+        num_returns = opts["num_returns"]
+        refs = core.submit_task(
+            registered[1], self._name, args, kwargs,
+            num_returns=num_returns,
+            resources=resources_from_options(opts, 1),
+            max_retries=opts["max_retries"],
+            retry_exceptions=bool(opts["retry_exceptions"]),
+            task_name=opts.get("name"),
+        )
+        if num_returns == 1:
+            return refs[0]
+        return refs if num_returns else None
+
+    def __repr__(self) -> str:
+        return f"RemoteFunction({self._name})"
+
+
+def in_worker() -> bool:
+    core = _context.core
+    return core is not None and core.kind == "worker"

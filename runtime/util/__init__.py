@@ -1,0 +1,1 @@
+"""Utilities on top of the core API, under Ray's names."""

@@ -1,0 +1,1 @@
+"""The worker process: runs tasks pushed by their owners."""
