@@ -1,6 +1,6 @@
 """Session directories: where a cluster keeps its token, logs and address on disk.
 
-Layout under ``$CELLFLEET_TMPDIR`` (default ``/tmp/cellfleet``)::
+Layout under ``$CELLFLEET_TMPDIR`` (default ``/tmp/cellfleet-<uid>``, a name no import can shadow)::
 
     session_<time>_<pid>/
         token            the cluster's secret (mode 0600)
@@ -24,7 +24,7 @@ TOKEN_BYTES = 32
 
 
 def root_dir() -> Path:
-    return Path(os.environ.get("CELLFLEET_TMPDIR", "/tmp/cellfleet"))
+    return Path(os.environ.get("CELLFLEET_TMPDIR") or f"/tmp/cellfleet-{os.getuid()}")
 
 
 @dataclass(frozen=True)
