@@ -149,6 +149,18 @@ class CoreWorker:
         """Run a coroutine on the I/O thread and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def request(self, target: str, message: m.Message, timeout: float | None = 30) -> Any:
+        """Ask the ``"gcs"`` or the ``"raylet"`` and wait for the reply (not on the hot path).
+
+        This process's buffered events go first, so the GCS answers with its own tasks in.
+        """
+
+        async def ask() -> Any:
+            self.events.flush(self.gcs)
+            return await getattr(self, target).request(message)
+
+        return self.run(ask(), timeout)
+
     def shutdown(self) -> None:
         """Flush events, return leases, close connections and stop the I/O thread."""
         if self._closed or self._loop is None:

@@ -68,7 +68,12 @@ class TaskExecutor:
                 return
             conn, wire = item
             self._results.append((conn, self.execute(TaskSpec.from_wire(wire)).to_wire()))
+            if self.core.events.logs:  # what the task printed leaves before its result
+                self.core._call_soon(self._flush_events)
             self.core._call_soon(self._send_results)
+
+    def _flush_events(self) -> None:
+        self.core.events.flush(self.core.gcs)
 
     def stop(self) -> None:
         self._tasks.put(None)

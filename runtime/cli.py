@@ -1,0 +1,271 @@
+"""The ``cellfleet`` command: start, inspect and stop a cluster on this machine.
+
+    cellfleet start --head [--port 6379] [--num-cpus N] ...   start a GCS and a raylet, detached
+    cellfleet status [--address HOST:PORT]                     nodes and jobs of a cluster
+    cellfleet stop [--all]                                     stop the current (or every) cluster
+    cellfleet microbenchmark [...]                             run the runtime's microbenchmarks
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from . import _messages as m
+from ._rpc import connect
+from ._session import Session, find_token, root_dir
+from .exceptions import RayError
+
+__all__ = ["main"]
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+UNREACHABLE = (OSError, asyncio.TimeoutError, RayError)  # ConnectionError is an OSError
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, with an exit code."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def _query(address: str, token: bytes, *messages: m.Message, timeout: float = 5.0) -> list:
+    conn = await connect(address, token, timeout=timeout)
+    try:
+        return [await asyncio.wait_for(conn.request(msg), timeout) for msg in messages]
+    finally:
+        conn.close()
+
+
+def _last_line(path: Any) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    return next((line for line in reversed(lines) if line), "")
+
+
+# -- start ----------------------------------------------------------------------------------
+
+
+def _start_head(args: argparse.Namespace) -> int:
+    from .api import _check_init_arguments
+    from .node import start_head
+
+    try:
+        resources = json.loads(args.resources) if args.resources else None
+    except ValueError as exc:
+        raise CliError(f"--resources is not valid JSON: {exc}") from None
+    try:
+        _check_init_arguments(None, args.num_cpus, args.num_gpus, resources,
+                              args.object_store_memory)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        head = start_head(num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
+                          object_store_memory=args.object_store_memory,
+                          gcs_storage=args.gcs_storage, host=args.host, port=args.port,
+                          detached=True)
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        _wait_until_ready(head)
+    except BaseException:
+        head.stop()
+        raise
+    head.session.mark_current()
+    path = head.session.path
+    print(f"Started a cellfleet head node at {head.gcs_address}\n"
+          f"  session: {path}\n  logs:    {path / 'logs'}\n\n"
+          "Connect from Python on this machine:\n"
+          "    import cellfleet\n    cellfleet.init(address=\"auto\")\n"
+          "or by address (from any user that can read the token):\n"
+          f"    export CELLFLEET_TOKEN=$(cat {head.session.token_file})\n"
+          f"    cellfleet.init(address=\"{head.gcs_address}\")\n\n"
+          "Stop it with:\n    cellfleet stop")
+    return 0
+
+
+def _wait_until_ready(head: Any) -> None:
+    """Poll until the GCS answers and lists the raylet's node alive; fail if a process dies."""
+    token = head.session.token()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        for proc, name in zip(head.processes, ("gcs", "raylet"), strict=True):
+            if proc.poll() is not None:
+                log = head.session.logs / f"{name}.log"
+                raise CliError(f"the {name} process exited during startup "
+                               f"({_last_line(log) or f'exit code {proc.returncode}'}); "
+                               f"see {log}")
+        try:
+            (nodes,) = asyncio.run(_query(head.gcs_address, token, m.GetNodes(), timeout=1.0))
+        except UNREACHABLE as exc:  # not up yet, or a process died: checked above
+            last_error = str(exc) or type(exc).__name__
+            nodes = []
+        if any(n["node_id"] == head.node_id and n["alive"] for n in nodes):
+            return
+        time.sleep(0.05)  # a polling interval, not synchronization
+    raise CliError(f"the cluster did not come up within {START_TIMEOUT_S:.0f}s ({last_error}); "
+                   f"see {head.session.logs}")
+
+
+def _start(args: argparse.Namespace) -> int:
+    if args.address:
+        raise CliError(f"joining the cluster at {args.address} is not supported yet: multi-node "
+                       "clusters come later. Use 'cellfleet start --head' on this machine.")
+    if not args.head:
+        raise CliError("say what to start: 'cellfleet start --head' (or --address HOST:PORT)")
+    return _start_head(args)
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.2f} GiB"
+
+
+def _status(args: argparse.Namespace) -> int:
+    address = args.address
+    if address is None:
+        session = Session.current()
+        address = session.info().get("gcs_address") if session is not None else None
+        if not address:
+            raise CliError("no running cellfleet cluster found on this machine "
+                           "(start one with 'cellfleet start --head')", code=1)
+    try:
+        nodes, jobs = asyncio.run(_query(address, find_token(address), m.GetNodes(),
+                                         m.ListJobs()))
+    except UNREACHABLE as exc:
+        raise CliError(f"no cellfleet cluster answers at {address}: {exc}", code=1) from None
+    print(f"Cluster at {address}: {sum(n['alive'] for n in nodes)} of {len(nodes)} node(s) alive")
+    for node in nodes:
+        state = "alive" if node["alive"] else f"DEAD ({node.get('death_reason', '')})"
+        print(f"\nnode {node['node_id'].hex()}  {node['raylet_address']}  {state}")
+        for name, total in sorted(node["resources"].items()):
+            if name.startswith("node:"):
+                continue
+            free = node["available"].get(name, 0.0)
+            fmt = _gib if name in ("memory", "object_store_memory") else "{:g}".format
+            print(f"  {name:<22} {fmt(free)} free of {fmt(total)}")
+        store = node.get("store") or {}
+        capacity = store.get("capacity", node.get("store_capacity", 0))
+        print(f"  object store           {_gib(store.get('used', 0))} used of {_gib(capacity)}"
+              f", {store.get('num_objects', 0)} object(s)")
+    print(f"\n{len(jobs)} job(s)")
+    for job in jobs:
+        state = "RUNNING" if job["alive"] else "FINISHED"
+        print(f"  job {job['job_id']:<4} {state:<9} pid {job['driver_pid']:<8} "
+              f"{job.get('entrypoint', '')}")
+    return 0
+
+
+# -- stop -----------------------------------------------------------------------------------
+
+
+def _session_processes(session: Session) -> list[psutil.Process]:
+    """The live processes of a session (checked by command line, so a reused pid is safe)."""
+    found: list[psutil.Process] = []
+    for pid in session.info().get("pids", []):
+        try:
+            proc = psutil.Process(pid)
+            if str(session.path) in " ".join(proc.cmdline()):
+                found += [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return found
+
+
+def _stop_session(session: Session) -> int:
+    procs = _session_processes(session)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
+    Session.clear_current(session.path)
+    return len(procs)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    if args.all:
+        sessions = [Session(p) for p in sorted(root_dir().glob("session_*"))]
+    else:
+        current = Session.current()
+        sessions = [current] if current is not None else []
+    stopped = 0
+    for session in sessions:
+        count = _stop_session(session)
+        if count:
+            stopped += 1
+            address = session.info().get("gcs_address", "?")
+            print(f"Stopped the cluster at {address} ({count} process(es), {session.path})")
+    if not stopped:
+        print("No running cellfleet cluster found.")
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellfleet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="start a head node on this machine")
+    start.add_argument("--head", action="store_true", help="start a head node (GCS + raylet)")
+    start.add_argument("--address", help="join the cluster at HOST:PORT (not supported yet)")
+    start.add_argument("--port", type=int, default=6379, help="the GCS port (default 6379)")
+    start.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    start.add_argument("--num-cpus", type=int, default=None)
+    start.add_argument("--num-gpus", type=int, default=None)
+    start.add_argument("--resources", default=None, help='JSON, e.g. \'{"custom": 2}\'')
+    start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES")
+    start.add_argument("--gcs-storage", default=None, metavar="redis://HOST:PORT",
+                       help="keep the GCS tables in Redis (default: in memory)")
+    status = sub.add_parser("status", help="show the nodes and jobs of a cluster")
+    status.add_argument("--address", default=None, help="HOST:PORT (default: this machine's)")
+    stop = sub.add_parser("stop", help="stop the cluster started by 'cellfleet start'")
+    stop.add_argument("--all", action="store_true", help="stop every cluster of this user")
+    sub.add_parser("microbenchmark", help="run the runtime's microbenchmarks", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``cellfleet`` command; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["microbenchmark"]:
+        try:
+            from . import microbenchmark
+        except ImportError as exc:
+            print(f"cellfleet microbenchmark: not available ({exc})", file=sys.stderr)
+            return 2
+        return microbenchmark.main(argv[1:]) or 0
+    args = _parser().parse_args(argv)
+    commands = {"start": _start, "status": _status, "stop": _stop}
+    try:
+        return commands[args.command](args)
+    except CliError as exc:
+        print(f"cellfleet {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
