@@ -1,7 +1,8 @@
 """cellfleet: a distributed runtime in Ray's architecture, for Jupyter.
 
-``import cellfleet as ray`` gives Ray's core API: ``init``, ``remote``, ``get``, ``wait``,
-``put``, ``shutdown``, ``ObjectRef`` and ``exceptions``.
+``import cellfleet as ray`` gives Ray's core API: ``init``, ``remote`` (tasks and actors),
+``get``, ``wait``, ``put``, ``cancel``, ``kill``, ``get_actor``, ``shutdown``, ``ObjectRef``,
+``get_runtime_context``, ``nodes``, the resource queries and ``exceptions``.
 """
 
 from __future__ import annotations
@@ -9,16 +10,43 @@ from __future__ import annotations
 from typing import Any
 
 from . import exceptions
-from .api import get, init, is_initialized, put, shutdown, wait
+from .actor import ActorClass, ActorHandle, method
+from .api import (
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_actor,
+    get_gpu_ids,
+    init,
+    is_initialized,
+    kill,
+    nodes,
+    put,
+    shutdown,
+    wait,
+)
 from .core.object_ref import ObjectRef
 from .remote_function import RemoteFunction
+from .runtime_context import get_runtime_context
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "ObjectRef",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
+    "nodes",
     "put",
     "remote",
     "shutdown",
@@ -41,7 +69,7 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise TypeError("actors (@remote on a class) are not available yet")
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@remote applies to functions and classes, not {type(target).__name__}")
     return RemoteFunction(target, options)

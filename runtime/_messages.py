@@ -205,6 +205,42 @@ class ListJobs(Message):
     pass
 
 
+@_message(29)
+class RegisterActor(Message):
+    """A new actor (state PENDING); fails if its name is taken, unless ``get_if_exists``."""
+
+    actor_id: bytes
+    info: dict
+    get_if_exists: bool
+
+
+@_message(41)
+class UpdateActor(Message):
+    """An actor's state changed (ALIVE with its address, RESTARTING, or DEAD with why)."""
+
+    actor_id: bytes
+    state: str
+    info: dict
+
+
+@_message(42)
+class GetNamedActor(Message):
+    name: str
+    namespace: str
+
+
+@_message(43)
+class WaitActor(Message):
+    """Answered once the actor is ALIVE or DEAD, with its record."""
+
+    actor_id: bytes
+
+
+@_message(44)
+class ListActors(Message):
+    pass
+
+
 # --- raylet --------------------------------------------------------------------------------
 
 
@@ -221,8 +257,11 @@ class RegisterClient(Message):
 
 @_message(31)
 class RequestLease(Message):
+    """``kind``: "task", "actor" (dies with its owner) or "detached_actor"."""
+
     resources: dict
     scheduling_key: str
+    kind: str
 
 
 @_message(32)
@@ -269,8 +308,11 @@ class GetNodeStats(Message):
 
 
 @_message(40)
-class WorkerShutdown(Message):
-    """The raylet tells an idle worker to exit."""
+class ShrinkLease(Message):
+    """An actor is placed: keep only the resources it needs to run."""
+
+    lease_id: int
+    resources: dict
 
 
 # --- core worker ---------------------------------------------------------------------------
@@ -309,6 +351,22 @@ class AddBorrowers(Message):
 class RemoveBorrowers(Message):
     object_ids: list
     borrower: str
+
+
+@_message(56)
+class KillActor(Message):
+    """Tells an actor's worker to exit at once."""
+
+    reason: str
+
+
+@_message(57)
+class CancelTask(Message):
+    """Cancel a task pushed to this worker: KeyboardInterrupt, or exit when ``force``."""
+
+    task_id: bytes
+    force: bool
+    recursive: bool
 
 
 @_message(55)

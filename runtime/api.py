@@ -12,15 +12,33 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from . import _context, _messages as m
+from . import _context
+from . import _messages as m
 from ._ids import random_id
 from ._rpc import connect
 from ._session import Session, find_token
+from .actor import ActorHandle
 from .core.core_worker import CoreWorker, print_logs
 from .core.object_ref import ObjectRef
+from .exceptions import ActorDeathReason
 from .node import HeadNode, start_head
 
-__all__ = ["RuntimeInfo", "get", "init", "is_initialized", "put", "shutdown", "wait"]
+__all__ = [
+    "RuntimeInfo",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "get",
+    "get_actor",
+    "get_gpu_ids",
+    "init",
+    "is_initialized",
+    "kill",
+    "nodes",
+    "put",
+    "shutdown",
+    "wait",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -271,3 +289,95 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
 def put(value: Any) -> ObjectRef:
     """Store a value in the cluster; the returned ref can be passed to tasks."""
     return _core().put(value)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The live actor called ``name``; ValueError if there is none."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("Please supply a non-empty value to get_actor")
+    core = _core()
+    record = core.request("gcs", m.GetNamedActor(
+        name, core.namespace if namespace is None else namespace))
+    if record is None:
+        raise ValueError(
+            f"Failed to look up actor with name '{name}'. This could because 1. You are "
+            "trying to look up a named actor you didn't create. 2. The named actor died. "
+            "3. You did not use a namespace matching the namespace of the actor."
+        )
+    return ActorHandle._from_record(record)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill an actor at once: pending and later calls fail with ActorDiedError."""
+    if not isinstance(actor, ActorHandle):
+        raise ValueError("kill() only supported for actors. For tasks, try cancel(). "
+                         f"Got: {type(actor).__name__}.")
+    core = _core()
+    core._call_soon(lambda: core.actor_submitter.kill(actor._actor_id,
+                                                      ActorDeathReason.KILLED))
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes ``object_ref``; its ``get`` raises TaskCancelledError.
+
+    A queued task never runs; a running one gets KeyboardInterrupt (``force``: its worker
+    is killed); ``recursive`` cancels the tasks it submitted too.
+    """
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError("cancel() only supported for tasks: pass the ObjectRef a .remote() "
+                        f"call returned, got {type(object_ref).__name__}")
+    core = _core()
+    entry = core.refs.entries.get(object_ref._id)
+    if entry is None or not entry.owned:
+        raise ValueError("cancel() works in the process that submitted the task")
+    if force and entry.spec is not None and entry.spec.actor_id:
+        raise ValueError("force=True is not supported for actor tasks: use kill() on the "
+                         "actor")
+    core.cancel(object_ref, force=force, recursive=recursive)
+
+
+def nodes() -> list[dict[str, Any]]:
+    """The cluster's nodes with Ray's keys (NodeID, Alive, NodeManagerAddress, Resources...)."""
+    out = []
+    for node in _core().request("gcs", m.GetNodes()):
+        host, _, port = node["raylet_address"].rpartition(":")
+        out.append({
+            "NodeID": node["node_id"].hex(), "Alive": node["alive"], "alive": node["alive"],
+            "NodeManagerAddress": host, "NodeManagerHostname": host,
+            "NodeManagerPort": int(port), "ObjectStoreSocketName": node["store_name"],
+            "Resources": node["resources"] if node["alive"] else {},
+            "DeathReason": node["death_reason"], "Labels": {},
+        })
+    return out
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the live nodes."""
+    total: dict[str, float] = {}
+    for node in _core().request("gcs", m.GetNodes()):
+        if node["alive"]:
+            for key, value in node["resources"].items():
+                total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def available_resources() -> dict[str, float]:
+    """Free resources of the live nodes (this node's exact, others' as of their heartbeat)."""
+    core = _core()
+    local = core.request("raylet", m.GetNodeStats())
+    total: dict[str, float] = {}
+    for node in core.request("gcs", m.GetNodes()):
+        if not node["alive"]:
+            continue
+        available = local["available"] if node["node_id"] == core.node_id else node["available"]
+        for key, value in available.items():
+            if value > 0:
+                total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def get_gpu_ids() -> list[int]:
+    """GPU ids assigned to the current task or actor (empty on a CPU-only task)."""
+    spec = _core().current_task
+    gpus = int((spec.resources or {}).get("GPU", 0)) if spec is not None else 0
+    return list(range(gpus))

@@ -37,6 +37,7 @@ from .._serialization import (
     serialize,
 )
 from .._shm import SharedArena
+from .actor_submitter import ActorSubmitter
 from .events import FLUSH_INTERVAL_S, EventBuffer
 from .object_ref import ObjectRef
 from .reference_table import ObjectEntry, ReferenceTable
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 DRIVER_TASK_ID = bytes(16)
 submission_tag: contextvars.ContextVar[str] = contextvars.ContextVar("cellfleet_tag", default="")
+_current_task: contextvars.ContextVar[TaskSpec | None] = contextvars.ContextVar(
+    "cellfleet_task", default=None)
 
 
 def _is_error(payload: list) -> bool:
@@ -75,7 +78,7 @@ class CoreWorker:
         self.functions: dict[bytes, tuple[str, bytes]] = {}
         self.log_handler: Callable[[list], None] | None = None
         self.executor: Any = None  # set in worker processes (worker.executor.TaskExecutor)
-        self.current_task: TaskSpec | None = None  # the task this process is running
+        self.actor_id: bytes = b""  # set in the worker of an actor
         self.arena: SharedArena | None = None
         self.raylet: Connection | None = None
         self.gcs: Connection | None = None
@@ -89,7 +92,18 @@ class CoreWorker:
         self._exported: set[bytes] = set()
         self._closed = False
         self.submitter: TaskSubmitter | None = None
+        self.actor_submitter: ActorSubmitter | None = None
+        self._cancelled: set[bytes] = set()
         self.refs: ReferenceTable  # set in start(), once the address is known
+
+    @property
+    def current_task(self) -> TaskSpec | None:
+        """The task running in this thread (or asyncio task), if any."""
+        return _current_task.get()
+
+    @current_task.setter
+    def current_task(self, spec: TaskSpec | None) -> None:
+        _current_task.set(spec)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -137,12 +151,13 @@ class CoreWorker:
                 self.gcs.send(m.Subscribe("logs"))
         self.submitter = TaskSubmitter(
             raylet=lambda: self.raylet,
-            connect=self._peer,
-            export=self._export_to,
+            connect=self.peer,
+            export=self.export_to,
             on_pushed=self._task_pushed,
             on_failed=self._task_failed_to_schedule,
             on_worker_lost=self._task_worker_lost,
         )
+        self.actor_submitter = ActorSubmitter(self)
         self._loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
 
     def run(self, coro, timeout: float | None = None) -> Any:
@@ -170,6 +185,7 @@ class CoreWorker:
         async def close() -> None:
             if self.submitter is not None:
                 self.submitter.shutdown()
+                self.actor_submitter.shutdown()
             self.events.flush(self.gcs)
             await asyncio.sleep(0)
             for fut in self._peers.values():
@@ -242,9 +258,12 @@ class CoreWorker:
             m.RemoveBorrowers: lambda conn, msg: self.refs.remove_borrower(msg.object_ids,
                                                                            msg.borrower),
             m.Publish: self._published,
+            m.KillActor: lambda conn, msg: self.executor and self.executor.kill(msg.reason),
+            m.CancelTask: lambda conn, msg: self.executor and self.executor.cancel(
+                msg.task_id, msg.force, msg.recursive),
         }
 
-    def _peer(self, address: str) -> asyncio.Future:
+    def peer(self, address: str) -> asyncio.Future:
         """A (cached) connection to another core worker."""
         fut = self._peers.get(address)
         if fut is None or (fut.done() and (fut.exception() or not fut.result().is_open)):
@@ -260,7 +279,7 @@ class CoreWorker:
     def _send_to(self, address: str, message: m.Message) -> None:
         if address == self.address:
             return
-        fut = self._peer(address)
+        fut = self.peer(address)
         if fut.done():
             if not fut.exception():
                 fut.result().send(message)
@@ -284,9 +303,9 @@ class CoreWorker:
             self._call_soon(lambda: self.gcs.send(m.ExportFunction(function_id, name, blob)))
         return function_id
 
-    def _export_to(self, conn: Connection, spec: TaskSpec) -> None:
+    def export_to(self, conn: Connection, spec: TaskSpec) -> None:
         sent: set = conn.state
-        if spec.function_id not in sent:
+        if spec.function_id and spec.function_id not in sent:
             name, blob = self.functions[spec.function_id]
             conn.send(m.DefineFunctions([[spec.function_id, name, blob]]))
             sent.add(spec.function_id)
@@ -433,7 +452,7 @@ class CoreWorker:
     async def _fetch(self, object_id: bytes, entry: ObjectEntry) -> None:
         """Ask a borrowed object's owner for it; the reply comes once it is ready."""
         try:
-            conn = await self._peer(entry.owner)
+            conn = await self.peer(entry.owner)
             payload = await conn.request(m.GetObjectStatus(object_id))
         except exceptions.RayError as exc:
             payload = _error_payload(exc)
@@ -487,7 +506,13 @@ class CoreWorker:
 
     def submit_task(self, function_id: bytes, name: str, args: tuple, kwargs: dict, *,
                     num_returns: int, resources: dict, max_retries: int,
-                    retry_exceptions: bool, task_name: str | None = None) -> list[ObjectRef]:
+                    retry_exceptions: bool, task_name: str | None = None,
+                    actor_id: bytes = b"", method: str = "", actor_options: dict | None = None,
+                    holds: list[bytes] = ()) -> list[ObjectRef]:
+        """Submit a task, an actor's creation (``actor_id``) or an actor call (and ``method``).
+
+        ``holds``: objects the task keeps alive until it finishes (an actor's handle ref).
+        """
         blob, arg_refs, contained = self._serialize_args(name, args, kwargs)
         task_id = self.ids.task_id()
         parent = self.current_task
@@ -497,23 +522,62 @@ class CoreWorker:
             DRIVER_TASK_ID if parent is None else parent.task_id,
             submission_tag.get() if parent is None else parent.tag,
             resources, max_retries, retry_exceptions,
+            actor_id=actor_id, method=method, actor_options=actor_options,
         )
         refs = []
         for index in range(1, num_returns + 1):
             object_id = object_id_for(task_id, index)
             self.refs.create_owned(object_id, spec=spec)
             refs.append(ObjectRef(object_id, self.address))
-        submitted = [r[0] for r in arg_refs] + [r._id for r in contained]
+        submitted = [r[0] for r in arg_refs] + [r._id for r in contained] + list(holds)
         self.refs.add_submitted(submitted)
         self.events.task(task_id, "PENDING_ARGS_AVAIL", {
             "name": spec.name, "func_or_class_name": name, "job_id": spec.job_id,
             "parent_task_id": spec.parent_task_id.hex(), "tag": spec.tag,
             "args": [r[0].hex() for r in arg_refs],
-            "returns": [r.hex() for r in refs],
-            "required_resources": resources, "owner": self.address, "type": "NORMAL_TASK",
+            "returns": [r.hex() for r in refs], "actor_id": actor_id.hex() or None,
+            "required_resources": resources, "owner": self.address, "type": spec.kind,
         })
         self._call_soon(lambda: self._resolve(spec, submitted))
         return refs
+
+    def cancel(self, ref: ObjectRef, *, force: bool, recursive: bool) -> None:
+        """Cancel the task that makes ``ref`` (see ``cellfleet.cancel``)."""
+        self._call_soon(lambda: self._cancel(ref._id[:16], force, recursive))
+
+    def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        pending = self._pending.get(task_id)
+        if pending is None:
+            return  # finished already, or not ours
+        spec = pending[0]
+        self._cancelled.add(task_id)
+        if recursive:
+            for child, _ in list(self._pending.values()):
+                if child.parent_task_id == task_id:
+                    self._cancel(child.task_id, force, recursive)
+        cancelled = _error_payload(exceptions.TaskCancelledError(task_id.hex()))
+        if spec.actor_id:
+            if self.actor_submitter.drop(spec):
+                self._finish(spec, None, cancelled)
+                return
+            conn = self.actor_submitter.connection_of(spec)
+        else:
+            if self.submitter.cancel_queued(task_id) is not None:
+                self._finish(spec, None, cancelled)
+                return
+            worker = self.submitter.workers_by_task.get(task_id)
+            conn = worker.conn if worker is not None else None
+        if conn is not None:
+            conn.send(m.CancelTask(task_id, force, recursive))
+        # otherwise its arguments are pending: _dispatch sees it is cancelled
+
+    def cancel_children(self, parent_task_id: bytes) -> None:
+        """Cancel (recursively) every pending task submitted by ``parent_task_id``."""
+        def cancel_all() -> None:
+            for child, _ in list(self._pending.values()):
+                if child.parent_task_id == parent_task_id:
+                    self._cancel(child.task_id, False, True)
+        self._call_soon(cancel_all)
 
     def _serialize_args(self, name: str, args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
         if not args and not kwargs:
@@ -558,6 +622,8 @@ class CoreWorker:
     def _resolve(self, spec: TaskSpec, submitted: list[bytes]) -> None:
         """Wait (on the I/O thread) for top-level arguments, then queue the task."""
         self._pending[spec.task_id] = (spec, submitted)
+        if spec.method:
+            self.actor_submitter.enqueue(spec)  # calls keep their order from here on
         entries = [self.refs.entries.get(object_id) for object_id, _ in spec.arg_refs]
         waiting = [e for e in entries if e is not None and e.payload is None]
         if not waiting:
@@ -578,25 +644,51 @@ class CoreWorker:
                                                    entry))
 
     def _dispatch(self, spec: TaskSpec, entries: list[ObjectEntry | None]) -> None:
+        if spec.task_id not in self._pending:
+            return  # cancelled while its arguments were pending
+        error = None
+        if spec.task_id in self._cancelled:
+            error = _error_payload(exceptions.TaskCancelledError(spec.task_id.hex()))
         resolved = []
         for (object_id, owner), entry in zip(spec.arg_refs, entries):
+            if error is not None:
+                break
             if entry is None:
-                self._finish(spec, None, _error_payload(
-                    exceptions.ObjectLostError(object_id.hex(), owner)))
-                return
-            if _is_error(entry.payload):
-                self._finish(spec, None, entry.payload)  # failures propagate downstream
-                return
-            resolved.append(entry.payload)
+                error = _error_payload(exceptions.ObjectLostError(object_id.hex(), owner))
+            elif _is_error(entry.payload):
+                error = entry.payload  # failures propagate downstream
+            else:
+                resolved.append(entry.payload)
+        if error is not None:
+            if spec.method:
+                self.actor_submitter.drop(spec)
+            self._finish(spec, None, error)
+            return
         spec.resolved = resolved
         self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT")
-        self.submitter.submit(spec)
+        if spec.method:
+            self.actor_submitter.ready(spec)
+        elif spec.actor_id:
+            options = spec.actor_options
+            self.actor_submitter.create(
+                spec, "detached_actor" if options.get("detached") else "actor",
+                options["run_resources"])
+        else:
+            self.submitter.submit(spec)
 
-    def _task_pushed(self, spec: TaskSpec, worker: LeasedWorker) -> None:
+    def task_pushed(self, spec: TaskSpec, node_id: bytes, worker_id: bytes) -> None:
         self.events.task(spec.task_id, "SUBMITTED_TO_WORKER", {
-            "node_id": worker.node_id.hex(), "worker_id": worker.worker_id.hex(),
+            "node_id": node_id.hex(), "worker_id": worker_id.hex(),
             "attempt_number": spec.attempt,
         })
+
+    def fail_task(self, spec: TaskSpec, error: BaseException) -> None:
+        """End a task with ``error`` as the value of all its returns."""
+        if spec.task_id in self._pending:
+            self._finish(spec, None, _error_payload(error))
+
+    def _task_pushed(self, spec: TaskSpec, worker: LeasedWorker) -> None:
+        self.task_pushed(spec, worker.node_id, worker.worker_id)
 
     def _task_results(self, conn: Connection, msg: m.TaskResults) -> None:
         for items in msg.results:
@@ -605,12 +697,20 @@ class CoreWorker:
             if pending is None:
                 continue
             spec = pending[0]
-            self.submitter.task_done(result.task_id, spec.function_id, result.end - result.start)
-            if not result.ok and result.retryable and self._retry(spec):
-                continue
+            if spec.method:
+                self.actor_submitter.call_done(spec)
+            elif spec.actor_id:
+                self.actor_submitter.creation_done(spec, result)
+            else:
+                self.submitter.task_done(result.task_id, spec.function_id,
+                                         result.end - result.start)
+                if not result.ok and result.retryable and self._retry(spec):
+                    continue
             self._finish(spec, result, None)
 
     def _retry(self, spec: TaskSpec) -> bool:
+        if spec.task_id in self._cancelled:
+            return False
         if spec.max_retries != -1 and spec.attempt >= spec.max_retries:
             return False
         spec.attempt += 1
@@ -619,6 +719,9 @@ class CoreWorker:
         return True
 
     def _task_worker_lost(self, spec: TaskSpec, worker: LeasedWorker) -> None:
+        if spec.task_id in self._cancelled:
+            self.fail_task(spec, exceptions.TaskCancelledError(spec.task_id.hex()))
+            return
         if self._retry(spec):
             return
         self._finish(spec, None, _error_payload(exceptions.WorkerCrashedError(
@@ -636,6 +739,7 @@ class CoreWorker:
     def _finish(self, spec: TaskSpec, result: TaskResult | None, error: list | None) -> None:
         """Record a task's outcome: fill its return objects and release its arguments."""
         pending = self._pending.pop(spec.task_id, None)
+        self._cancelled.discard(spec.task_id)
         for index in range(spec.num_returns):
             object_id = object_id_for(spec.task_id, index + 1)
             payload = error if result is None else result.returns[index]
@@ -661,6 +765,11 @@ class CoreWorker:
     # -- reference counting hooks (I/O thread) -----------------------------------------
 
     def _on_free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        spec = entry.spec
+        if (entry.owned and spec is not None and spec.actor_id and not spec.method
+                and not spec.actor_options.get("detached")):
+            # The last handle to an actor is gone: the actor goes too.
+            self.actor_submitter.kill(spec.actor_id, exceptions.ActorDeathReason.OUT_OF_SCOPE)
         if entry.owned:
             if entry.payload is not None and entry.payload[0] == "s":
                 self.raylet.send(m.FreeObjects([object_id]))

@@ -151,7 +151,7 @@ class TaskSubmitter:
     async def _lease(self, key: tuple, queue: _KeyQueue) -> None:
         try:
             lease_id, worker_id, address, node_id = await self._raylet().request(
-                m.RequestLease(queue.resources, repr(key))
+                m.RequestLease(queue.resources, repr(key), "task")
             )
         except Exception as exc:
             queue.lease_pending = False

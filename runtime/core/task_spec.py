@@ -43,12 +43,21 @@ class TaskSpec:
     retry_exceptions: bool
     attempt: int = 0
     resolved: list = field(default_factory=list)  # a Payload per arg_refs entry, at push time
+    actor_id: bytes = b""  # set for actor creation (method "") and actor method tasks
+    method: str = ""
+    actor_options: dict | None = None  # creation only: max_concurrency, is_async
+
+    @property
+    def kind(self) -> str:
+        if not self.actor_id:
+            return "NORMAL_TASK"
+        return "ACTOR_TASK" if self.method else "ACTOR_CREATION_TASK"
 
     def to_wire(self) -> list:
         return [self.task_id, self.job_id, self.function_id, self.name, self.args,
                 self.arg_refs, self.num_returns, self.owner, self.parent_task_id, self.tag,
                 self.resources, self.max_retries, self.retry_exceptions, self.attempt,
-                self.resolved]
+                self.resolved, self.actor_id, self.method, self.actor_options]
 
     @classmethod
     def from_wire(cls, items: list) -> TaskSpec:

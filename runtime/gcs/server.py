@@ -49,6 +49,8 @@ class GcsServer:
         self.events = TaskEventStore()
         self.logs: list[list] = []
         self.subscribers: dict[str, set[Connection]] = {}
+        self.actors: dict[bytes, dict[str, Any]] = {}
+        self._actor_waiters: dict[bytes, list[asyncio.Future]] = {}
         self._node_conns: dict[Connection, bytes] = {}
         self._job_conns: dict[Connection, int] = {}
 
@@ -61,6 +63,8 @@ class GcsServer:
         for key, value in (await self.storage.load("jobs")).items():
             self.jobs[int(key)] = _unpack(value)
         self.functions.update(await self.storage.load("functions"))
+        for key, value in (await self.storage.load("actors")).items():
+            self.actors[key] = _unpack(value)
         for key, value in (await self.storage.load("kv")).items():
             ns, _, k = key.partition(b"\0")
             self.kv[(ns.decode(), k)] = value
@@ -87,6 +91,11 @@ class GcsServer:
             m.SummarizeTasks: lambda conn, msg: self.events.summarize(),
             m.AddLogs: self.add_logs,
             m.Subscribe: self.subscribe,
+            m.RegisterActor: self.register_actor,
+            m.UpdateActor: self.update_actor,
+            m.GetNamedActor: self.get_named_actor,
+            m.WaitActor: self.wait_actor,
+            m.ListActors: lambda conn, msg: list(self.actors.values()),
         }
 
     # -- connections ----------------------------------------------------------------------
@@ -205,6 +214,63 @@ class GcsServer:
         existed = self.kv.pop((msg.namespace, msg.key), None) is not None
         await self.storage.delete("kv", msg.namespace.encode() + b"\0" + msg.key)
         return existed
+
+    # -- actors -------------------------------------------------------------------------
+
+    def _named(self, name: str, namespace: str) -> dict[str, Any] | None:
+        for actor in self.actors.values():
+            if (actor["name"] == name and actor["namespace"] == namespace
+                    and actor["state"] != "DEAD"):
+                return actor
+        return None
+
+    async def register_actor(self, conn: Connection, msg: m.RegisterActor) -> dict | None:
+        """Returns None when registered, or the live actor that already has the name."""
+        info = msg.info
+        if info.get("name"):
+            existing = self._named(info["name"], info["namespace"])
+            if existing is not None:
+                if msg.get_if_exists:
+                    return existing
+                raise ValueError(
+                    f"The name {info['name']} (namespace={info['namespace']!r}) is already "
+                    "taken. Use get_if_exists=True to reuse the existing actor, or another name."
+                )
+        actor = {**info, "actor_id": msg.actor_id, "state": "PENDING", "address": "",
+                 "node_id": b"", "pid": 0, "num_restarts": 0, "death_cause": "",
+                 "start_time": time.time(), "end_time": None}
+        self.actors[msg.actor_id] = actor
+        await self.storage.put("actors", msg.actor_id, _pack(actor))
+        self.publish("actor", actor)
+        return None
+
+    async def update_actor(self, conn: Connection, msg: m.UpdateActor) -> None:
+        actor = self.actors.get(msg.actor_id)
+        if actor is None or actor["state"] == "DEAD":
+            return  # the first death's reason stays
+        actor.update(msg.info)
+        actor["state"] = msg.state
+        if msg.state == "DEAD":
+            actor["end_time"] = time.time()
+        if msg.state in ("ALIVE", "DEAD"):
+            for fut in self._actor_waiters.pop(msg.actor_id, []):
+                if not fut.done():
+                    fut.set_result(actor)
+        self.publish("actor", actor)
+        await self.storage.put("actors", msg.actor_id, _pack(actor))
+
+    def get_named_actor(self, conn: Connection, msg: m.GetNamedActor) -> dict | None:
+        return self._named(msg.name, msg.namespace)
+
+    def wait_actor(self, conn: Connection, msg: m.WaitActor) -> Any:
+        actor = self.actors.get(msg.actor_id)
+        if actor is None:
+            raise ValueError(f"no actor {msg.actor_id.hex()} in this cluster")
+        if actor["state"] in ("ALIVE", "DEAD"):
+            return actor
+        fut = asyncio.get_running_loop().create_future()
+        self._actor_waiters.setdefault(msg.actor_id, []).append(fut)
+        return fut
 
     # -- events, logs, pub/sub ------------------------------------------------------------
 

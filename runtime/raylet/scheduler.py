@@ -23,7 +23,7 @@ class LeaseRequest:
     request_id: int
     resources: dict[str, float]
     owner: Any  # the requesting connection, opaque here
-    reason: str = ""
+    kind: str = "task"  # "task", "actor" or "detached_actor"
 
 
 @dataclass(slots=True)
@@ -32,8 +32,8 @@ class Lease:
     worker_id: bytes
     resources: dict[str, float]
     owner: Any
+    kind: str = "task"
     blocked: bool = False
-    actor: bool = False
 
 
 @dataclass(slots=True)
@@ -110,6 +110,17 @@ class LocalScheduler:
                 self._give_back(lease.resources)
         return lost, self.schedule()
 
+    def shrink_lease(self, lease_id: int, resources: dict[str, float]) -> list:
+        """Keep only ``resources`` of a lease (an actor placed with more than it runs with)."""
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return []
+        if not lease.blocked:
+            self._give_back(lease.resources)
+            self._take(resources)
+        lease.resources = dict(resources)
+        return self.schedule()
+
     def worker_blocked(self, worker_id: bytes) -> list:
         for lease in self.leases.values():
             if lease.worker_id == worker_id and not lease.blocked:
@@ -144,7 +155,8 @@ class LocalScheduler:
                 continue
             worker_id = self.idle_workers.pop()
             self._take(request.resources)
-            lease = Lease(self._next_lease, worker_id, request.resources, request.owner)
+            lease = Lease(self._next_lease, worker_id, request.resources, request.owner,
+                          request.kind)
             self._next_lease += 1
             self.leases[lease.lease_id] = lease
             actions.append(Grant(request, lease))

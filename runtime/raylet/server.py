@@ -15,8 +15,8 @@ import os
 from typing import Any
 
 from .. import _messages as m
-from ..exceptions import TaskUnschedulableError
 from .._rpc import Connection, HandlerTable
+from ..exceptions import TaskUnschedulableError
 from .object_store import ObjectStore
 from .scheduler import Grant, LeaseRequest, LocalScheduler, Reject, StartWorker
 from .worker_pool import WorkerPool
@@ -63,6 +63,8 @@ class Raylet:
             m.RegisterClient: self.register_client,
             m.RequestLease: self.request_lease,
             m.ReturnLease: self.return_lease,
+            m.ShrinkLease: lambda conn, msg: self._carry_out(
+                self.scheduler.shrink_lease(msg.lease_id, msg.resources)),
             m.NotifyBlocked: self.notify_blocked,
             m.NotifyUnblocked: self.notify_unblocked,
             m.AllocateObject: self.allocate_object,
@@ -98,9 +100,11 @@ class Raylet:
             self.worker_exited(client.worker_id)
         self.store.owner_gone(client.address)
         self.scheduler.cancel_requests(conn)
-        # Leases held by a departed owner: their workers may be mid-task for nobody.
-        for lease in [lease for lease in self.scheduler.leases.values() if lease.owner is conn]:
-            self.pool.kill(lease.worker_id)
+        # Leases held by a departed owner: their workers may be mid-task for nobody, and its
+        # actors share its fate (detached actors live on).
+        for lease in list(self.scheduler.leases.values()):
+            if lease.owner is conn and lease.kind != "detached_actor":
+                self.pool.kill(lease.worker_id)
 
     def worker_exited(self, worker_id: bytes) -> None:
         self.pool.remove(worker_id)
@@ -119,7 +123,7 @@ class Raylet:
         self._next_request += 1
         future = asyncio.get_running_loop().create_future()
         self._lease_futures[request_id] = future
-        request = LeaseRequest(request_id, msg.resources, conn)
+        request = LeaseRequest(request_id, msg.resources, conn, msg.kind)
         self._carry_out(self.scheduler.request_lease(request))
         return future
 

@@ -7,10 +7,15 @@ node's arena) and queues the result. Results finished in a burst leave in one me
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
 import os
 import pickle
 import queue
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections import deque
@@ -39,6 +44,14 @@ class TaskExecutor:
         self._ip = socket.gethostbyname("localhost")
         self._pid = os.getpid()
         self.streams: tuple = ()
+        self.actor: Any = None
+        self._actor_loop: asyncio.AbstractEventLoop | None = None
+        self._actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._async_calls: dict[bytes, concurrent.futures.Future] = {}
+        self._cancelled: set[bytes] = set()
+        self._running_main: bytes | None = None  # task id running on the main thread
+        self._interrupt: bytes | None = None
+        signal.signal(signal.SIGINT, self._on_sigint)
 
     # -- I/O thread -----------------------------------------------------------------------
 
@@ -48,7 +61,38 @@ class TaskExecutor:
 
     def push(self, conn: Connection, tasks: list) -> None:
         for wire in tasks:
-            self._tasks.put((conn, wire))
+            if self._actor_loop is not None:
+                spec = TaskSpec.from_wire(wire)
+                self._async_calls[spec.task_id] = asyncio.run_coroutine_threadsafe(
+                    self._run_async(conn, spec), self._actor_loop)
+            elif self._actor_pool is not None:
+                self._actor_pool.submit(self._run_one, conn, TaskSpec.from_wire(wire))
+            else:
+                self._tasks.put((conn, wire))
+
+    def kill(self, reason: str) -> None:
+        """``kill()`` of this worker's actor: exit now."""
+        os._exit(0)
+
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        """Cancel a queued or running task (I/O thread)."""
+        if recursive:
+            self.core.cancel_children(task_id)
+        call = self._async_calls.get(task_id)
+        if call is not None:
+            self._actor_loop.call_soon_threadsafe(call.cancel)
+            return
+        if force:
+            os._exit(1)  # the owner sees the worker go and fails the task as cancelled
+        self._cancelled.add(task_id)
+        if self._running_main == task_id:
+            self._interrupt = task_id
+            os.kill(self._pid, signal.SIGINT)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._interrupt is not None and self._interrupt == self._running_main:
+            self._interrupt = None
+            raise KeyboardInterrupt
 
     def _send_results(self) -> None:
         by_conn: dict[Connection, list] = {}
@@ -67,10 +111,29 @@ class TaskExecutor:
             if item is None:
                 return
             conn, wire = item
-            self._results.append((conn, self.execute(TaskSpec.from_wire(wire)).to_wire()))
-            if self.core.events.logs:  # what the task printed leaves before its result
-                self.core._call_soon(self._flush_events)
-            self.core._call_soon(self._send_results)
+            spec = TaskSpec.from_wire(wire)
+            self._running_main = spec.task_id
+            try:
+                self._run_one(conn, spec)
+            except KeyboardInterrupt:  # a cancel that came as the task ended
+                pass
+            finally:
+                self._running_main = None
+
+    def _run_one(self, conn: Connection, spec: TaskSpec) -> None:
+        self._deliver(conn, self.execute(spec))
+
+    async def _run_async(self, conn: Connection, spec: TaskSpec) -> None:
+        try:
+            self._deliver(conn, await self.execute_async(spec))
+        finally:
+            self._async_calls.pop(spec.task_id, None)
+
+    def _deliver(self, conn: Connection, result: TaskResult) -> None:
+        self._results.append((conn, result.to_wire()))
+        if self.core.events.logs:  # what the task printed leaves before its result
+            self.core._call_soon(self._flush_events)
+        self.core._call_soon(self._send_results)
 
     def _flush_events(self) -> None:
         self.core.events.flush(self.core.gcs)
@@ -79,33 +142,106 @@ class TaskExecutor:
         self._tasks.put(None)
 
     def execute(self, spec: TaskSpec) -> TaskResult:
-        core = self.core
-        start = time.time()
-        core.events.task(spec.task_id, "RUNNING", {
-            "start_time": start, "worker_pid": self._pid, "node_id": core.node_id.hex(),
-            "worker_id": core.worker_id.hex(),
-        })
-        core.current_task = spec
-        ok, retryable, error_text = True, False, ""
+        """Run one task on this thread."""
+        start = self._begin(spec)
         try:
-            fn = self._function(spec.function_id)
-            args, kwargs = self._arguments(spec)
+            fn, args, kwargs = self._prepare(spec)
+            outcome = self._success(spec, fn(*args, **kwargs))
+        except (Exception, KeyboardInterrupt) as exc:
+            outcome = self._failure(spec, exc)
+        finally:
+            self._end()
+        return self._result(spec, start, outcome)
+
+    async def execute_async(self, spec: TaskSpec) -> TaskResult:
+        """Run one call of an async actor on the actor's event loop."""
+        start = self._begin(spec)
+        try:
+            fn, args, kwargs = self._prepare(spec)
             value = fn(*args, **kwargs)
-            values = _split_returns(value, spec.num_returns, spec.name)
-            payloads, contained = self._store_returns(spec, values)
-        except Exception as exc:
-            ok = False
+            if inspect.isawaitable(value):
+                value = await value
+            outcome = self._success(spec, value)
+        except (Exception, asyncio.CancelledError) as exc:
+            outcome = self._failure(spec, exc)
+        finally:
+            self._end()
+        return self._result(spec, start, outcome)
+
+    def _begin(self, spec: TaskSpec) -> float:
+        start = time.time()
+        self.core.events.task(spec.task_id, "RUNNING", {
+            "start_time": start, "worker_pid": self._pid, "node_id": self.core.node_id.hex(),
+            "worker_id": self.core.worker_id.hex(),
+        })
+        self.core.current_task = spec
+        return start
+
+    def _prepare(self, spec: TaskSpec) -> tuple[Any, tuple, dict]:
+        if spec.task_id in self._cancelled:
+            raise KeyboardInterrupt
+        args, kwargs = self._arguments(spec)
+        if spec.method:
+            if self.actor is None:
+                raise exceptions.RaySystemError("this worker hosts no actor")
+            return getattr(self.actor, spec.method), args, kwargs
+        cls_or_fn = self._function(spec.function_id)
+        if spec.actor_id:  # creation: the constructor runs, the worker becomes the actor
+            return self._become_actor(spec, cls_or_fn), args, kwargs
+        return cls_or_fn, args, kwargs
+
+    def _become_actor(self, spec: TaskSpec, cls: type) -> Any:
+        def construct(*args: Any, **kwargs: Any) -> None:
+            self.actor = cls(*args, **kwargs)
+            self.core.actor_id = spec.actor_id
+            options = spec.actor_options or {}
+            if options.get("is_async"):
+                self._start_actor_loop(int(options.get("max_concurrency") or 1000))
+            elif (options.get("max_concurrency") or 1) > 1:
+                self._actor_pool = concurrent.futures.ThreadPoolExecutor(
+                    options["max_concurrency"], thread_name_prefix="actor")
+
+        return construct
+
+    def _start_actor_loop(self, max_concurrency: int) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._actor_loop = loop
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run, name="actor-loop", daemon=True).start()
+        ready.wait()
+
+    def _end(self) -> None:
+        self.core.current_task = None
+        for stream in self.streams:
+            stream.flush()
+
+    def _success(self, spec: TaskSpec, value: Any) -> tuple:
+        values = _split_returns(value, spec.num_returns, spec.name)
+        payloads, contained = self._store_returns(spec, values)
+        return True, False, "", payloads, contained
+
+    def _failure(self, spec: TaskSpec, exc: BaseException) -> tuple:
+        if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+            self._cancelled.discard(spec.task_id)
+            error: BaseException = exceptions.TaskCancelledError(spec.task_id.hex())
+            retryable = False
+        else:
             retryable = _retry_allowed(spec.retry_exceptions, exc)
             error = exceptions.RayTaskError(
-                spec.name, _format_traceback(exc), _picklable_cause(exc), self._pid, self._ip
-            )
-            error_text = f"{type(exc).__name__}: {exc}"
-            payload = ["i", serialize(error, KIND_ERROR).inline()]
-            payloads, contained = [payload] * spec.num_returns, []
-        finally:
-            core.current_task = None
-            for stream in self.streams:
-                stream.flush()
+                spec.name, _format_traceback(exc), _picklable_cause(exc), self._pid, self._ip)
+        payload = ["i", serialize(error, KIND_ERROR).inline()]
+        return (False, retryable, f"{type(exc).__name__}: {exc}",
+                [payload] * spec.num_returns, [])
+
+    def _result(self, spec: TaskSpec, start: float, outcome: tuple) -> TaskResult:
+        ok, retryable, error_text, payloads, contained = outcome
+        core = self.core
         return TaskResult(spec.task_id, ok, payloads, contained, core.worker_id, core.node_id,
                           self._pid, start, time.time(), retryable, error_text)
 
@@ -173,9 +309,9 @@ def _retry_allowed(retry_exceptions: Any, exc: Exception) -> bool:
 
 
 def _format_traceback(exc: BaseException) -> str:
-    """The traceback from the task's own code on (the executor's frame left out)."""
+    """The traceback from the task's own code on (the executor's frames left out)."""
     tb = exc.__traceback__
-    if tb is not None and tb.tb_next is not None:
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 

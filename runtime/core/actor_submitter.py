@@ -1,0 +1,251 @@
+"""Calling actors: create them, then send their method calls straight to their worker, in order.
+
+Every process that holds a handle keeps an ``ActorState`` per actor: the connection to the
+actor's worker and the calls waiting to go. Calls leave in submission order: a call whose
+arguments are still pending holds back the calls behind it. The creator of an actor (its
+owner) leases a dedicated worker for it, runs the constructor there and reports the actor's
+state to the GCS; other processes learn the actor's address from the GCS.
+
+Runs on the core worker's I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .. import _messages as m
+from ..exceptions import ActorDeathReason, ActorDiedError, RayError
+from .task_spec import TaskResult, TaskSpec
+
+if TYPE_CHECKING:
+    from .._rpc import Connection
+    from .core_worker import CoreWorker
+
+__all__ = ["ActorSubmitter"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class ActorState:
+    actor_id: bytes
+    state: str = "PENDING"  # PENDING -> ALIVE -> DEAD, as this process sees it
+    address: str = ""
+    conn: Connection | None = None
+    queue: deque = field(default_factory=deque)  # [spec, ready] in submission order
+    in_flight: dict[bytes, TaskSpec] = field(default_factory=dict)
+    death: ActorDiedError | None = None
+    killed: bool = False
+    owned: bool = False
+    lease_id: int = 0
+    run_resources: dict | None = None
+
+
+class ActorSubmitter:
+    """The actor side of one core worker's submission."""
+
+    def __init__(self, core: CoreWorker) -> None:
+        self._core = core
+        self.actors: dict[bytes, ActorState] = {}
+
+    def _state(self, actor_id: bytes) -> ActorState:
+        state = self.actors.get(actor_id)
+        if state is None:
+            state = self.actors[actor_id] = ActorState(actor_id)
+            asyncio.ensure_future(self._look_up(state))
+        return state
+
+    # -- creation (owner) -----------------------------------------------------------------
+
+    def create(self, spec: TaskSpec, kind: str, run_resources: dict) -> None:
+        state = self.actors[spec.actor_id] = ActorState(spec.actor_id, owned=True,
+                                                        run_resources=run_resources)
+        asyncio.ensure_future(self._place(state, spec, kind))
+
+    async def _place(self, state: ActorState, spec: TaskSpec, kind: str) -> None:
+        core = self._core
+        try:
+            lease_id, worker_id, address, node_id = await core.raylet.request(
+                m.RequestLease(spec.resources, f"actor:{spec.actor_id.hex()}", kind))
+            state.lease_id = lease_id
+            await self._connect(state, address)
+        except Exception as exc:
+            error = exc if isinstance(exc, RayError) else ActorDiedError(
+                spec.actor_id.hex(), ActorDeathReason.PROCESS_DIED,
+                f"the actor could not be placed: {exc}")
+            self._die(state, error if isinstance(error, ActorDiedError) else ActorDiedError(
+                spec.actor_id.hex(), None, str(error)))
+            core.fail_task(spec, error)
+            return
+        core.task_pushed(spec, node_id, worker_id)
+        core.export_to(state.conn, spec)
+        state.in_flight[spec.task_id] = spec
+        state.conn.send(m.PushTasks([spec.to_wire()]))
+
+    async def _connect(self, state: ActorState, address: str) -> None:
+        state.address = address
+        state.conn = await self._core.peer(address)
+        state.conn.closed.add_done_callback(lambda _: self._lost(state))
+
+    def creation_done(self, spec: TaskSpec, result: TaskResult | None) -> None:
+        state = self.actors.get(spec.actor_id)
+        if state is None:
+            return
+        state.in_flight.pop(spec.task_id, None)
+        core = self._core
+        if result is not None and result.ok:
+            state.state = "ALIVE"
+            core.gcs.send(m.UpdateActor(spec.actor_id, "ALIVE", {
+                "address": state.address, "node_id": result.node_id, "pid": result.pid,
+                "worker_id": result.worker_id}))
+            if state.run_resources != spec.resources:
+                core.raylet.send(m.ShrinkLease(state.lease_id, state.run_resources))
+            self._flush(state)
+            return
+        detail = result.error_text if result is not None else ""
+        if result is not None:
+            _, error = core.read_payload(b"", result.returns[0])
+            detail = str(error)
+        self._die(state, ActorDiedError(spec.actor_id.hex(),
+                                        ActorDeathReason.CREATION_TASK_ERROR, detail))
+        core.gcs.send(m.UpdateActor(spec.actor_id, "DEAD", {
+            "death_cause": ActorDeathReason.CREATION_TASK_ERROR.value, "death_detail": detail}))
+        core.raylet.send(m.ReturnLease(state.lease_id, True))
+
+    # -- method calls ---------------------------------------------------------------------
+
+    def enqueue(self, spec: TaskSpec) -> None:
+        """Take a call's place in line (its arguments may still be pending)."""
+        state = self._state(spec.actor_id)
+        if state.state == "DEAD":
+            return
+        state.queue.append([spec, False])
+
+    def ready(self, spec: TaskSpec) -> None:
+        state = self._state(spec.actor_id)
+        if state.state == "DEAD":
+            self._core.fail_task(spec, state.death)
+            return
+        for item in state.queue:
+            if item[0] is spec:
+                item[1] = True
+                break
+        self._flush(state)
+
+    def drop(self, spec: TaskSpec) -> bool:
+        """Remove a call that has not left yet; True if it was still waiting."""
+        state = self.actors.get(spec.actor_id)
+        if state is None:
+            return False
+        for item in state.queue:
+            if item[0] is spec:
+                state.queue.remove(item)
+                self._flush(state)
+                return True
+        return False
+
+    def call_done(self, spec: TaskSpec) -> None:
+        state = self.actors.get(spec.actor_id)
+        if state is not None:
+            state.in_flight.pop(spec.task_id, None)
+
+    def connection_of(self, spec: TaskSpec) -> Connection | None:
+        state = self.actors.get(spec.actor_id)
+        if state is not None and spec.task_id in state.in_flight:
+            return state.conn
+        return None
+
+    def _flush(self, state: ActorState) -> None:
+        if state.state != "ALIVE" or state.conn is None:
+            return
+        batch = []
+        while state.queue and state.queue[0][1]:
+            spec = state.queue.popleft()[0]
+            self._core.export_to(state.conn, spec)
+            state.in_flight[spec.task_id] = spec
+            batch.append(spec.to_wire())
+        if batch:
+            state.conn.send(m.PushTasks(batch))
+
+    async def _look_up(self, state: ActorState) -> None:
+        """A handle from elsewhere: learn where the actor lives from the GCS."""
+        core = self._core
+        try:
+            info = await core.gcs.request(m.WaitActor(state.actor_id))
+        except Exception as exc:
+            self._die(state, ActorDiedError(state.actor_id.hex(), None, str(exc)))
+            return
+        if info["state"] == "DEAD":
+            self._die(state, _death_from_record(info))
+            return
+        try:
+            await self._connect(state, info["address"])
+        except Exception as exc:
+            self._die(state, ActorDiedError(state.actor_id.hex(), ActorDeathReason.PROCESS_DIED,
+                                            f"its worker is unreachable: {exc}"))
+            return
+        state.state = "ALIVE"
+        self._flush(state)
+
+    # -- death ----------------------------------------------------------------------------
+
+    def kill(self, actor_id: bytes, reason: ActorDeathReason) -> None:
+        state = self._state(actor_id)
+        state.killed = True
+        error = ActorDiedError(actor_id.hex(), reason)
+        self._core.gcs.send(m.UpdateActor(actor_id, "DEAD", {"death_cause": reason.value,
+                                                              "death_message": str(error)}))
+        if state.conn is not None and state.conn.is_open:
+            state.conn.send(m.KillActor(reason.value))
+        elif state.state != "DEAD":
+            asyncio.ensure_future(self._kill_when_found(state, reason))
+        self._die(state, error)
+
+    async def _kill_when_found(self, state: ActorState, reason: ActorDeathReason) -> None:
+        try:
+            info = await self._core.gcs.request(m.WaitActor(state.actor_id))
+            if info["state"] == "ALIVE":
+                conn = await self._core.peer(info["address"])
+                conn.send(m.KillActor(reason.value))
+        except Exception as exc:  # already gone
+            logger.info("kill of actor %s: %s", state.actor_id.hex(), exc)
+
+    def _lost(self, state: ActorState) -> None:
+        """The connection to the actor's worker closed."""
+        if state.state == "DEAD":
+            self._die(state, state.death)
+            return
+        reason = ActorDeathReason.KILLED if state.killed else ActorDeathReason.PROCESS_DIED
+        error = ActorDiedError(state.actor_id.hex(), reason)
+        if state.owned:
+            self._core.gcs.send(m.UpdateActor(state.actor_id, "DEAD", {
+                "death_cause": reason.value, "death_message": str(error)}))
+        self._die(state, error)
+
+    def _die(self, state: ActorState, error: ActorDiedError) -> None:
+        state.state = "DEAD"
+        state.death = error
+        failed = list(state.in_flight.values()) + [item[0] for item in state.queue
+                                                    if item[1]]
+        state.in_flight.clear()
+        state.queue = deque(item for item in state.queue if not item[1])
+        for spec in failed:
+            self._core.fail_task(spec, error)
+
+    def shutdown(self) -> None:
+        for state in self.actors.values():
+            if state.conn is not None:
+                state.conn.close()
+
+
+def _death_from_record(info: dict) -> ActorDiedError:
+    cause = info.get("death_cause") or None
+    try:
+        reason = ActorDeathReason(cause) if cause else None
+    except ValueError:
+        reason = None
+    return ActorDiedError(info["actor_id"].hex(), reason, info.get("death_detail") or None)

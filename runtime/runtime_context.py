@@ -1,0 +1,63 @@
+"""``get_runtime_context()``: who and where the calling code is (Ray's RuntimeContext)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["RuntimeContext", "get_runtime_context"]
+
+
+class RuntimeContext:
+    """Ids of the current job, node, worker, task and actor, and the task's resources."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def get_job_id(self) -> str:
+        spec = self._core.current_task
+        job_id = spec.job_id if spec is not None else self._core.job_id
+        return job_id.to_bytes(4, "little").hex()
+
+    @property
+    def job_id(self) -> str:
+        return self.get_job_id()
+
+    def get_node_id(self) -> str:
+        return self._core.node_id.hex()
+
+    @property
+    def node_id(self) -> str:
+        return self.get_node_id()
+
+    def get_worker_id(self) -> str:
+        return self._core.worker_id.hex()
+
+    def get_task_id(self) -> str | None:
+        spec = self._core.current_task
+        return spec.task_id.hex() if spec is not None else None
+
+    def get_task_name(self) -> str | None:
+        spec = self._core.current_task
+        return spec.name if spec is not None else None
+
+    def get_actor_id(self) -> str | None:
+        return self._core.actor_id.hex() or None
+
+    @property
+    def namespace(self) -> str:
+        return self._core.namespace
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        spec = self._core.current_task
+        return dict(spec.resources) if spec is not None else {}
+
+    def get(self) -> dict[str, Any]:
+        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
+                "task_id": self.get_task_id(), "actor_id": self.get_actor_id(),
+                "worker_id": self.get_worker_id(), "namespace": self.namespace}
+
+
+def get_runtime_context() -> RuntimeContext:
+    from .api import _core
+
+    return RuntimeContext(_core())
