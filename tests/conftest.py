@@ -22,11 +22,12 @@ os.environ["CELLFLEET_TMPDIR"] = tempfile.mkdtemp(prefix="cellfleet-tests-")
 
 
 def runtime_processes() -> list[psutil.Process]:
-    """Every cellfleet runtime process on this machine (GCS, raylets, workers)."""
+    """Every cellfleet runtime process (GCS, raylets, workers) of this test run's sessions."""
+    root = os.environ["CELLFLEET_TMPDIR"]
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if any(f"-m {module}" in cmdline for module in RUNTIME_MODULES):
+        if root in cmdline and any(f"-m {module}" in cmdline for module in RUNTIME_MODULES):
             found.append(proc)
     return found
 
