@@ -92,8 +92,7 @@ class Connection(asyncio.Protocol):
         if not self.authenticated.done():
             self.authenticated.set_exception(
                 exceptions.AuthenticationError(
-                    f"{self.peer} closed the connection during the token handshake: "
-                    "is the cluster token right for this address?"
+                    f"{self.peer} closed the connection during the token handshake."
                 )
             )
             self.authenticated.exception()  # mark retrieved

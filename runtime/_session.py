@@ -27,6 +27,29 @@ def root_dir() -> Path:
     return Path(os.environ.get("CELLFLEET_TMPDIR") or f"/tmp/cellfleet-{os.getuid()}")
 
 
+def _private_root() -> Path:
+    """The session root, created 0700; refused when another user could write to it."""
+    root = root_dir()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = root.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(
+            f"the session directory {root} is writable by other users or not yours: remove "
+            "it, or set CELLFLEET_TMPDIR to a private directory"
+        )
+    return root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class Session:
     """One cluster's directory on this machine."""
@@ -35,11 +58,11 @@ class Session:
 
     @classmethod
     def create(cls) -> Session:
-        root = root_dir()
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root = _private_root()
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         path = root / f"session_{stamp}_{os.getpid()}_{secrets.token_hex(3)}"
-        (path / "logs").mkdir(parents=True, mode=0o700)
+        path.mkdir(mode=0o700)
+        (path / "logs").mkdir(mode=0o700)
         fd = os.open(path / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(TOKEN_BYTES))
@@ -77,6 +100,11 @@ class Session:
         tmp.write_text(str(self.path))
         tmp.replace(root_dir() / "current_cluster")
 
+    def is_running(self) -> bool:
+        """True while every process the session's head started is alive."""
+        pids = self.info().get("pids") or []
+        return bool(pids) and all(_alive(pid) for pid in pids)
+
     @staticmethod
     def current() -> Session | None:
         try:
@@ -103,9 +131,12 @@ def find_token(gcs_address: str) -> bytes:
         return Path(os.environ["CELLFLEET_TOKEN_FILE"]).read_text().strip().encode()
     root = root_dir()
     if root.is_dir():
-        for path in root.glob("session_*"):
-            session = Session(path)
-            if session.info().get("gcs_address") == gcs_address:
+        candidates = [Session(path) for path in root.glob("session_*")]
+        current = Session.current()
+        if current is not None:
+            candidates.insert(0, current)
+        for session in candidates:
+            if session.info().get("gcs_address") == gcs_address and session.is_running():
                 return session.token()
     raise ConnectionError(
         f"no token for the cluster at {gcs_address}: set CELLFLEET_TOKEN (or "

@@ -73,6 +73,11 @@ class ActorClass:
         raise TypeError(f"Actors cannot be instantiated directly. Instead of "
                         f"'{self._name}()', use '{self._name}.remote()'.")
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_registered"] = None  # the function id belongs to this process's runtime
+        return state
+
     def options(self, **options: Any) -> ActorClass:
         """A copy with these options changed (``name``, ``num_cpus``, ``lifetime``...)."""
         copy = ActorClass(self._cls, {**self._options, **options})

@@ -196,10 +196,13 @@ def init(
         try:
             core.start(register_job=True, log_to_driver=log_to_driver,
                        entrypoint=" ".join(sys.argv))
-        except BaseException:
+        except BaseException as exc:
             core.shutdown()
             if head is not None:
+                reason = head.startup_failure()
                 head.stop()
+                if reason:
+                    raise ConnectionError(f"the local cluster did not start: {reason}") from exc
             raise
         if log_to_driver:
             core.log_handler = print_logs
@@ -378,6 +381,6 @@ def available_resources() -> dict[str, float]:
 
 def get_gpu_ids() -> list[int]:
     """GPU ids assigned to the current task or actor (empty on a CPU-only task)."""
-    spec = _core().current_task
-    gpus = int((spec.resources or {}).get("GPU", 0)) if spec is not None else 0
-    return list(range(gpus))
+    from .runtime_context import get_runtime_context
+
+    return list(range(int(get_runtime_context().get_assigned_resources().get("GPU", 0))))

@@ -56,10 +56,16 @@ def _last_line(path: Any) -> str:
 # -- start ----------------------------------------------------------------------------------
 
 
-def _start_head(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace) -> int:
+    """``cellfleet start --head``: a detached GCS and raylet, left running once they answer."""
     from .api import _check_init_arguments
     from .node import start_head
 
+    if args.address:
+        raise CliError(f"joining the cluster at {args.address} is not supported yet: multi-node "
+                       "clusters come later. Use 'cellfleet start --head' on this machine.")
+    if not args.head:
+        raise CliError("say what to start: 'cellfleet start --head' (or --address HOST:PORT)")
     try:
         resources = json.loads(args.resources) if args.resources else None
     except ValueError as exc:
@@ -118,15 +124,6 @@ def _wait_until_ready(head: Any) -> None:
                    f"see {head.session.logs}")
 
 
-def _start(args: argparse.Namespace) -> int:
-    if args.address:
-        raise CliError(f"joining the cluster at {args.address} is not supported yet: multi-node "
-                       "clusters come later. Use 'cellfleet start --head' on this machine.")
-    if not args.head:
-        raise CliError("say what to start: 'cellfleet start --head' (or --address HOST:PORT)")
-    return _start_head(args)
-
-
 # -- status ---------------------------------------------------------------------------------
 
 
@@ -135,6 +132,7 @@ def _gib(value: float) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """``cellfleet status``: the nodes (resources, object store) and jobs of a cluster."""
     address = args.address
     if address is None:
         session = Session.current()
@@ -185,25 +183,39 @@ def _session_processes(session: Session) -> list[psutil.Process]:
     return found
 
 
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Poll until the processes have exited; returns those still running at the deadline."""
+
+    def running(proc: psutil.Process) -> bool:
+        try:
+            return proc.status() != psutil.STATUS_ZOMBIE  # a zombie only awaits its reaper
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in procs if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return alive
+
+
 def _stop_session(session: Session) -> int:
-    procs = _session_processes(session)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
+    """SIGTERM a session's processes, SIGKILL what is left at the deadline; how many there were."""
+    procs = found = _session_processes(session)
+    for sig in ("terminate", "kill"):
+        for proc in procs:
+            try:
+                getattr(proc, sig)()
+            except psutil.Error:
+                pass
+        procs = _wait_gone(procs, STOP_TIMEOUT_S)
+        if not procs:
+            break
     Session.clear_current(session.path)
-    return len(procs)
+    return len(found)
 
 
 def _stop(args: argparse.Namespace) -> int:
+    """``cellfleet stop [--all]``: the current cluster, or every session's live processes."""
     if args.all:
         sessions = [Session(p) for p in sorted(root_dir().glob("session_*"))]
     else:

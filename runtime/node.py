@@ -69,6 +69,21 @@ class HeadNode:
     processes: list[subprocess.Popen] = field(default_factory=list)
     lifeline: LifelinePipe | None = None
 
+    def startup_failure(self) -> str:
+        """Why a process of this head exited early (the last line of its log), or ''."""
+        for proc, name in zip(self.processes, ("gcs", "raylet")):
+            try:
+                proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            else:
+                try:
+                    lines = (self.session.logs / f"{name}.log").read_text().strip().splitlines()
+                except OSError:
+                    lines = []
+                return f"the {name} exited: {lines[-1] if lines else 'no log'}"
+        return ""
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the raylet (which stops its workers) and the GCS; kill what lingers."""
         for proc in reversed(self.processes):

@@ -6,7 +6,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from . import _context
+import cloudpickle
+
 from .core.object_ref import ObjectRef
 
 __all__ = ["RemoteFunction", "TASK_OPTIONS", "resources_from_options"]
@@ -72,6 +73,11 @@ class RemoteFunction:
             f"'{module}.{self._name}()', try '{module}.{self._name}.remote()'."
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_registered"] = None  # the function id belongs to this process's runtime
+        return state
+
     def options(self, **options: Any) -> RemoteFunction:
         """A copy with these options changed (``num_cpus``, ``num_returns``, ``name``...)."""
         copy = RemoteFunction(self._function, {**self._options, **options})
@@ -93,7 +99,7 @@ class RemoteFunction:
             num_returns=num_returns,
             resources=resources_from_options(opts, 1),
             max_retries=opts["max_retries"],
-            retry_exceptions=bool(opts["retry_exceptions"]),
+            retry_exceptions=_retry_exceptions(opts["retry_exceptions"]),
             task_name=opts.get("name"),
         )
         if num_returns == 1:
@@ -104,6 +110,10 @@ class RemoteFunction:
         return f"RemoteFunction({self._name})"
 
 
-def in_worker() -> bool:
-    core = _context.core
-    return core is not None and core.kind == "worker"
+def _retry_exceptions(option: Any) -> bool | bytes:
+    """``True``/``False``, or a list of exception types carried pickled to the worker."""
+    if isinstance(option, (list, tuple)):
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in option):
+            raise ValueError("retry_exceptions must be a bool or a list of exception types")
+        return cloudpickle.dumps(tuple(option))
+    return bool(option)

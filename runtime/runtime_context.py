@@ -49,6 +49,8 @@ class RuntimeContext:
 
     def get_assigned_resources(self) -> dict[str, float]:
         spec = self._core.current_task
+        if spec is not None and spec.method:
+            return dict(self._core.actor_resources)
         return dict(spec.resources) if spec is not None else {}
 
     def get(self) -> dict[str, Any]:

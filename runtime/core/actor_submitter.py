@@ -197,15 +197,21 @@ class ActorSubmitter:
         state = self._state(actor_id)
         state.killed = True
         error = ActorDiedError(actor_id.hex(), reason)
-        self._core.gcs.send(m.UpdateActor(actor_id, "DEAD", {"death_cause": reason.value,
-                                                              "death_message": str(error)}))
         if state.conn is not None and state.conn.is_open:
             state.conn.send(m.KillActor(reason.value))
-        elif state.state != "DEAD":
-            asyncio.ensure_future(self._kill_when_found(state, reason))
+            self._mark_dead_in_gcs(actor_id, error, reason)
+        else:
+            asyncio.ensure_future(self._kill_when_found(state, error, reason))
         self._die(state, error)
 
-    async def _kill_when_found(self, state: ActorState, reason: ActorDeathReason) -> None:
+    def _mark_dead_in_gcs(self, actor_id: bytes, error: ActorDiedError,
+                          reason: ActorDeathReason) -> None:
+        self._core.gcs.send(m.UpdateActor(actor_id, "DEAD", {"death_cause": reason.value,
+                                                              "death_message": str(error)}))
+
+    async def _kill_when_found(self, state: ActorState, error: ActorDiedError,
+                               reason: ActorDeathReason) -> None:
+        """Kill an actor this process has no connection to: find it first."""
         try:
             info = await self._core.gcs.request(m.WaitActor(state.actor_id))
             if info["state"] == "ALIVE":
@@ -213,6 +219,7 @@ class ActorSubmitter:
                 conn.send(m.KillActor(reason.value))
         except Exception as exc:  # already gone
             logger.info("kill of actor %s: %s", state.actor_id.hex(), exc)
+        self._mark_dead_in_gcs(state.actor_id, error, reason)
 
     def _lost(self, state: ActorState) -> None:
         """The connection to the actor's worker closed."""

@@ -68,7 +68,7 @@ class CoreWorker:
         self.gcs_address = gcs_address
         self.raylet_address = raylet_address
         self.worker_id = worker_id
-        self.namespace = namespace
+        self._namespace = namespace
         self.host = host
         self.address = ""
         self.job_id = 0
@@ -79,6 +79,7 @@ class CoreWorker:
         self.log_handler: Callable[[list], None] | None = None
         self.executor: Any = None  # set in worker processes (worker.executor.TaskExecutor)
         self.actor_id: bytes = b""  # set in the worker of an actor
+        self.actor_resources: dict[str, float] = {}  # what that actor holds to run
         self.arena: SharedArena | None = None
         self.raylet: Connection | None = None
         self.gcs: Connection | None = None
@@ -88,6 +89,9 @@ class CoreWorker:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._peers: dict[str, asyncio.Future] = {}
+        # Owners that pushed tasks here, by address: messages to them (borrows) use the same
+        # connection as the task results, so a borrow is registered before the result lands.
+        self.inbound: dict[str, Connection] = {}
         self._pending: dict[bytes, tuple[TaskSpec, list[bytes]]] = {}  # task id -> spec, refs
         self._exported: set[bytes] = set()
         self._closed = False
@@ -95,6 +99,12 @@ class CoreWorker:
         self.actor_submitter: ActorSubmitter | None = None
         self._cancelled: set[bytes] = set()
         self.refs: ReferenceTable  # set in start(), once the address is known
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of the job whose code is running here."""
+        spec = _current_task.get()
+        return spec.namespace if spec is not None else self._namespace
 
     @property
     def current_task(self) -> TaskSpec | None:
@@ -138,6 +148,8 @@ class CoreWorker:
             connect(self.raylet_address, self.token, handlers),
             connect(self.gcs_address, self.token, handlers),
         )
+        self._subscriptions: list[str] = []
+        self.gcs.closed.add_done_callback(self._gcs_lost)
         node = await self.raylet.request(
             m.RegisterClient(self.worker_id, self.address, os.getpid(), self.kind, 0)
         )
@@ -145,9 +157,10 @@ class CoreWorker:
         self.arena = SharedArena.attach(node["store_name"])
         if register_job:
             self.job_id = await self.gcs.request(
-                m.RegisterJob(self.address, os.getpid(), self.namespace, entrypoint)
+                m.RegisterJob(self.address, os.getpid(), self._namespace, entrypoint)
             )
             if log_to_driver:
+                self._subscriptions.append("logs")
                 self.gcs.send(m.Subscribe("logs"))
         self.submitter = TaskSubmitter(
             raylet=lambda: self.raylet,
@@ -159,6 +172,27 @@ class CoreWorker:
         )
         self.actor_submitter = ActorSubmitter(self)
         self._loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
+
+    def _gcs_lost(self, _: Any) -> None:
+        if not self._closed:
+            logger.warning("lost the GCS at %s; reconnecting", self.gcs_address)
+            self._loop.create_task(self._reconnect_gcs())
+
+    async def _reconnect_gcs(self) -> None:
+        """Keep trying until the GCS is back (with Redis storage it reloads the cluster)."""
+        while not self._closed:
+            try:
+                conn = await connect(self.gcs_address, self.token, self._handlers(), timeout=2)
+            except (ConnectionError, OSError, exceptions.RayError):
+                await asyncio.sleep(0.5)
+                continue
+            for channel in self._subscriptions:
+                conn.send(m.Subscribe(channel))
+            for function_id, (name, blob) in self.functions.items():
+                conn.send(m.ExportFunction(function_id, name, blob))
+            self.gcs = conn
+            conn.closed.add_done_callback(self._gcs_lost)
+            return
 
     def run(self, coro, timeout: float | None = None) -> Any:
         """Run a coroutine on the I/O thread and wait for its result."""
@@ -278,6 +312,10 @@ class CoreWorker:
 
     def _send_to(self, address: str, message: m.Message) -> None:
         if address == self.address:
+            return
+        conn = self.inbound.get(address)
+        if conn is not None and conn.is_open:
+            conn.send(message)
             return
         fut = self.peer(address)
         if fut.done():
@@ -523,6 +561,7 @@ class CoreWorker:
             submission_tag.get() if parent is None else parent.tag,
             resources, max_retries, retry_exceptions,
             actor_id=actor_id, method=method, actor_options=actor_options,
+            namespace=self.namespace,
         )
         refs = []
         for index in range(1, num_returns + 1):

@@ -198,13 +198,20 @@ class TaskSubmitter:
             raylet.send(m.ReturnLease(worker.lease_id, failed))
 
     def _worker_lost(self, worker: LeasedWorker) -> None:
-        """The connection to a leased worker closed: its in-flight tasks did not finish."""
+        """The connection to a leased worker closed: its in-flight tasks did not finish.
+
+        A worker runs its tasks one at a time in push order, so only the first was running;
+        the ones queued behind it never started and go back in line as they are.
+        """
         lost = list(worker.in_flight.values())
         worker.in_flight.clear()
         self._return(worker, failed=True)
         for spec in lost:
             self.workers_by_task.pop(spec.task_id, None)
-            self._on_worker_lost(spec, worker)
+        if lost:
+            self._on_worker_lost(lost[0], worker)
+        for spec in lost[1:]:
+            self.submit(spec)
 
     def shutdown(self) -> None:
         for queue in self._queues.values():

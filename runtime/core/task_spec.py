@@ -40,12 +40,13 @@ class TaskSpec:
     tag: str
     resources: dict
     max_retries: int
-    retry_exceptions: bool
+    retry_exceptions: bool | bytes  # bytes: pickled tuple of the exception types to retry
     attempt: int = 0
     resolved: list = field(default_factory=list)  # a Payload per arg_refs entry, at push time
     actor_id: bytes = b""  # set for actor creation (method "") and actor method tasks
     method: str = ""
     actor_options: dict | None = None  # creation only: max_concurrency, is_async
+    namespace: str = ""
 
     @property
     def kind(self) -> str:
@@ -57,7 +58,7 @@ class TaskSpec:
         return [self.task_id, self.job_id, self.function_id, self.name, self.args,
                 self.arg_refs, self.num_returns, self.owner, self.parent_task_id, self.tag,
                 self.resources, self.max_retries, self.retry_exceptions, self.attempt,
-                self.resolved, self.actor_id, self.method, self.actor_options]
+                self.resolved, self.actor_id, self.method, self.actor_options, self.namespace]
 
     @classmethod
     def from_wire(cls, items: list) -> TaskSpec:

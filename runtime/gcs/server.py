@@ -194,6 +194,12 @@ class GcsServer:
         job["alive"] = False
         job["end_time"] = time.time()
         await self.storage.put("jobs", str(job_id).encode(), _pack(job))
+        # A job's actors share its fate, unless detached (their processes are already gone).
+        for actor_id, actor in list(self.actors.items()):
+            if actor.get("job_id") == job_id and not actor.get("detached"):
+                await self.update_actor(None, m.UpdateActor(actor_id, "DEAD", {
+                    "death_cause": "process_died",
+                    "death_detail": "the job that created it has finished"}))
 
     # -- functions and KV -----------------------------------------------------------------
 

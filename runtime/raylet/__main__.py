@@ -13,6 +13,7 @@ from .._rpc import Connection, connect, serve
 from .._service import add_common_arguments, listening_socket, run_service
 from .._session import Session
 from .._shm import SharedArena
+from ..exceptions import RayError
 from .object_store import ObjectStore
 from .server import Raylet
 from .worker_pool import WorkerPool
@@ -27,7 +28,7 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
         try:
             conn: Connection = await connect(args.gcs_address, token, timeout=2.0)
             await conn.request(registration)
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError, RayError) as exc:
             logger.info("waiting for the GCS at %s: %s", args.gcs_address, exc)
             await asyncio.sleep(0.05 if raylet.gcs is None else 0.5)
             continue

@@ -1,4 +1,4 @@
-"""Ray's state API over the GCS: tasks, objects, nodes, jobs and summaries.
+"""Ray's state API over the GCS: tasks, actors, objects, nodes, jobs and summaries.
 
 Each call asks the GCS once; records are dicts that also allow attribute access
 (``task.state`` as well as ``task["state"]``).
@@ -13,6 +13,7 @@ from ..api import _core
 
 __all__ = [
     "StateRecord",
+    "list_actors",
     "list_jobs",
     "list_nodes",
     "list_objects",
@@ -62,6 +63,38 @@ def list_tasks(filters: list[Filter] | None = None, limit: int = 10_000,
                detail: bool = False) -> list[StateRecord]:
     """Tasks with their state, name, node, worker, parent, arguments and timestamps."""
     return _apply(_ask(m.ListTasks({}, 1_000_000)), filters, limit)
+
+
+def list_actors(filters: list[Filter] | None = None, limit: int = 10_000,
+                detail: bool = False) -> list[StateRecord]:
+    """Actors with Ray's field names and states (PENDING_CREATION, ALIVE, DEAD)."""
+    actors = []
+    for actor in _ask(m.ListActors()):
+        state = actor["state"]
+        end_time = actor.get("end_time")
+        actors.append({
+            "actor_id": actor["actor_id"].hex(),
+            "class_name": actor["class_name"],
+            "state": _ACTOR_STATES.get(state, state),
+            "name": actor["name"],
+            "namespace": actor["namespace"],
+            "ray_namespace": actor["namespace"],
+            "pid": actor["pid"] or None,
+            "node_id": actor["node_id"].hex() or None,
+            "job_id": int(actor["job_id"]).to_bytes(4, "little").hex(),
+            "is_detached": actor["detached"],
+            "num_restarts": actor["num_restarts"],
+            "max_restarts": actor["max_restarts"],
+            "death_cause": actor.get("death_cause") or None,
+            "death_message": actor.get("death_detail") or actor.get("death_message") or None,
+            "start_time_ms": int(actor["start_time"] * 1000),
+            "end_time_ms": int(end_time * 1000) if end_time else None,
+        })
+    return _apply(actors, filters, limit)
+
+
+# The GCS's actor states under Ray's names.
+_ACTOR_STATES = {"PENDING": "PENDING_CREATION"}
 
 
 def list_objects(filters: list[Filter] | None = None, limit: int = 10_000,

@@ -48,6 +48,7 @@ class TaskExecutor:
         self._actor_loop: asyncio.AbstractEventLoop | None = None
         self._actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._async_calls: dict[bytes, concurrent.futures.Future] = {}
+        self._actor_slots: asyncio.Semaphore | None = None  # async actors' max_concurrency
         self._cancelled: set[bytes] = set()
         self._running_main: bytes | None = None  # task id running on the main thread
         self._interrupt: bytes | None = None
@@ -60,6 +61,8 @@ class TaskExecutor:
             self._blobs.setdefault(function_id, blob)
 
     def push(self, conn: Connection, tasks: list) -> None:
+        if tasks:
+            self.core.inbound[tasks[0][7]] = conn  # the owner's address
         for wire in tasks:
             if self._actor_loop is not None:
                 spec = TaskSpec.from_wire(wire)
@@ -125,7 +128,9 @@ class TaskExecutor:
 
     async def _run_async(self, conn: Connection, spec: TaskSpec) -> None:
         try:
-            self._deliver(conn, await self.execute_async(spec))
+            async with self._actor_slots:
+                result = await self.execute_async(spec)
+            self._deliver(conn, result)
         finally:
             self._async_calls.pop(spec.task_id, None)
 
@@ -195,6 +200,7 @@ class TaskExecutor:
             self.actor = cls(*args, **kwargs)
             self.core.actor_id = spec.actor_id
             options = spec.actor_options or {}
+            self.core.actor_resources = options.get("run_resources") or {}
             if options.get("is_async"):
                 self._start_actor_loop(int(options.get("max_concurrency") or 1000))
             elif (options.get("max_concurrency") or 1) > 1:
@@ -209,6 +215,7 @@ class TaskExecutor:
         def run() -> None:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
+            self._actor_slots = asyncio.Semaphore(max_concurrency)
             self._actor_loop = loop
             ready.set()
             loop.run_forever()
@@ -302,9 +309,9 @@ def _split_returns(value: Any, num_returns: int, name: str) -> list:
     return list(value)
 
 
-def _retry_allowed(retry_exceptions: Any, exc: Exception) -> bool:
-    if isinstance(retry_exceptions, list):
-        return any(isinstance(exc, t) for t in retry_exceptions)
+def _retry_allowed(retry_exceptions: bool | bytes, exc: Exception) -> bool:
+    if isinstance(retry_exceptions, bytes):
+        return isinstance(exc, pickle.loads(retry_exceptions))
     return bool(retry_exceptions)
 
 
