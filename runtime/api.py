@@ -275,6 +275,8 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
                         f"{type(object_refs).__name__}")
     if not all(isinstance(r, ObjectRef) for r in object_refs):
         raise TypeError("wait() expected a list of ObjectRef")
+    if not object_refs:
+        return [], []
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if num_returns <= 0 and object_refs:
@@ -284,8 +286,6 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
                          f"to wait ({num_returns} > {len(object_refs)}).")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
-    if not object_refs:
-        return [], []
     return _core().wait(list(object_refs), num_returns, timeout)
 
 

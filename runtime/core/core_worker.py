@@ -822,6 +822,8 @@ class CoreWorker:
     def lend(self, refs: list, borrower: str) -> None:
         """Register ``borrower`` for refs this process passes on (results holding refs)."""
         for object_id, owner in refs:
+            if owner == borrower:
+                continue  # the ref goes back to its owner, who counts it locally
             if owner == self.address:
                 self.refs.add_borrower([object_id], borrower)
             else:

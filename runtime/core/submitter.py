@@ -129,11 +129,15 @@ class TaskSubmitter:
             self._loop.create_task(self._lease(key, queue))
 
     def _can_take(self, worker: LeasedWorker, spec: TaskSpec) -> bool:
+        """An idle worker takes any task; a busy one only short tasks behind short ones."""
         if not worker.in_flight:
             return True
-        if len(worker.in_flight) >= PIPELINE_DEPTH:
+        if len(worker.in_flight) >= PIPELINE_DEPTH or not self._is_short(spec.function_id):
             return False
-        avg = self._durations.get(spec.function_id)
+        return all(self._is_short(s.function_id) for s in worker.in_flight.values())
+
+    def _is_short(self, function_id: bytes) -> bool:
+        avg = self._durations.get(function_id)
         return avg is not None and avg < SHORT_TASK_S
 
     def _push(self, worker: LeasedWorker, batch: list[TaskSpec]) -> None:

@@ -224,9 +224,9 @@ class TaskExecutor:
         ready.wait()
 
     def _end(self) -> None:
-        self.core.current_task = None
-        for stream in self.streams:
+        for stream in self.streams:  # a last line without a newline still belongs to the task
             stream.flush()
+        self.core.current_task = None
 
     def _success(self, spec: TaskSpec, value: Any) -> tuple:
         values = _split_returns(value, spec.num_returns, spec.name)
@@ -284,6 +284,7 @@ class TaskExecutor:
             try:
                 obj = serialize(value)
             except Exception as exc:
+                self._release_stored(spec, payloads)
                 raise TypeError(
                     f"Could not serialize the return value of {spec.name}() "
                     f"({type(value).__name__}): {exc}"
@@ -297,9 +298,19 @@ class TaskExecutor:
         return payloads, contained
 
 
+    def _release_stored(self, spec: TaskSpec, payloads: list) -> None:
+        """Free the returns already written to the arena when a later one fails."""
+        stored = [object_id_for(spec.task_id, i) for i, p in enumerate(payloads, start=1)
+                  if p[0] == "s"]
+        if stored:
+            self.core._call_soon(lambda: self.core.raylet.send(m.FreeObjects(stored)))
+
+
 def _split_returns(value: Any, num_returns: int, name: str) -> list:
     if num_returns == 1:
         return [value]
+    if num_returns == 0:
+        return []
     if not isinstance(value, (tuple, list)) or len(value) != num_returns:
         raise ValueError(
             f"{name}() was declared with num_returns={num_returns} but returned "
