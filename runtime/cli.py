@@ -4,6 +4,8 @@
     cellfleet status [--address HOST:PORT]                     nodes and jobs of a cluster
     cellfleet stop [--all]                                     stop the current (or every) cluster
     cellfleet microbenchmark [...]                             run the runtime's microbenchmarks
+    cellfleet kernel install|list|uninstall [...]              manage cellfleet kernelspecs
+    cellfleet lab [--notebook-dir D] [--port P]                JupyterLab with the cellfleet kernel
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -255,21 +258,45 @@ def _parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop the cluster started by 'cellfleet start'")
     stop.add_argument("--all", action="store_true", help="stop every cluster of this user")
     sub.add_parser("microbenchmark", help="run the runtime's microbenchmarks", add_help=False)
+    sub.add_parser("kernel", help="install, list or remove cellfleet kernelspecs", add_help=False)
+    lab = sub.add_parser("lab", help="open JupyterLab with the cellfleet kernel")
+    lab.add_argument("--notebook-dir", default=None,
+                     help="folder to open (default: ./notebooks if present, else .)")
+    lab.add_argument("--port", type=int, default=8888)
+    lab.add_argument("--no-browser", action="store_true")
     return parser
+
+
+def _lab(args: argparse.Namespace) -> int:
+    """JupyterLab on the course notebooks, new notebooks on the cellfleet kernel."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "cellfleet" not in KernelSpecManager().find_kernel_specs():
+        from .kernel import install
+
+        install.main(["install", "--sys-prefix"])
+    folder = args.notebook_dir or ("notebooks" if os.path.isdir("notebooks") else ".")
+    argv = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={folder}",
+            f"--port={args.port}", "--MappingKernelManager.default_kernel_name=cellfleet"]
+    if args.no_browser:
+        argv.append("--no-browser")
+    os.execv(sys.executable, argv)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``cellfleet`` command; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["microbenchmark"]:
-        try:
-            from . import microbenchmark
-        except ImportError as exc:
-            print(f"cellfleet microbenchmark: not available ({exc})", file=sys.stderr)
-            return 2
+        from . import microbenchmark
+
         return microbenchmark.main(argv[1:]) or 0
+    if argv[:1] == ["kernel"]:
+        from .kernel import install
+
+        return install.main(argv[1:]) or 0
     args = _parser().parse_args(argv)
-    commands = {"start": _start, "status": _status, "stop": _stop}
+    commands = {"start": _start, "status": _status, "stop": _stop, "lab": _lab}
     try:
         return commands[args.command](args)
     except CliError as exc:
