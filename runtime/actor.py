@@ -100,7 +100,7 @@ class ActorClass:
             "max_restarts": opts.get("max_restarts", 0),
             "max_task_retries": opts.get("max_task_retries", 0),
             "max_concurrency": max_concurrency, "methods": self._methods,
-            "is_async": self._is_async, "job_id": core.job_id,
+            "is_async": self._is_async, "job_id": core.current_job_id,
         }
         existing = core.request(
             "gcs", m.RegisterActor(actor_id, info, bool(opts.get("get_if_exists"))))

@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import logging
+import math
 import os
 import sys
 import threading
@@ -383,4 +384,5 @@ def get_gpu_ids() -> list[int]:
     """GPU ids assigned to the current task or actor (empty on a CPU-only task)."""
     from .runtime_context import get_runtime_context
 
-    return list(range(int(get_runtime_context().get_assigned_resources().get("GPU", 0))))
+    gpus = get_runtime_context().get_assigned_resources().get("GPU", 0)
+    return list(range(math.ceil(gpus)))

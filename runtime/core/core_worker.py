@@ -107,6 +107,12 @@ class CoreWorker:
         return spec.namespace if spec is not None else self._namespace
 
     @property
+    def current_job_id(self) -> int:
+        """The job whose code is running here (a worker serves many jobs)."""
+        spec = _current_task.get()
+        return spec.job_id if spec is not None else self.job_id
+
+    @property
     def current_task(self) -> TaskSpec | None:
         """The task running in this thread (or asyncio task), if any."""
         return _current_task.get()

@@ -50,6 +50,8 @@ class TaskExecutor:
         self._async_calls: dict[bytes, concurrent.futures.Future] = {}
         self._actor_slots: asyncio.Semaphore | None = None  # async actors' max_concurrency
         self._cancelled: set[bytes] = set()
+        # task id -> (owner connection, number of returns), until the task starts
+        self._queued: dict[bytes, tuple[Connection, int]] = {}
         self._running_main: bytes | None = None  # task id running on the main thread
         self._interrupt: bytes | None = None
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -71,6 +73,7 @@ class TaskExecutor:
             elif self._actor_pool is not None:
                 self._actor_pool.submit(self._run_one, conn, TaskSpec.from_wire(wire))
             else:
+                self._queued[wire[0]] = (conn, wire[6])
                 self._tasks.put((conn, wire))
 
     def kill(self, reason: str) -> None:
@@ -87,10 +90,23 @@ class TaskExecutor:
             return
         if force:
             os._exit(1)  # the owner sees the worker go and fails the task as cancelled
+        queued = self._queued.pop(task_id, None)
+        if queued is not None:
+            self._deliver_cancelled(task_id, *queued)
+            return
         self._cancelled.add(task_id)
         if self._running_main == task_id:
             self._interrupt = task_id
             os.kill(self._pid, signal.SIGINT)
+
+    def _deliver_cancelled(self, task_id: bytes, conn: Connection, num_returns: int) -> None:
+        """Answer a task that never started: it was cancelled in the queue."""
+        error = ["i", serialize(exceptions.TaskCancelledError(task_id.hex()), KIND_ERROR).inline()]
+        now = time.time()
+        result = TaskResult(task_id, False, [error] * num_returns, [], self.core.worker_id,
+                            self.core.node_id, self._pid, now, now, False, "cancelled")
+        self._results.append((conn, result.to_wire()))
+        self._send_results()
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._interrupt is not None and self._interrupt == self._running_main:
@@ -114,6 +130,8 @@ class TaskExecutor:
             if item is None:
                 return
             conn, wire = item
+            if self._queued.pop(wire[0], None) is None:
+                continue  # cancelled while queued: already answered
             spec = TaskSpec.from_wire(wire)
             self._running_main = spec.task_id
             try:

@@ -229,10 +229,6 @@ def test_token_and_arena_are_private(cluster) -> None:
         assert stat.S_IMODE(arena.stat().st_mode) == 0o600
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Session.create uses an existing session root as is, even when others can write to "
-    "it: another local user who creates /tmp/cellfleet-<uid> first can replace "
-    "current_cluster and point address='auto' drivers at a cluster of theirs"))
 def test_a_world_writable_session_root_is_refused(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "shared"
