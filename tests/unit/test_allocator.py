@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from cellfleet.raylet.allocator import ArenaAllocator
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -17,6 +16,8 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+
+from cellfleet.raylet.allocator import ArenaAllocator
 
 A = 4096
 

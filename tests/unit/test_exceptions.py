@@ -5,9 +5,10 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-import cellfleet.exceptions as exc_module
 import cloudpickle
 import pytest
+
+import cellfleet.exceptions as exc_module
 from cellfleet.exceptions import (
     ActorDeathReason,
     ActorDiedError,

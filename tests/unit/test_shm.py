@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+
 from cellfleet._shm import SHM_DIR, SharedArena
 
 PREFIX = f"cftest-shm-{os.getpid()}-"
