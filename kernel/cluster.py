@@ -1,0 +1,335 @@
+"""The kernel's runtime: started in the background, connected, restarted, stopped, shown.
+
+``KernelRuntime.start()`` returns at once; a thread runs ``cellfleet.init`` (a local runtime,
+or a connection to ``CELLFLEET_ADDRESS`` / the spec's address). Whatever needs the runtime
+first calls ``wait()``. Every runtime this kernel makes or finds gets the kernel's output
+router as its core worker's ``log_handler``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cellfleet
+from cellfleet import _context
+from cellfleet import _messages as m
+from cellfleet import exceptions as cf_exceptions
+
+__all__ = ["ClusterError", "ClusterInfo", "KernelRuntime", "parse_num_cpus"]
+
+QUERY_TIMEOUT_S = 5.0
+
+
+class ClusterError(RuntimeError):
+    """A runtime that could not be started or reached: shown as one message, no traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31mClusterError\x1b[0m: {self}"]
+
+
+def parse_num_cpus(value: str | None) -> float | int | None:
+    if value is None or value.strip() == "":
+        return None
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"CELLFLEET_NUM_CPUS must be >= 0, got {value!r}")
+    return int(number) if number.is_integer() else number
+
+
+def explain_connection_error(exc: BaseException, address: str | None) -> str:
+    """One sentence for a failure to start or reach a runtime."""
+    where = f"the cluster at {address}" if address else "a local runtime"
+    text = (str(exc) or type(exc).__name__).rstrip(" :.")
+    if isinstance(exc, cf_exceptions.AuthenticationError):
+        return (f"could not connect to {where}: it refused this kernel's token ({text}). Set "
+                "CELLFLEET_TOKEN to the cluster's token, or CELLFLEET_TOKEN_FILE to the token "
+                "file in its session directory.")
+    if "no token" in text.lower():
+        return f"could not connect to {where}: {text}."
+    if isinstance(exc, (ConnectionError, OSError, TimeoutError)):
+        return (f"could not connect to {where}: {text}. Is a cluster running there "
+                "('cellfleet start --head')? '%cluster connect HOST:PORT' or "
+                "'%cluster restart' tries again.")
+    return f"could not start {where}: {type(exc).__name__}: {text}."
+
+
+class KernelRuntime:
+    """Owns the kernel's connection to a cluster (local or remote)."""
+
+    def __init__(self, *, address: str | None, num_cpus: float | int | None,
+                 log_handler: Callable[[list], None] | None) -> None:
+        self.address = address or None  # None: start a local runtime
+        self.num_cpus = num_cpus
+        self.log_handler = log_handler
+        self._ready = threading.Event()
+        self._ready.set()  # nothing is starting
+        self._error: BaseException | None = None
+        self._error_reported = True
+        self._lock = threading.Lock()
+        self.started_at: float | None = None
+        self.info: Any = None
+
+    # -- starting -------------------------------------------------------------------------
+
+    def start(self, *, background: bool = True) -> None:
+        """Start (or connect to) the runtime; in a thread unless ``background`` is False."""
+        with self._lock:
+            if not self._ready.is_set():
+                return  # already starting
+            self._ready.clear()
+            self._error = None
+        if background:
+            threading.Thread(target=self._start, name="cellfleet-kernel-start",
+                             daemon=True).start()
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        try:
+            if cellfleet.is_initialized():
+                self.info = cellfleet.init(ignore_reinit_error=True)
+            elif self.address:
+                self.info = cellfleet.init(address=self.address, log_to_driver=True)
+            else:
+                self.info = cellfleet.init(num_cpus=self.num_cpus, log_to_driver=True)
+            self.started_at = time.time()
+            self.hook()
+        except BaseException as exc:  # noqa: BLE001 - reported in the next cell
+            self._error = exc
+            self._error_reported = False
+        finally:
+            self._ready.set()
+
+    @property
+    def starting(self) -> bool:
+        return not self._ready.is_set()
+
+    def wait(self, timeout: float | None = None) -> BaseException | None:
+        """Wait until a start in progress is over; the error it ended with, if any."""
+        self._ready.wait(timeout)
+        return self._error
+
+    def take_unreported_error(self) -> str | None:
+        """The start-up failure as one message, once."""
+        if self._error is None or self._error_reported:
+            return None
+        self._error_reported = True
+        return explain_connection_error(self._error, self.address)
+
+    def hook(self) -> None:
+        """Route the current core worker's output through the kernel (idempotent)."""
+        core = _context.core
+        if core is not None and self.log_handler is not None and \
+                core.log_handler is not self.log_handler and core.kind == "driver":
+            core.log_handler = self.log_handler
+
+    def output_barrier(self, timeout: float = 0.5) -> None:
+        """Wait until the output of tasks that have finished has been routed.
+
+        A worker sends what a task printed to the GCS before it sends the result; the GCS
+        publishes it to this process on the connection that answers this request, so once
+        the answer is here the lines are too. Called at the end of each cell so the cell's
+        output precedes its idle status (what nbclient and "Run all" rely on).
+        """
+        core = _context.core
+        gcs = getattr(core, "gcs", None)
+        if core is None or gcs is None or not gcs.is_open or self.starting:
+            return
+        try:
+            core.request("gcs", m.KvGet("cellfleet_kernel", b"barrier"), timeout=timeout)
+        except Exception:  # noqa: BLE001 - a slow or dead cluster only delays output
+            pass
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Disconnect; stop the local runtime (a connected cluster keeps running)."""
+        self.wait()
+        cellfleet.shutdown()
+        self.info = None
+        self.started_at = None
+
+    def restart(self, *, num_cpus: float | int | None = None) -> None:
+        self.stop()
+        if num_cpus is not None:
+            self.num_cpus = num_cpus
+        self._start_now()
+
+    def connect(self, address: str) -> None:
+        self.stop()
+        previous = self.address
+        self.address = None if address in ("local", "") else address
+        try:
+            self._start_now()
+        except ClusterError:
+            self.address = previous
+            raise
+
+    def start_local(self, *, num_cpus: float | int | None = None) -> None:
+        self.stop()
+        self.address = None
+        if num_cpus is not None:
+            self.num_cpus = num_cpus
+        self._start_now()
+
+    def _start_now(self) -> None:
+        self.start(background=False)
+        error = self._error
+        if error is not None:
+            self._error_reported = True
+            raise ClusterError(explain_connection_error(error, self.address)) from None
+
+    def ensure(self) -> None:
+        """Wait for the runtime; raise one clear ClusterError if there is none."""
+        error = self.wait()
+        if cellfleet.is_initialized():
+            return
+        if error is not None:
+            self._error_reported = True
+            raise ClusterError(explain_connection_error(error, self.address))
+        raise ClusterError("the runtime is stopped: '%cluster restart' starts a local one, "
+                           "'%cluster connect HOST:PORT' connects to a cluster")
+
+    # -- looking ----------------------------------------------------------------------------
+
+    def describe(self) -> ClusterInfo:
+        self.ensure()
+        core = _context.core
+        deadline = time.monotonic() + QUERY_TIMEOUT_S
+        while True:
+            try:
+                nodes = core.request("gcs", m.GetNodes(), timeout=QUERY_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - a dead cluster gets one message
+                raise ClusterError(
+                    f"the cluster at {core.gcs_address} does not answer ({exc}); it may have "
+                    f"stopped. {self._retry_hint()}") from None
+            # A runtime that has just started may not have registered its node yet.
+            if any(n["alive"] for n in nodes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # polling the GCS's node table
+        info = self._info()
+        return ClusterInfo(
+            address=core.gcs_address,
+            mode="connected" if self.address else "local",
+            session_dir=info.get("session_dir"),
+            node_id=core.node_id.hex(),
+            job_id=core.job_id,
+            nodes=nodes,
+            dashboard_url=info.get("dashboard_url"),
+        )
+
+    @staticmethod
+    def _info() -> dict:
+        """``init``'s RuntimeInfo of the current runtime (session dir, dashboard), or {}."""
+        if not cellfleet.is_initialized():
+            return {}
+        try:
+            return dict(cellfleet.init(ignore_reinit_error=True))
+        except Exception:  # noqa: BLE001 - only decoration
+            return {}
+
+    def _retry_hint(self) -> str:
+        if self.address:
+            return (f"'%cluster restart' connects to {self.address} again, '%cluster connect "
+                    "local' starts a local runtime, '%cluster connect HOST:PORT' connects "
+                    "elsewhere.")
+        return ("'%cluster restart' starts a new local runtime, '%cluster connect HOST:PORT' "
+                "connects to a cluster.")
+
+    def logs_dir(self) -> str:
+        session = self._info().get("session_dir")
+        return os.path.join(session, "logs") if session else ""
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.2f} GiB"
+
+
+class ClusterInfo:
+    """What ``%cluster`` shows: the cluster's nodes and their resources (a rich repr)."""
+
+    def __init__(self, *, address: str, mode: str, session_dir: str | None, node_id: str,
+                 job_id: int, nodes: list[dict], dashboard_url: str | None) -> None:
+        self.address = address
+        self.mode = mode
+        self.session_dir = session_dir
+        self.node_id = node_id
+        self.job_id = job_id
+        self.nodes = nodes
+        self.dashboard_url = dashboard_url
+
+    @property
+    def alive_nodes(self) -> list[dict]:
+        return [n for n in self.nodes if n["alive"]]
+
+    def total(self, resource: str) -> float:
+        return sum(n["resources"].get(resource, 0.0) for n in self.alive_nodes)
+
+    def available(self, resource: str) -> float:
+        return sum(n["available"].get(resource, 0.0) for n in self.alive_nodes)
+
+    def _rows(self) -> list[dict[str, str]]:
+        rows = []
+        for node in self.nodes:
+            res, free = node["resources"], node["available"]
+            store = node.get("store") or {}
+            capacity = store.get("capacity", res.get("object_store_memory", 0.0))
+            rows.append({
+                "node": node["node_id"].hex()[:12]
+                + (" (this kernel's)" if node["node_id"].hex() == self.node_id else ""),
+                "address": node["raylet_address"],
+                "state": "alive" if node["alive"] else f"dead {node.get('death_reason') or ''}",
+                "CPU": f"{free.get('CPU', 0):g} / {res.get('CPU', 0):g}",
+                "GPU": f"{free.get('GPU', 0):g} / {res.get('GPU', 0):g}",
+                "store": f"{_gib(store.get('used', 0))} / {_gib(capacity)}"
+                         f" ({store.get('num_objects', 0)} objects)",
+            })
+        return rows
+
+    def __repr__(self) -> str:
+        alive = self.alive_nodes
+        lines = [
+            f"cellfleet cluster at {self.address} ({self.mode}), {len(alive)} of "
+            f"{len(self.nodes)} node(s) alive, CPU {self.available('CPU'):g} free of "
+            f"{self.total('CPU'):g}, GPU {self.available('GPU'):g} free of "
+            f"{self.total('GPU'):g}",
+        ]
+        for row in self._rows():
+            lines.append("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+        lines.append(f"  dashboard: {self.dashboard_url or 'not available yet'}")
+        if self.session_dir:
+            lines.append(f"  session: {self.session_dir}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        rows = self._rows()
+        head = "".join(f"<th style='text-align:left'>{esc(k)}</th>" for k in rows[0]) \
+            if rows else ""
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{esc(v)}</td>" for v in r.values())
+            + "</tr>" for r in rows
+        )
+        dashboard = (f"<a href='{esc(self.dashboard_url)}' target='_blank'>"
+                     f"{esc(self.dashboard_url)}</a>" if self.dashboard_url
+                     else "<i>not available yet</i>")
+        session = (f"<div>session: <code>{esc(self.session_dir)}</code></div>"
+                   if self.session_dir else "")
+        return (
+            "<div class='cellfleet-cluster'>"
+            f"<b>cellfleet cluster</b> at <code>{esc(self.address)}</code> ({esc(self.mode)})"
+            f" &middot; {len(self.alive_nodes)} of {len(self.nodes)} node(s) alive"
+            f" &middot; CPU {self.available('CPU'):g} free of {self.total('CPU'):g}"
+            f" &middot; GPU {self.available('GPU'):g} free of {self.total('GPU'):g}"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<div>dashboard: {dashboard}</div>{session}</div>"
+        )
+
+
+def env_address() -> str | None:
+    return os.environ.get("CELLFLEET_ADDRESS") or None

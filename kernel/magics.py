@@ -1,0 +1,167 @@
+"""The kernel's magics: ``%%remote``, ``%remote`` and ``%cluster``."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .cluster import ClusterError
+from .remote import RemoteOptions
+
+__all__ = ["CellfleetMagics"]
+
+_FLAG_OPTIONS = {"--nowait", "--all-nodes"}
+_VALUE_OPTIONS = {"--push", "--pull", "--num-cpus", "--num-gpus", "--resources", "--name",
+                  "--actor", "--node"}
+_LEADING_OPTION = re.compile(r"\s*(--[a-z-]+)(?:(?:=|\s+)('[^']*'|\"[^\"]*\"|\S+))?")
+
+
+def split_line_options(line: str) -> tuple[str, str]:
+    """``%remote [--opt value ...] EXPR`` -> (options, expression)."""
+    options: list[str] = []
+    rest = line
+    while True:
+        match = _LEADING_OPTION.match(rest)
+        if match is None or match.group(1) not in _FLAG_OPTIONS | _VALUE_OPTIONS:
+            break
+        name = match.group(1)
+        if name in _FLAG_OPTIONS:
+            options.append(name)
+            rest = rest[match.start(1) + len(name):]
+            continue
+        if match.group(2) is None:
+            raise UsageError(f"{name} needs a value")
+        options += [name, match.group(2)]
+        rest = rest[match.end():]
+    return " ".join(options), rest.strip()
+
+
+@magics_class
+class CellfleetMagics(Magics):
+    """Magics of the cellfleet kernel (registered on start)."""
+
+    def __init__(self, shell: Any, kernel: Any) -> None:
+        super().__init__(shell)
+        self.kernel = kernel
+
+    @magic_arguments()
+    @argument("--push", metavar="A,B", default=None,
+              help="send exactly these names from the notebook (instead of the names the "
+                   "analysis finds the cell reading)")
+    @argument("--pull", metavar="C,D", default=None,
+              help="bring back exactly these names (instead of every name the cell assigns); "
+                   "--pull '' brings back none")
+    @argument("--num-cpus", type=float, default=None, metavar="N",
+              help="CPUs the task needs (default 1)")
+    @argument("--num-gpus", type=float, default=None, metavar="N",
+              help="GPUs the task needs (default 0)")
+    @argument("--resources", default=None, metavar="JSON",
+              help='custom resources the task needs, e.g. \'{"memory_gb": 4}\'')
+    @argument("--name", default=None,
+              help="the task's name in the dashboard and in its output's prefix "
+                   "(default cell-N)")
+    @argument("--nowait", action="store_true",
+              help="return a handle at once; the assigned names arrive in the notebook "
+                   "when the cell finishes (handle.wait(), handle.result())")
+    @argument("--actor", default=None, metavar="NAME",
+              help="run inside the named actor NAME (created on first use), whose namespace "
+                   "persists from cell to cell: a remote interpreter. Names the actor "
+                   "defines win over the notebook's; only --pull names come back")
+    @argument("--all-nodes", action="store_true",
+              help="run once on every live node; the result (and each --pull name) is a "
+                   "dict keyed by node id")
+    @argument("--node", default=None, metavar="NODE_ID",
+              help="run on this node (an id prefix is enough); recorded only until node "
+                   "affinity scheduling exists")
+    @line_cell_magic
+    def remote(self, line: str, cell: str | None = None) -> Any:
+        """Run the cell (%%remote) or one expression (%remote EXPR) as a task on the cluster.
+
+        The names the cell reads from the notebook are sent with it (cloudpickle; ObjectRefs
+        by reference; modules by name), the names it assigns come back into the notebook,
+        and the value of its last expression is the cell's result. Its prints stream into
+        the cell while it runs; an error shows the traceback of the cell's own lines.
+        Something that cannot be sent is named in an error before anything runs.
+
+        Examples::
+
+            %%remote --num-cpus 2
+            total = sum(x * x for x in data)
+            total
+
+            %remote expensive(42)
+            handle = %remote --nowait slow()
+        """
+        if cell is None:
+            option_text, expression = split_line_options(line)
+            args = parse_argstring(self.remote, option_text)
+            opts = RemoteOptions.from_args(args)
+            header = f"%remote {line}\n"
+            return self.kernel.remote_runner.run(opts, expression, header=header,
+                                                 line_offset=0, mode="eval")
+        args = parse_argstring(self.remote, line)
+        opts = RemoteOptions.from_args(args)
+        header = f"%%remote {line}\n"
+        return self.kernel.remote_runner.run(opts, cell, header=header, line_offset=1)
+
+    @magic_arguments()
+    @argument("action", nargs="?", default="show",
+              help="show (default), connect ADDR, restart, start, stop")
+    @argument("address", nargs="?", default=None,
+              help="for connect: the cluster's HOST:PORT, 'auto' or 'local'")
+    @argument("--num-cpus", type=float, default=None, metavar="N",
+              help="for restart/start: CPUs of the new local runtime")
+    @line_magic
+    def cluster(self, line: str) -> Any:
+        """Show the cluster, or change it.
+
+        %cluster                   nodes, CPUs, GPUs, object store, dashboard link
+        %cluster connect HOST:PORT disconnect (stopping a local runtime), connect there
+        %cluster restart           stop and start again (a connected cluster keeps running:
+                                   only this kernel's work and connection are released)
+        %cluster start             start a local runtime (after stop)
+        %cluster stop              disconnect; stop the local runtime
+        """
+        args = parse_argstring(self.cluster, line)
+        runtime = self.kernel.runtime
+        action = args.action
+        num_cpus = _whole(args.num_cpus)
+        if action == "show":
+            return runtime.describe()
+        if action == "connect":
+            if not args.address:
+                raise UsageError("%cluster connect HOST:PORT")
+            self.kernel.remote_runner.forget_actors()
+            runtime.connect(args.address)
+            return runtime.describe()
+        if action == "restart":
+            self.kernel.remote_runner.forget_actors()
+            runtime.restart(num_cpus=num_cpus)
+            return runtime.describe()
+        if action == "start":
+            runtime.wait()
+            import cellfleet
+
+            if cellfleet.is_initialized():
+                raise ClusterError("a runtime is running already: use '%cluster restart'")
+            runtime.start_local(num_cpus=num_cpus)
+            return runtime.describe()
+        if action == "stop":
+            self.kernel.remote_runner.forget_actors()
+            runtime.stop()
+            print("cellfleet: stopped (this kernel has no runtime now; '%cluster restart' or "
+                  "'%cluster connect HOST:PORT' gets one)")
+            return None
+        raise UsageError(f"%cluster: unknown action {action!r} "
+                         f"(show, connect, restart, start, stop); {shlex.quote(line)}")
+
+
+def _whole(value: float | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else value
