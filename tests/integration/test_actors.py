@@ -19,10 +19,12 @@ import textwrap
 import threading
 import time
 
-import cellfleet as ray
 import cloudpickle
 import psutil
 import pytest
+from conftest import wait_until
+
+import cellfleet as ray
 from cellfleet.exceptions import (
     ActorDeathReason,
     ActorDiedError,
@@ -33,7 +35,6 @@ from cellfleet.exceptions import (
 from cellfleet.util import ActorPool
 from cellfleet.util.queue import Empty, Full, Queue
 from cellfleet.util.state import list_actors
-from conftest import wait_until
 
 pytestmark = pytest.mark.integration
 

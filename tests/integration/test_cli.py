@@ -11,11 +11,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import cellfleet
 import psutil
 import pytest
-from cellfleet._session import Session, root_dir
 from conftest import free_port, runtime_processes, wait_until
+
+import cellfleet
+from cellfleet._session import Session, root_dir
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,10 @@ import os
 import sys
 import threading
 
-import cellfleet as ray
 import cloudpickle
 import pytest
+
+import cellfleet as ray
 from cellfleet import exceptions
 
 pytestmark = pytest.mark.integration

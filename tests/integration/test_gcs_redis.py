@@ -10,15 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-import cellfleet
 import psutil
 import pytest
 import redis
+from conftest import runtime_processes, wait_until
+
+import cellfleet
 from cellfleet import _context, api
 from cellfleet import _messages as m
 from cellfleet._rpc import connect
 from cellfleet._session import Session, root_dir
-from conftest import runtime_processes, wait_until
 
 pytestmark = pytest.mark.integration
 

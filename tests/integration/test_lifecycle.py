@@ -10,11 +10,12 @@ import textwrap
 import time
 from pathlib import Path
 
-import cellfleet
 import psutil
 import pytest
-from cellfleet._session import root_dir
 from conftest import runtime_processes, wait_until
+
+import cellfleet
+from cellfleet._session import root_dir
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-import cellfleet as ray
 import cloudpickle
 import numpy as np
 import pytest
-from cellfleet import _messages, exceptions
 from conftest import wait_until
+
+import cellfleet as ray
+from cellfleet import _messages, exceptions
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,12 @@ import subprocess
 import sys
 import time
 
-import cellfleet as ray
 import cloudpickle
 import numpy as np
 import pytest
 from conftest import wait_until
+
+import cellfleet as ray
 
 pytestmark = pytest.mark.integration
 

@@ -16,15 +16,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cellfleet
 import msgpack
 import psutil
 import pytest
+from conftest import runtime_processes, wait_until
+
+import cellfleet
 from cellfleet import _context
 from cellfleet import _messages as m
 from cellfleet._protocol import MAGIC, NONCE_SIZE, PROOF_SIZE, ClientHandshake, encode_frame
 from cellfleet._session import Session, root_dir
-from conftest import runtime_processes, wait_until
 
 pytestmark = pytest.mark.integration
 

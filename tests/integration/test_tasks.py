@@ -6,12 +6,13 @@ import os
 import sys
 import time
 
-import cellfleet as ray
 import cloudpickle
 import pytest
+from conftest import wait_until
+
+import cellfleet as ray
 from cellfleet import exceptions
 from cellfleet.remote_function import RemoteFunction
-from conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
