@@ -157,7 +157,7 @@ class Connection(asyncio.Protocol):
             else:
                 logger.exception("handler for %s failed", type(message).__name__)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             self._loop.create_task(self._reply_later(result, request_id))
         elif request_id:
             self.send(Reply(result), request_id)

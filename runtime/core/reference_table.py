@@ -35,7 +35,7 @@ class ObjectEntry:
     borrowers: set[str] = field(default_factory=set)
     contains: list[list] = field(default_factory=list)  # [[object_id, owner], ...]
     payload: list | None = None  # see core.task_spec.Payload; None while pending
-    waiters: list[threading.Event] = field(default_factory=list)
+    waiters: list = field(default_factory=list)  # one-shot wake-ups of waiting threads
     callbacks: list[Callable[[ObjectEntry], None]] = field(default_factory=list)
     spec: Any = None  # the TaskSpec that makes it (lineage), for owned task returns
     fetching: bool = False  # a borrowed entry whose owner has been asked
