@@ -23,6 +23,7 @@ import cloudpickle
 import psutil
 import pytest
 from conftest import wait_until
+from gates import touch, wait_for_file, wait_for_file_async
 
 import cellfleet as ray
 from cellfleet.exceptions import (
@@ -56,26 +57,10 @@ def actor_cluster():
 # -- helpers (run in tasks and actors too) ------------------------------------------------
 
 
-def wait_for_file(path: str, timeout: float = GATE_TIMEOUT_S) -> None:
-    """Block until ``path`` exists (the test opens the gate by creating it)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} was never opened")
-        time.sleep(0.002)
 
 
-async def wait_for_file_async(path: str, timeout: float = GATE_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} was never opened")
-        await asyncio.sleep(0.002)
 
 
-def touch(path: str) -> None:
-    with open(path, "a"):
-        pass
 
 
 def gone(pid: int) -> bool:

@@ -14,6 +14,7 @@ import cloudpickle
 import numpy as np
 import pytest
 from conftest import wait_until
+from gates import touch, wait_for_file
 
 import cellfleet as ray
 from cellfleet import _messages, exceptions
@@ -46,17 +47,8 @@ def fence() -> None:
     ray.put(np.zeros(200 * 1024, dtype=np.uint8))
 
 
-def wait_for_file(path: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} was never opened")
-        time.sleep(0.002)
 
 
-def touch(path: str) -> None:
-    with open(path, "a"):
-        pass
 
 
 def mapping_of(address: int) -> str | None:

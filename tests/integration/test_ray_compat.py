@@ -15,12 +15,12 @@ import os
 import string
 import subprocess
 import sys
-import time
 
 import cloudpickle
 import numpy as np
 import pytest
 from conftest import wait_until
+from gates import touch, wait_for_file
 
 import cellfleet as ray
 
@@ -30,17 +30,8 @@ pytestmark = pytest.mark.integration
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def wait_for_file(path: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} was never opened")
-        time.sleep(0.002)
 
 
-def touch(path: str) -> None:
-    with open(path, "a"):
-        pass
 
 
 @ray.remote

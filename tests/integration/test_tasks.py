@@ -9,6 +9,7 @@ import time
 import cloudpickle
 import pytest
 from conftest import wait_until
+from gates import touch, wait_for_file
 
 import cellfleet as ray
 from cellfleet import exceptions
@@ -22,18 +23,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 GATE_TIMEOUT_S = 30.0
 
 
-def wait_for_file(path: str, timeout: float = GATE_TIMEOUT_S) -> None:
-    """In a task: block until ``path`` exists (the test opens the gate by creating it)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} was never opened")
-        time.sleep(0.002)
 
 
-def touch(path: str) -> None:
-    with open(path, "a"):
-        pass
 
 
 @ray.remote
