@@ -6,6 +6,7 @@
     cellfleet microbenchmark [...]                             run the runtime's microbenchmarks
     cellfleet kernel install|list|uninstall [...]              manage cellfleet kernelspecs
     cellfleet lab [--notebook-dir D] [--port P]                JupyterLab with the cellfleet kernel
+    cellfleet dashboard [--address A] [--port P] [--token T]   the dashboard without Jupyter
 """
 
 from __future__ import annotations
@@ -259,6 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--all", action="store_true", help="stop every cluster of this user")
     sub.add_parser("microbenchmark", help="run the runtime's microbenchmarks", add_help=False)
     sub.add_parser("kernel", help="install, list or remove cellfleet kernelspecs", add_help=False)
+    sub.add_parser("dashboard", help="serve the dashboard without Jupyter", add_help=False)
     lab = sub.add_parser("lab", help="open JupyterLab with the cellfleet kernel")
     lab.add_argument("--notebook-dir", default=None,
                      help="folder to open (default: ./notebooks if present, else .)")
@@ -291,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import microbenchmark
 
         return microbenchmark.main(argv[1:]) or 0
+    if argv[:1] == ["dashboard"]:
+        from .extension import standalone
+
+        return standalone.main(argv[1:]) or 0
     if argv[:1] == ["kernel"]:
         from .kernel import install
 

@@ -83,7 +83,7 @@ def test_sessions_of_dead_clusters_are_not_listed(cluster, tmp_path, monkeypatch
     (fake / "cluster.json").write_text(json.dumps({"gcs_address": "127.0.0.1:3",
                                                    "pids": [2**22 + 12345]}))
     monkeypatch.setenv("CELLFLEET_TMPDIR", str(tmp_path))
-    assert discovery.list_clusters() == [] or all(
+    assert all(
         c.address != "127.0.0.1:3" for c in discovery.list_clusters())
 
 

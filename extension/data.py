@@ -1,0 +1,244 @@
+"""What the API and the pages show: GCS answers turned into plain JSON data.
+
+Every call opens a short-lived authenticated connection to the cluster's GCS on the running
+event loop (Jupyter's own loop inside the server), asks, and closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cellfleet import _messages as m
+from cellfleet._rpc import connect
+
+from .discovery import ClusterInfo
+
+__all__ = [
+    "actors",
+    "gcs",
+    "graph",
+    "logs",
+    "nodes",
+    "objects",
+    "tasks",
+    "timeline",
+]
+
+MAX_TASKS = 1_000_000
+WINDOW = 10_000  # tasks read by the pages' periodic requests
+TIMEOUT_S = 5.0
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe: bytes become hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+@contextlib.asynccontextmanager
+async def gcs(cluster: ClusterInfo):
+    conn = await connect(cluster.address, cluster.token(), timeout=TIMEOUT_S)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+async def ask(cluster: ClusterInfo, *messages: m.Message) -> list[Any]:
+    async with gcs(cluster) as conn:
+        futures = [conn.request(msg) for msg in messages]
+        return list(await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT_S))
+
+
+def _last_ts(task: dict) -> float:
+    return max((task.get("events") or {}).values(), default=0.0)
+
+
+def _duration(task: dict) -> float | None:
+    start, end = task.get("start_time"), task.get("end_time")
+    return end - start if start and end else None
+
+
+async def nodes(cluster: ClusterInfo) -> list[dict]:
+    (raw,) = await ask(cluster, m.GetNodes())
+    out = []
+    for node in raw:
+        node = plain(node)
+        total, avail = node.get("resources") or {}, node.get("available") or {}
+        node["resources_used"] = {k: total[k] - avail.get(k, 0) for k in total}
+        out.append(node)
+    return out
+
+
+async def tasks(cluster: ClusterInfo, *, state: str | None = None, name: str | None = None,
+                tag: str | None = None, offset: int = 0, limit: int = 100) -> dict:
+    filters = {k: v for k, v in (("state", state), ("name", name), ("tag", tag)) if v is not None}
+    (selected,) = await ask(cluster, m.ListTasks(filters, MAX_TASKS))
+    return {"total": len(selected), "offset": offset, "limit": limit,
+            "tasks": plain(selected[offset : offset + limit])}
+
+
+def _task_node(task: dict) -> dict:
+    return {
+        "id": task["task_id"], "name": task.get("name", "?"), "state": task.get("state"),
+        "node_id": task.get("node_id"), "worker_id": task.get("worker_id"),
+        "worker_pid": task.get("worker_pid"), "duration": _duration(task),
+        "error_message": task.get("error_message"), "parent_task_id": task.get("parent_task_id"),
+        "tag": task.get("tag"), "type": task.get("type"), "actor_id": task.get("actor_id"),
+        "updated": _last_ts(task),
+    }
+
+
+async def graph(cluster: ClusterInfo, *, since: float = 0.0, max_tasks: int = 2000) -> dict:
+    """The newest ``max_tasks`` tasks that changed after ``since``, the objects they take and
+    return, and the edges.
+
+    ``cursor`` is the time of the latest change seen: pass it back as ``since``. Only the
+    newest ``max_tasks`` tasks (by submission) are read from the GCS, so a poll costs the same
+    at 100,000 tasks as at 1,000; ``counts`` (per function and state, over every task the GCS
+    keeps, from ``SummarizeTasks``) is what an aggregated view draws, and ``truncated`` says
+    how many tasks are outside the window.
+    """
+    raw_tasks, raw_objects, summary = await ask(
+        cluster, m.ListTasks({}, max_tasks), m.ListObjects(max(4 * max_tasks, 1000)),
+        m.SummarizeTasks())
+    changed = []
+    cursor = since
+    for task in raw_tasks:
+        ts = _last_ts(task)
+        if ts > since:
+            changed.append(task)
+            cursor = max(cursor, ts)
+    total = summary.get("total_tasks", len(raw_tasks))
+    live = {o["object_id"]: o for o in raw_objects}
+    objects: dict[str, dict] = {}
+    edges = []
+    for task in changed:
+        for oid in task.get("args") or []:
+            edges.append({"source": oid, "target": task["task_id"], "kind": "arg"})
+            objects.setdefault(oid, {"id": oid})
+        for oid in task.get("returns") or []:
+            edges.append({"source": task["task_id"], "target": oid, "kind": "return"})
+            objects.setdefault(oid, {"id": oid})
+    for oid, obj in objects.items():
+        info = live.get(oid)
+        obj["live"] = info is not None
+        if info is not None:
+            obj.update({"size": info.get("size"), "where": info.get("where"),
+                        "node_id": info.get("node_id")})
+    counts = {name: dict(entry["state_counts"])
+              for name, entry in (summary.get("summary") or {}).items()}
+    return {
+        "cursor": cursor, "since": since, "total_tasks": total,
+        "truncated": max(0, total - len(raw_tasks)),
+        "tasks": [_task_node(t) for t in changed], "objects": list(objects.values()),
+        "edges": edges, "counts": counts,
+    }
+
+
+async def actors(cluster: ClusterInfo) -> list[dict]:
+    raw_actors, raw_tasks = await ask(cluster, m.ListActors(),
+                                      m.ListTasks({"type": "ACTOR_TASK"}, WINDOW))
+    pending: Counter = Counter()
+    for task in raw_tasks:
+        if task.get("type") == "ACTOR_TASK" and task.get("state") not in ("FINISHED", "FAILED"):
+            pending[task.get("actor_id")] += 1
+    out = []
+    for actor in raw_actors:
+        actor = plain(actor)
+        actor.pop("methods", None)
+        actor["pending_calls"] = pending.get(actor["actor_id"], 0)
+        out.append(actor)
+    return out
+
+
+async def objects(cluster: ClusterInfo, *, largest: int = 20) -> dict:
+    raw_objects, raw_nodes = await ask(cluster, m.ListObjects(WINDOW), m.GetNodes())
+    per_node = {}
+    for node in raw_nodes:
+        store = node.get("store") or {}
+        per_node[node["node_id"].hex()] = {
+            "node_id": node["node_id"].hex(),
+            "used": store.get("used", 0),
+            "capacity": store.get("capacity", node.get("store_capacity", 0)),
+            "count": store.get("num_objects", 0),
+            "spilled": store.get("spilled", 0),
+            "live_objects": 0, "live_bytes": 0,
+        }
+    for obj in raw_objects:
+        entry = per_node.get(obj.get("node_id") or "")
+        if entry is not None:
+            entry["live_objects"] += 1
+            entry["live_bytes"] += obj.get("size") or 0
+    top = sorted(raw_objects, key=lambda o: o.get("size") or 0, reverse=True)[:largest]
+    return {"nodes": list(per_node.values()), "total": len(raw_objects), "largest": plain(top)}
+
+
+async def timeline(cluster: ClusterInfo, *, since: float = 0.0, limit: int = 5000) -> dict:
+    """Per-worker spans of the newest ``limit`` tasks that started and ended after ``since``
+    (or still run)."""
+    (raw,) = await ask(cluster, m.ListTasks({}, limit))
+    workers: dict[str, list] = {}
+    for task in raw:
+        start = task.get("start_time")
+        if not start:
+            continue
+        end = task.get("end_time")
+        if end is not None and end < since:
+            continue
+        key = f"{(task.get('node_id') or '')[:8]}:{task.get('worker_pid') or '?'}"
+        workers.setdefault(key, []).append({
+            "task_id": task["task_id"], "name": task.get("name", "?"),
+            "state": task.get("state"), "start": start, "end": end,
+        })
+    return {"workers": workers}
+
+
+async def logs(cluster: ClusterInfo, *, wait: float = 0.0, tail: int = 200) -> dict:
+    """Recent log lines.
+
+    History comes from the session's log files when the cluster's session directory is on this
+    machine; with ``wait`` > 0 the handler also subscribes to the GCS ``logs`` channel for
+    that many seconds and returns the tagged lines published meanwhile (a long poll).
+    """
+    files = {}
+    if cluster.session_dir:
+        for path in sorted(Path(cluster.session_dir, "logs").glob("*.log")):
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            files[path.name] = lines[-tail:]
+    live = []
+    if wait > 0:
+        got: asyncio.Queue = asyncio.Queue()
+        from cellfleet._rpc import connect as _connect
+
+        def on_publish(conn: Any, msg: m.Publish) -> None:
+            got.put_nowait(msg.data)
+
+        conn = await _connect(cluster.address, cluster.token(), {m.Publish: on_publish},
+                              timeout=TIMEOUT_S)
+        try:
+            conn.send(m.Subscribe("logs"))
+            deadline = asyncio.get_running_loop().time() + min(wait, 30.0)
+            while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    batch = await asyncio.wait_for(got.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                for job_id, tag, task_id, name, pid, stream, line in batch:
+                    live.append({"job_id": job_id, "tag": tag, "task_id": task_id,
+                                 "name": name, "pid": pid, "stream": stream, "line": line})
+        finally:
+            conn.close()
+    return {"files": files, "live": live}

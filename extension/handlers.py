@@ -1,0 +1,153 @@
+"""Tornado handlers for the JSON API and the dashboard pages.
+
+The same handler logic serves two hosts: Jupyter's server (``JupyterHandler`` bases, Jupyter's
+authentication and authorization) and ``cellfleet dashboard`` (a token of its own). Routes,
+relative to a base URL::
+
+    cellfleet/api/clusters
+    cellfleet/api/clusters/<id>/(nodes|tasks|graph|actors|objects|timeline|logs)
+    cellfleet/dashboard/                  clusters, with links
+    cellfleet/dashboard/<id>/             a cluster's index
+    cellfleet/dashboard/<id>/<page>       graph, timeline, actors, objects, nodes
+    cellfleet/static/bokeh/<file>         BokehJS, served from the installed bokeh package
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import tornado.web
+from bokeh.util.paths import bokehjs_path
+
+from . import data, pages
+from .discovery import ClusterInfo, find_cluster, list_clusters
+
+__all__ = ["API_ENDPOINTS", "routes"]
+
+API_ENDPOINTS = ("nodes", "tasks", "graph", "actors", "objects", "timeline", "logs")
+
+
+def _float(value: str | None, default: float) -> float:
+    try:
+        return float(value) if value not in (None, "") else default
+    except ValueError:
+        raise tornado.web.HTTPError(400, f"not a number: {value!r}") from None
+
+
+def _int(value: str | None, default: int, low: int = 0, high: int = 1_000_000) -> int:
+    try:
+        number = int(value) if value not in (None, "") else default
+    except ValueError:
+        raise tornado.web.HTTPError(400, f"not an integer: {value!r}") from None
+    return max(low, min(high, number))
+
+
+class _Logic:
+    """Handler bodies, independent of the host's authentication."""
+
+    base_path: str = "/"
+    get_query_argument: Callable[..., Any]
+    finish: Callable[..., Any]
+    set_header: Callable[..., Any]
+
+    settings: dict
+
+    def _clusters(self) -> list[ClusterInfo]:
+        """The clusters shown: discovery's, or the host's ``cellfleet_clusters`` setting."""
+        source = self.settings.get("cellfleet_clusters")
+        return source() if source is not None else list_clusters()
+
+    def _cluster(self, cid: str) -> ClusterInfo:
+        source = self.settings.get("cellfleet_clusters")
+        if source is None:
+            cluster = find_cluster(cid)
+        else:
+            cluster = next((c for c in source() if c.id == cid), None)
+        if cluster is None:
+            raise tornado.web.HTTPError(404, f"no running cluster {cid}")
+        return cluster
+
+    def _json(self, value: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(value, default=str))
+
+    async def clusters_body(self) -> None:
+        self._json({"clusters": [c.to_json() for c in self._clusters()]})
+
+    async def api_body(self, cid: str, endpoint: str) -> None:
+        cluster = self._cluster(cid)
+        q = self.get_query_argument
+        try:
+            if endpoint == "nodes":
+                result: Any = {"nodes": await data.nodes(cluster)}
+            elif endpoint == "tasks":
+                result = await data.tasks(
+                    cluster, state=q("state", None), name=q("name", None), tag=q("tag", None),
+                    offset=_int(q("offset", None), 0), limit=_int(q("limit", None), 100, 1),
+                )
+            elif endpoint == "graph":
+                result = await data.graph(cluster, since=_float(q("since", None), 0.0),
+                                          max_tasks=_int(q("max_tasks", None), 2000))
+            elif endpoint == "actors":
+                result = {"actors": await data.actors(cluster)}
+            elif endpoint == "objects":
+                result = await data.objects(cluster, largest=_int(q("largest", None), 20))
+            elif endpoint == "timeline":
+                result = await data.timeline(cluster, since=_float(q("since", None), 0.0))
+            elif endpoint == "logs":
+                result = await data.logs(cluster, wait=_float(q("wait", None), 0.0),
+                                         tail=_int(q("tail", None), 200))
+            else:
+                raise tornado.web.HTTPError(404)
+        except ConnectionError as exc:
+            raise tornado.web.HTTPError(502, f"cluster {cid} unreachable: {exc}") from None
+        self._json(result)
+
+    async def page_body(self, cid: str | None, page: str | None) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        if not cid:
+            self.finish(pages.cluster_list(self.base_path, self._clusters()))
+            return
+        cluster = self._cluster(cid)
+        page = page or "index"
+        if page not in pages.PAGES and page != "index":
+            raise tornado.web.HTTPError(404, f"no dashboard page {page}")
+        self.finish(pages.render(page, self.base_path, cluster))
+
+
+def routes(base_url: str, api_base: type, page_base: type,
+           wrap: Callable[[Callable], Callable],
+           static_base: type = tornado.web.StaticFileHandler) -> list[tuple]:
+    """Tornado routes under ``base_url``; ``api_base``/``page_base`` are the host's handler
+    classes and ``wrap`` its authentication decorator for ``get``."""
+    root = base_url.rstrip("/") + "/"
+
+    def handler(name: str, body: Callable, base: type = api_base) -> type:
+        async def get(self, *args):
+            await body(self, *args)
+
+        return type(name, (_Logic, base), {"get": wrap(get), "base_path": root})
+
+    async def clusters(self):
+        await self.clusters_body()
+
+    async def api(self, cid, endpoint):
+        await self.api_body(cid, endpoint)
+
+    async def page(self, cid=None, name=None):
+        await self.page_body(cid, name)
+
+    endpoints = "|".join(API_ENDPOINTS)
+    pages_re = "|".join(pages.PAGES)
+    return [
+        (rf"{root}cellfleet/api/clusters/?", handler("ClustersHandler", clusters)),
+        (rf"{root}cellfleet/api/clusters/(\w+)/({endpoints})/?", handler("ApiHandler", api)),
+        (rf"{root}cellfleet/dashboard/?", handler("ListPage", page, page_base)),
+        (rf"{root}cellfleet/dashboard/(\w+)/?()", handler("IndexPage", page, page_base)),
+        (rf"{root}cellfleet/dashboard/(\w+)/({pages_re})/?", handler("Page", page, page_base)),
+        (rf"{root}cellfleet/static/bokeh/(.*)", static_base,
+         {"path": str(bokehjs_path() / "js")}),
+    ]
