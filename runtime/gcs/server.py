@@ -126,7 +126,7 @@ class GcsServer:
             "start_time": now,
             "last_heartbeat": now,
             "death_reason": "",
-            "store": {},
+            "store": {"capacity": msg.store_capacity, "used": 0, "num_objects": 0, "spilled": 0},
             "load": {},
         }
         self.nodes[msg.node_id] = node
