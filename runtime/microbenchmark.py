@@ -9,7 +9,7 @@ plus the figures ``/work/shared/tools/vs_ray.py`` compares (measured exactly as 
 start-up to first result, idle footprint, put/get of a 100 MB numpy array.
 
 Ray suffixes its small put/get figures with "(Plasma Store)"; here small values are inlined
-and never touch shared memory, so the suffix is left off. Actor figures come with actors.
+and never touch shared memory, so the suffix is left off.
 
 Adding a figure is adding one :class:`Figure` to :data:`FIGURES`: a name, a unit and a
 function of the :class:`Bench` that returns a :class:`Result` (usually via
@@ -50,15 +50,58 @@ _remote_small_value: Any = None
 
 def small_value_batch(n: int) -> int:
     """A task that submits ``n`` tasks and waits for them (Ray: ``Actor.small_value_batch``)."""
-    global _remote_small_value
-    if _remote_small_value is None:
-        _remote_small_value = cellfleet.remote(small_value)
-    cellfleet.get([_remote_small_value.remote() for _ in range(n)])
+    cellfleet.get([_remote_small_value_task().remote() for _ in range(n)])
     return 0
 
 
 def create_object_containing_ref() -> list:
     return [cellfleet.put(1) for _ in range(10000)]
+
+
+class Actor:
+    """Ray's ``ray_perf.Actor``: a method returning a small value, and one taking an arg."""
+
+    def small_value(self) -> bytes:
+        return b"ok"
+
+    def small_value_arg(self, x: Any) -> bytes:
+        return b"ok"
+
+    def small_value_batch(self, n: int) -> int:
+        cellfleet.get([_remote_small_value_task().remote() for _ in range(n)])
+        return 0
+
+
+class AsyncActor:
+    """Ray's ``ray_perf.AsyncActor``."""
+
+    async def small_value(self) -> bytes:
+        return b"ok"
+
+
+class Client:
+    """Ray's ``ray_perf.Client``: calls a set of actors many times, for the 1:n and n:n cases."""
+
+    def __init__(self, servers: Any) -> None:
+        self.servers = servers if isinstance(servers, list) else [servers]
+
+    def small_value_batch(self, n: int) -> int:
+        refs = [s.small_value.remote() for s in self.servers for _ in range(n)]
+        cellfleet.get(refs)
+        return 0
+
+    def small_value_batch_arg(self, n: int) -> int:
+        x = cellfleet.put(0)
+        refs = [s.small_value_arg.remote(x) for s in self.servers for _ in range(n)]
+        cellfleet.get(refs)
+        return 0
+
+
+def _remote_small_value_task() -> Any:
+    global _remote_small_value
+    if _remote_small_value is None:
+        _remote_small_value = cellfleet.remote(small_value)
+    return _remote_small_value
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -87,11 +130,11 @@ class Bench:
     startup_s: float = 0.0
     pids_before: set[int] = field(default_factory=set)
     session_dir: str | None = None
-    _remotes: dict[str, Any] = field(default_factory=dict)
+    _remotes: dict[tuple, Any] = field(default_factory=dict)
 
     def remote(self, fn: Callable, **options: Any) -> Any:
-        """``cellfleet.remote(fn)``, made once per function."""
-        key = fn.__name__
+        """``cellfleet.remote(fn)`` (a function or a class), made once per target and options."""
+        key = (fn.__name__, tuple(sorted(options.items())))
         if key not in self._remotes:
             self._remotes[key] = cellfleet.remote(**options)(fn) if options else \
                 cellfleet.remote(fn)
@@ -213,6 +256,57 @@ def wait_1k_refs(b: Bench) -> Result:
     return b.rate(wait_multiple_refs)
 
 
+def _actor(b: Bench, cls: type, **options: Any) -> Any:
+    handle = b.remote(cls, **options).remote()
+    cellfleet.get(handle.small_value.remote())
+    return handle
+
+
+def actor_calls_sync(b: Bench) -> Result:
+    a = _actor(b, Actor)
+    return b.rate(lambda: cellfleet.get(a.small_value.remote()))
+
+
+def actor_calls_async(b: Bench) -> Result:
+    a = _actor(b, Actor)
+    return b.rate(lambda: cellfleet.get([a.small_value.remote() for _ in range(1000)]), 1000)
+
+
+def actor_calls_concurrent(b: Bench) -> Result:
+    a = _actor(b, Actor, max_concurrency=16)
+    return b.rate(lambda: cellfleet.get([a.small_value.remote() for _ in range(1000)]), 1000)
+
+
+def one_to_n_actor_calls_async(b: Bench, n: int = 4) -> Result:
+    actors = [_actor(b, Actor) for _ in range(n)]
+    client = b.remote(Client).remote(actors)
+    return b.rate(lambda: cellfleet.get(client.small_value_batch.remote(1000)), 1000 * n)
+
+
+def n_to_n_actor_calls_async(b: Bench, n: int = 2) -> Result:
+    actors = [_actor(b, Actor) for _ in range(n)]
+    clients = [b.remote(Client).remote(a) for a in actors]
+    return b.rate(lambda: cellfleet.get([c.small_value_batch.remote(1000) for c in clients]),
+                  1000 * n)
+
+
+def n_to_n_actor_calls_with_arg_async(b: Bench, n: int = 2) -> Result:
+    actors = [_actor(b, Actor) for _ in range(n)]
+    clients = [b.remote(Client).remote(a) for a in actors]
+    return b.rate(
+        lambda: cellfleet.get([c.small_value_batch_arg.remote(1000) for c in clients]), 1000 * n)
+
+
+def async_actor_calls_sync(b: Bench) -> Result:
+    a = _actor(b, AsyncActor)
+    return b.rate(lambda: cellfleet.get(a.small_value.remote()))
+
+
+def async_actor_calls_async(b: Bench) -> Result:
+    a = _actor(b, AsyncActor)
+    return b.rate(lambda: cellfleet.get([a.small_value.remote() for _ in range(1000)]), 1000)
+
+
 def _numpy_100mb() -> Any:
     import numpy as np
 
@@ -262,6 +356,14 @@ FIGURES: list[Figure] = [
     Figure("single client wait 1k refs", "/s", wait_1k_refs),
     Figure("put 100 MB numpy", "GB/s", put_100mb_numpy, "put 100 MB numpy"),
     Figure("get 100 MB numpy", "GB/s", get_100mb_numpy, "get 100 MB numpy"),
+    Figure("1:1 actor calls sync", "/s", actor_calls_sync, "1:1 actor calls sync"),
+    Figure("1:1 actor calls async", "/s", actor_calls_async, "1:1 actor calls async"),
+    Figure("1:1 actor calls concurrent", "/s", actor_calls_concurrent),
+    Figure("1:n actor calls async", "/s", one_to_n_actor_calls_async),
+    Figure("n:n actor calls async", "/s", n_to_n_actor_calls_async),
+    Figure("n:n actor calls with arg async", "/s", n_to_n_actor_calls_with_arg_async),
+    Figure("1:1 async-actor calls sync", "/s", async_actor_calls_sync),
+    Figure("1:1 async-actor calls async", "/s", async_actor_calls_async),
 ]
 
 
