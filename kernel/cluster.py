@@ -96,7 +96,9 @@ class KernelRuntime:
             elif self.address:
                 self.info = cellfleet.init(address=self.address, log_to_driver=True)
             else:
-                self.info = cellfleet.init(num_cpus=self.num_cpus, log_to_driver=True)
+                # "local", not None: None would pick up $CELLFLEET_ADDRESS again.
+                self.info = cellfleet.init(address="local", num_cpus=self.num_cpus,
+                                           log_to_driver=True)
             self.started_at = time.time()
             self.hook()
         except BaseException as exc:  # noqa: BLE001 - reported in the next cell
@@ -330,6 +332,3 @@ class ClusterInfo:
             f"<div>dashboard: {dashboard}</div>{session}</div>"
         )
 
-
-def env_address() -> str | None:
-    return os.environ.get("CELLFLEET_ADDRESS") or None

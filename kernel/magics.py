@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -158,7 +157,7 @@ class CellfleetMagics(Magics):
                   "'%cluster connect HOST:PORT' gets one)")
             return None
         raise UsageError(f"%cluster: unknown action {action!r} "
-                         f"(show, connect, restart, start, stop); {shlex.quote(line)}")
+                         "(show, connect, restart, start, stop)")
 
 
 def _whole(value: float | None) -> float | int | None:

@@ -98,22 +98,22 @@ class ProgressReporter:
         real_get, real_wait = self._get, self._wait
 
         @functools.wraps(real_get)
-        def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+        def get(object_refs: Any, **kwargs: Any) -> Any:
             refs = self._eligible(object_refs)
-            if refs is None:
-                return real_get(object_refs, timeout=timeout)
-            remaining = self._wait_with_bar(refs, len(refs), timeout, "get")
-            return real_get(object_refs, timeout=remaining)
+            if refs is not None:
+                kwargs["timeout"] = self._wait_with_bar(refs, len(refs),
+                                                        kwargs.get("timeout"), "get")
+            return real_get(object_refs, **kwargs)
 
         @functools.wraps(real_wait)
-        def wait(object_refs: Any, *, num_returns: int = 1, timeout: float | None = None,
-                 fetch_local: bool = True) -> Any:
+        def wait(object_refs: Any, **kwargs: Any) -> Any:
             refs = self._eligible(object_refs)
-            if refs is not None and 0 < num_returns <= len(refs):
-                remaining = self._wait_with_bar(refs, num_returns, timeout, "wait")
-                timeout = remaining
-            return real_wait(object_refs, num_returns=num_returns, timeout=timeout,
-                             fetch_local=fetch_local)
+            num_returns = kwargs.get("num_returns", 1)
+            if refs is not None and isinstance(num_returns, int) and \
+                    0 < num_returns <= len(refs):
+                kwargs["timeout"] = self._wait_with_bar(refs, num_returns,
+                                                        kwargs.get("timeout"), "wait")
+            return real_wait(object_refs, **kwargs)
 
         cellfleet.get, cellfleet.wait = get, wait
 

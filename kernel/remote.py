@@ -319,13 +319,17 @@ class RemoteRunner:
         tag = self.tag()
         if opts.all_nodes:
             return self._run_all_nodes(opts, args, kwargs, task_name, pull)
+        task_options = opts.task_options(task_name)
         if opts.node:
-            self._check_node(opts.node)
+            node_id = self._check_node(opts.node)
+            strategy = _node_affinity()
+            if strategy is not None:
+                task_options["scheduling_strategy"] = strategy(node_id, soft=False)
         try:
             if opts.actor is not None:
                 ref = self._actor(opts).run.options(name=task_name).remote(*args, **kwargs)
             else:
-                ref = self._task.options(**opts.task_options(task_name)).remote(*args, **kwargs)
+                ref = self._task.options(**task_options).remote(*args, **kwargs)
         except TypeError as exc:
             if "serialize" in str(exc):
                 raise UnshippableError(f"{exc}. Nothing ran.") from None
@@ -381,17 +385,20 @@ class RemoteRunner:
                 ns[name] = by_node
         return results
 
-    def _check_node(self, node: str) -> None:
+    def _check_node(self, node: str) -> str:
+        """The full id of the live node ``node`` starts; UsageError if there is none."""
         alive = [n["NodeID"] for n in cellfleet.nodes() if n["Alive"]]
-        matches = [n for n in alive if n.startswith(node)]
-        if not matches:
+        matches = [n for n in alive if n.startswith(node.lower())]
+        if len(matches) != 1:
             from IPython.core.error import UsageError
 
-            raise UsageError(f"--node {node}: no live node has that id (live: "
+            what = "no live node has" if not matches else "several live nodes have"
+            raise UsageError(f"--node {node}: {what} that id (live: "
                              f"{', '.join(a[:12] for a in alive)})")
         if _node_affinity() is None and len(alive) > 1:
             self.write(self.tag(), "[cellfleet] node affinity is not available yet: --node is "
                        "recorded but the task may run on any node\n", "stderr")
+        return matches[0]
 
     def _actor(self, opts: RemoteOptions) -> Any:
         core = _context.core
