@@ -101,6 +101,7 @@ class KernelRuntime:
                                            log_to_driver=True)
             self.started_at = time.time()
             self.hook()
+            self._announce()
         except BaseException as exc:  # noqa: BLE001 - reported in the next cell
             self._error = exc
             self._error_reported = False
@@ -149,9 +150,31 @@ class KernelRuntime:
 
     # -- changing ---------------------------------------------------------------------------
 
+    def _announce(self) -> None:
+        """Register the cluster in Jupyter's runtime dir, where the dashboard finds it."""
+        from cellfleet.extension.discovery import register_cluster
+
+        session_dir = self.info.get("session_dir") if self.info else None
+        token_file = os.environ.get("CELLFLEET_TOKEN_FILE") or (
+            os.path.join(session_dir, "token") if session_dir else None)
+        if token_file is None:
+            return  # reached with CELLFLEET_TOKEN only: the dashboard finds its session
+        try:
+            from ipykernel.connect import get_connection_file
+
+            kernel_id = os.path.basename(get_connection_file())[len("kernel-"):-len(".json")]
+        except Exception:  # noqa: BLE001 - not inside a kernel (tests, scripts)
+            kernel_id = None
+        register_cluster(self.info["address"], token_file, kernel_id=kernel_id,
+                         session_dir=session_dir)
+
     def stop(self) -> None:
         """Disconnect; stop the local runtime (a connected cluster keeps running)."""
         self.wait()
+        if self.info:
+            from cellfleet.extension.discovery import unregister_cluster
+
+            unregister_cluster(self.info["address"])
         cellfleet.shutdown()
         self.info = None
         self.started_at = None
@@ -222,7 +245,7 @@ class KernelRuntime:
             node_id=core.node_id.hex(),
             job_id=core.job_id,
             nodes=nodes,
-            dashboard_url=info.get("dashboard_url"),
+            dashboard_url=dashboard_url(info["address"]),
         )
 
     @staticmethod
@@ -246,6 +269,16 @@ class KernelRuntime:
     def logs_dir(self) -> str:
         session = self._info().get("session_dir")
         return os.path.join(session, "logs") if session else ""
+
+
+def dashboard_url(address: str, page: str = "") -> str:
+    """The dashboard's path on the Jupyter server this notebook is served from."""
+    from cellfleet.extension.discovery import cluster_id
+
+    base = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+    if not base.endswith("/"):
+        base += "/"
+    return f"{base}cellfleet/dashboard/{cluster_id(address)}/{page}"
 
 
 def _gib(value: float) -> str:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copyreg
 import os
 import sys
 import types
@@ -81,7 +80,6 @@ class CellfleetKernel(IPythonKernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _make_remote_objects_picklable()
         self.router = OutputRouter(self.session, self.iopub_socket,
                                    rate_limit=self.output_rate_limit,
                                    logs_hint=lambda: self.runtime.logs_dir())
@@ -200,19 +198,3 @@ def _render_runtime_error(shell: Any, etype: type, value: BaseException, tb: Any
         return stb
     shell.showtraceback((etype, value, cut), tb_offset=tb_offset)
     return None
-
-
-def _make_remote_objects_picklable() -> None:
-    """Remote functions and actor classes of the notebook must travel inside other values.
-
-    A ``RemoteFunction`` (or ``ActorClass``) that has run once remembers its core worker,
-    which cannot be pickled; the reducer sends only what defines it.
-    """
-    from cellfleet.remote_function import RemoteFunction
-
-    if "__reduce__" not in RemoteFunction.__dict__:
-        copyreg.pickle(RemoteFunction, lambda rf: (RemoteFunction, (rf._function, rf._options)))
-    actor_class = getattr(cellfleet, "ActorClass", None)
-    if actor_class is not None and "__reduce__" not in actor_class.__dict__:
-        copyreg.pickle(actor_class, lambda ac: (actor_class, (ac._cls, ac._options)))
-

@@ -109,6 +109,35 @@ class CellfleetMagics(Magics):
         return self.kernel.remote_runner.run(opts, cell, header=header, line_offset=1)
 
     @magic_arguments()
+    @argument("page", nargs="?", default="",
+              help="graph, timeline, actors, objects or nodes (default: the index)")
+    @argument("--height", type=int, default=600, help="height of the embedded page in pixels")
+    @argument("--link", action="store_true", help="only show a link, do not embed the page")
+    @line_magic
+    def dashboard(self, line: str) -> Any:
+        """Show the cluster's live dashboard page in the output (or a link to it).
+
+        %dashboard            the index of pages
+        %dashboard graph      the task graph (also: timeline, actors, objects, nodes)
+        %dashboard --link     a link that opens the page in a new browser tab
+        """
+        from IPython.display import HTML, IFrame
+
+        from cellfleet.extension.pages import PAGES
+
+        from .cluster import dashboard_url
+
+        args = parse_argstring(self.dashboard, line)
+        if args.page and args.page not in PAGES:
+            raise UsageError(f"%dashboard: no page {args.page!r}; pages: {', '.join(PAGES)}")
+        runtime = self.kernel.runtime
+        runtime.ensure()
+        url = dashboard_url(runtime.describe().address, args.page)
+        if args.link:
+            return HTML(f"<a href='{url}' target='_blank'>cellfleet dashboard: {url}</a>")
+        return IFrame(url, width="100%", height=args.height)
+
+    @magic_arguments()
     @argument("action", nargs="?", default="show",
               help="show (default), connect ADDR, restart, start, stop")
     @argument("address", nargs="?", default=None,

@@ -7,42 +7,19 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 
-import psutil
 import pytest
+from helpers import free_port, runtime_processes, wait_until
 
 import cellfleet
-
-RUNTIME_MODULES = ("cellfleet.gcs", "cellfleet.raylet", "cellfleet.worker")
 
 # Sessions started by the tests live in a directory of their own.
 os.environ["CELLFLEET_TMPDIR"] = tempfile.mkdtemp(prefix="cellfleet-tests-")
 
 
-def runtime_processes() -> list[psutil.Process]:
-    """Every cellfleet runtime process (GCS, raylets, workers) of this test run's sessions."""
-    root = os.environ["CELLFLEET_TMPDIR"]
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if root in cmdline and any(f"-m {module}" in cmdline for module in RUNTIME_MODULES):
-            found.append(proc)
-    return found
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0,
-               interval: float = 0.02, message: str = "condition") -> object:
-    """Poll ``predicate`` until it is truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,10 +52,6 @@ def fresh_cluster() -> Iterator[Callable[..., cellfleet.api.RuntimeInfo]]:
     cellfleet.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

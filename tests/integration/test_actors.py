@@ -22,8 +22,8 @@ import time
 import cloudpickle
 import psutil
 import pytest
-from conftest import wait_until
 from gates import touch, wait_for_file, wait_for_file_async
+from helpers import wait_until
 
 import cellfleet as ray
 from cellfleet.exceptions import (

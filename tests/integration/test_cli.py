@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port, runtime_processes, wait_until
+from helpers import free_port, runtime_processes, wait_until
 
 import cellfleet
 from cellfleet._session import Session, root_dir

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from conftest import runtime_processes, wait_until
+from helpers import runtime_processes, wait_until
 
 import cellfleet
 from cellfleet import _context, api

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import runtime_processes, wait_until
+from helpers import runtime_processes, wait_until
 
 import cellfleet
 from cellfleet._session import root_dir

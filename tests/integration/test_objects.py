@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import cloudpickle
 import numpy as np
 import pytest
-from conftest import wait_until
 from gates import touch, wait_for_file
+from helpers import wait_until
 
 import cellfleet as ray
 from cellfleet import _messages, exceptions

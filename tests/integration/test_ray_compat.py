@@ -19,8 +19,8 @@ import sys
 import cloudpickle
 import numpy as np
 import pytest
-from conftest import wait_until
 from gates import touch, wait_for_file
+from helpers import wait_until
 
 import cellfleet as ray
 

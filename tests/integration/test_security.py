@@ -19,7 +19,7 @@ from pathlib import Path
 import msgpack
 import psutil
 import pytest
-from conftest import runtime_processes, wait_until
+from helpers import runtime_processes, wait_until
 
 import cellfleet
 from cellfleet import _context

@@ -8,8 +8,8 @@ import time
 
 import cloudpickle
 import pytest
-from conftest import wait_until
 from gates import touch, wait_for_file
+from helpers import wait_until
 
 import cellfleet as ray
 from cellfleet import exceptions

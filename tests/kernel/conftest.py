@@ -20,34 +20,14 @@ KERNEL_NAME = "cellfleet"
 START_TIMEOUT = 60
 
 
-_ROOT: Any = None  # tests/conftest.py: its helpers are shared
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    global _ROOT
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "conftest.py")
-    for plugin in config.pluginmanager.get_plugins():
-        if getattr(plugin, "__file__", None) == path:
-            _ROOT = plugin
 
 
-def __getattr__(name: str) -> Any:
-    """This module is ``conftest`` in sys.modules once loaded, shadowing tests/conftest.py:
-    ``from conftest import free_port`` elsewhere still finds the root conftest's helpers."""
-    if _ROOT is not None and not name.startswith("__") and hasattr(_ROOT, name):
-        return getattr(_ROOT, name)
-    raise AttributeError(name)
 
 
-def wait_until(*args: Any, **kwargs: Any) -> Any:
-    """tests/conftest.py's ``wait_until``."""
-    return _ROOT.wait_until(*args, **kwargs)
 
 
-def runtime_processes() -> list[psutil.Process]:
-    """tests/conftest.py's ``runtime_processes``."""
-    return _ROOT.runtime_processes()
 
 
 def _ensure_kernelspec() -> str:
@@ -234,15 +214,6 @@ def _is_runtime(proc: psutil.Process) -> bool:
     return any(f"-m cellfleet.{m}" in cmdline for m in ("gcs", "raylet", "worker"))
 
 
-def alive(pids: set[int]) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.add(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -228,6 +229,19 @@ def test_cluster_magic_shows_the_cluster(kernel) -> None:
     assert "text/html" in data
     assert "CPU" in data["text/plain"] and "dashboard" in data["text/plain"]
     assert "2 free of 2" in data["text/plain"] or "free of 2" in data["text/plain"]
+
+
+def test_dashboard_magic_embeds_the_clusters_page(kernel) -> None:
+    cell = kernel.execute("%dashboard graph")
+    assert cell.ok, cell.traceback_text()
+    data = [m for m in cell.messages if m["msg_type"] == "execute_result"][0]["content"]["data"]
+    assert "<iframe" in data["text/html"] and "/cellfleet/dashboard/" in data["text/html"]
+    assert "/graph" in data["text/html"]
+    link = kernel.execute("%dashboard --link")
+    html = [m for m in link.messages if m["msg_type"] == "execute_result"][0]["content"]["data"]
+    assert "<a href=" in html["text/html"]
+    bad = kernel.execute("%dashboard nonsense")
+    assert "no page 'nonsense'" in json.dumps([m["content"] for m in bad.messages])
 
 
 def _cpus_free(kernel, expected: float, timeout: float = 10) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import alive, wait_until
+from helpers import alive, free_port, runtime_processes, wait_until
 
 from cellfleet.kernel.install import main as install_main
 
@@ -117,9 +117,7 @@ def test_nothing_at_the_address_gives_one_clear_message(new_kernel) -> None:
 @pytest.fixture
 def head_cluster(tmp_path):
     """A cluster started with ``cellfleet start --head``; stopped after the test."""
-    from conftest import _ROOT
-
-    port = _ROOT.free_port()
+    port = free_port()
     cli = [sys.executable, "-c", "import sys, cellfleet.cli; sys.exit(cellfleet.cli.main())"]
     out = subprocess.run([*cli, "start", "--head", "--port", str(port), "--num-cpus", "1"],
                          capture_output=True, text=True, timeout=60)
@@ -178,7 +176,5 @@ def test_cluster_connect_and_restart_keep_the_cluster_running(head_cluster, new_
 
 
 def _cluster_processes():
-    from conftest import runtime_processes
-
     return [p for p in runtime_processes() if "cellfleet.gcs" in " ".join(p.cmdline())
             or "cellfleet.raylet" in " ".join(p.cmdline())]
