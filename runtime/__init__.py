@@ -3,32 +3,36 @@
 ``import cellfleet as ray`` gives Ray's core API: ``init``, ``remote`` (tasks and actors),
 ``get``, ``wait``, ``put``, ``cancel``, ``kill``, ``get_actor``, ``shutdown``, ``ObjectRef``,
 ``get_runtime_context``, ``nodes``, the resource queries and ``exceptions``.
+
+The names load on first use, so the runtime's own processes (the GCS, raylets) start without
+importing the driver API they do not need.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from . import exceptions
-from .actor import ActorClass, ActorHandle, method
-from .api import (
-    available_resources,
-    cancel,
-    cluster_resources,
-    get,
-    get_actor,
-    get_gpu_ids,
-    init,
-    is_initialized,
-    kill,
-    nodes,
-    put,
-    shutdown,
-    wait,
-)
-from .core.object_ref import ObjectRef
-from .remote_function import RemoteFunction
-from .runtime_context import get_runtime_context
+if TYPE_CHECKING:
+    from . import exceptions
+    from .actor import ActorClass, ActorHandle, method
+    from .api import (
+        available_resources,
+        cancel,
+        cluster_resources,
+        get,
+        get_actor,
+        get_gpu_ids,
+        init,
+        is_initialized,
+        kill,
+        nodes,
+        put,
+        shutdown,
+        wait,
+    )
+    from .core.object_ref import ObjectRef
+    from .runtime_context import get_runtime_context
 
 __all__ = [
     "ActorClass",
@@ -55,9 +59,34 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+# Where each public name lives (a module name alone: the name is that module).
+_HOMES = {
+    "ActorClass": "actor", "ActorHandle": "actor", "method": "actor",
+    "ObjectRef": "core.object_ref", "exceptions": "exceptions",
+    "get_runtime_context": "runtime_context",
+    **{name: "api" for name in (
+        "available_resources", "cancel", "cluster_resources", "get", "get_actor",
+        "get_gpu_ids", "init", "is_initialized", "kill", "nodes", "put", "shutdown", "wait",
+    )},
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'cellfleet' has no attribute {name!r}")
+    module = importlib.import_module(f".{home}", __name__)
+    value = module if home == name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 def remote(*args: Any, **options: Any) -> Any:
-    """``@remote`` or ``@remote(num_cpus=..., num_returns=...)`` on a function."""
+    """``@remote`` or ``@remote(num_cpus=..., num_returns=...)`` on a function or a class."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
     if args:
@@ -68,6 +97,9 @@ def remote(*args: Any, **options: Any) -> Any:
 
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    from .actor import ActorClass
+    from .remote_function import RemoteFunction
+
     if isinstance(target, type):
         return ActorClass(target, options)
     if not callable(target):

@@ -11,7 +11,6 @@ owner side of every driver and worker).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar
 
 import msgpack
@@ -24,22 +23,54 @@ MESSAGE_TYPES: dict[int, type[Message]] = {}
 
 
 class Message:
-    """Base of every wire message; subclasses are slotted dataclasses with a unique ``code``."""
+    """Base of every wire message: slotted, with its fields in declaration order.
+
+    Subclasses declare fields as annotations (a default only for the last ones); ``_message``
+    gives them ``__slots__``, an ``__init__`` taking the fields in order, equality and a repr.
+    (Lighter than dataclasses: every runtime process defines all messages at start-up.)
+    """
 
     __slots__ = ()
     code: ClassVar[int]
-    _fields: ClassVar[tuple[str, ...]]
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        fields = self._fields
+        if len(args) > len(fields):
+            raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
+        values = dict(zip(fields, args))
+        values.update(kwargs)
+        for name in fields:
+            if name in values:
+                setattr(self, name, values[name])
+            elif name in self._defaults:
+                setattr(self, name, self._defaults[name])
+            else:
+                raise TypeError(f"{type(self).__name__} is missing field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({inner})"
 
 
 def _message(code: int):
     def register(cls: type) -> type:
-        cls = dataclasses.dataclass(slots=True)(cls)
         if code in MESSAGE_TYPES:
             raise ValueError(f"message code {code} used twice")
-        cls.code = code
-        cls._fields = tuple(f.name for f in dataclasses.fields(cls))
-        MESSAGE_TYPES[code] = cls
-        return cls
+        fields = tuple(cls.__dict__.get("__annotations__", {}))
+        namespace = {
+            "__slots__": fields, "__doc__": cls.__doc__, "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__, "code": code, "_fields": fields,
+            "_defaults": {f: cls.__dict__[f] for f in fields if f in cls.__dict__},
+        }
+        message_cls = type(cls.__name__, (Message,), namespace)
+        MESSAGE_TYPES[code] = message_cls
+        return message_cls
 
     return register
 
