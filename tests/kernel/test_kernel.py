@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -80,8 +81,7 @@ def test_remote_error_points_at_the_cells_own_line(kernel) -> None:
     assert not cell.ok
     assert cell.reply["content"]["ename"] == "ZeroDivisionError"
     text = cell.traceback_text()
-    count = cell.reply["content"]["execution_count"]
-    assert f'File "<cell-{count}>", line 4, in <module>' in text
+    assert re.search(r'File "<cell-\d+>", line 4, in <module>', text), text
     assert "c = a / (b - 2)" in text
     assert "remote_exec" not in text and "executor" not in text
     assert "ZeroDivisionError: division by zero" in text
