@@ -15,7 +15,7 @@ from typing import Any
 from . import _messages as m
 from ._ids import random_id
 from .core.object_ref import ObjectRef
-from .remote_function import check_options, resources_from_options
+from .remote_function import ExportedCode, check_options, resources_from_options
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
 
@@ -43,7 +43,7 @@ def _core():
     return _core()
 
 
-class ActorClass:
+class ActorClass(ExportedCode):
     """The result of ``@remote`` on a class: ``Cls.remote(*args)`` starts an actor."""
 
     def __init__(self, cls: type, options: dict[str, Any]) -> None:
@@ -73,11 +73,6 @@ class ActorClass:
         raise TypeError(f"Actors cannot be instantiated directly. Instead of "
                         f"'{self._name}()', use '{self._name}.remote()'.")
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_registered"] = None  # the function id belongs to this process's runtime
-        return state
-
     def options(self, **options: Any) -> ActorClass:
         """A copy with these options changed (``name``, ``num_cpus``, ``lifetime``...)."""
         copy = ActorClass(self._cls, {**self._options, **options})
@@ -86,8 +81,7 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         core = _core()
-        if self._registered is None or self._registered[0] is not core:
-            self._registered = (core, core.register_function(self._cls, self._name))
+        function_id = self._function_id(core, self._cls)
         opts = self._options
         detached = opts.get("lifetime") == "detached"
         namespace = opts.get("namespace")
@@ -110,7 +104,7 @@ class ActorClass:
         run = resources_from_options(opts, 0)
         place = run if "num_cpus" in opts else {**run, "CPU": run.get("CPU", 0) + 1}
         refs = core.submit_task(
-            self._registered[1], self._name, args, kwargs, num_returns=1, resources=place,
+            function_id, self._name, args, kwargs, num_returns=1, resources=place,
             max_retries=0, retry_exceptions=False, task_name=f"{self._name}.__init__",
             actor_id=actor_id,
             actor_options={"max_concurrency": max_concurrency, "is_async": self._is_async,

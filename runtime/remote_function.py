@@ -10,7 +10,7 @@ import cloudpickle
 
 from .core.object_ref import ObjectRef
 
-__all__ = ["RemoteFunction", "TASK_OPTIONS", "resources_from_options"]
+__all__ = ["ExportedCode", "RemoteFunction", "TASK_OPTIONS", "resources_from_options"]
 
 TASK_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "retry_exceptions",
@@ -55,7 +55,29 @@ def resources_from_options(options: dict[str, Any], default_cpus: float) -> dict
     return {k: v for k, v in out.items() if v > 0}
 
 
-class RemoteFunction:
+class ExportedCode:
+    """What remote functions and actor classes share: their code, exported once per runtime.
+
+    ``_registered`` is ``(core worker, function id)`` of the runtime it was exported to; it
+    stays behind when the object is pickled (into a task, say), and re-exports after a new
+    ``init``.
+    """
+
+    _registered: tuple[Any, bytes] | None
+    _name: str
+
+    def _function_id(self, core: Any, code: Any) -> bytes:
+        if self._registered is None or self._registered[0] is not core:
+            self._registered = (core, core.register_function(code, self._name))
+        return self._registered[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_registered"] = None
+        return state
+
+
+class RemoteFunction(ExportedCode):
     """A function that runs as a task: ``f.remote(*args)`` returns ObjectRef(s) at once."""
 
     def __init__(self, function: Callable, options: dict[str, Any]) -> None:
@@ -73,11 +95,6 @@ class RemoteFunction:
             f"'{module}.{self._name}()', try '{module}.{self._name}.remote()'."
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_registered"] = None  # the function id belongs to this process's runtime
-        return state
-
     def options(self, **options: Any) -> RemoteFunction:
         """A copy with these options changed (``num_cpus``, ``num_returns``, ``name``...)."""
         copy = RemoteFunction(self._function, {**self._options, **options})
@@ -88,14 +105,11 @@ class RemoteFunction:
         from .api import _core
 
         core = _core()
-        registered = self._registered
-        if registered is None or registered[0] is not core:
-            registered = self._registered = (core, core.register_function(self._function,
-                                                                          self._name))
+        function_id = self._function_id(core, self._function)
         opts = self._options
         num_returns = opts["num_returns"]
         refs = core.submit_task(
-            registered[1], self._name, args, kwargs,
+            function_id, self._name, args, kwargs,
             num_returns=num_returns,
             resources=resources_from_options(opts, 1),
             max_retries=opts["max_retries"],
