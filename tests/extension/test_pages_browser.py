@@ -85,3 +85,60 @@ async def test_task_graph_updates_live(jp_fetch, jp_serverapp, jp_http_port, jp_
         finally:
             await browser.close()
     assert errors == []
+
+
+async def test_task_graph_follows_a_cellfleet_kernel(jp_fetch, jp_serverapp, jp_http_port,
+                                                     jp_base_url, jp_runtime_dir, jp_data_dir):
+    """A real cellfleet kernel registers its cluster; its tasks appear on the open page."""
+    import shutil
+
+    from jupyter_client.manager import KernelManager
+
+    import cellfleet.kernel
+
+    spec = os.path.join(os.path.dirname(cellfleet.kernel.__file__), "kernelspec")
+    shutil.copytree(spec, jp_data_dir / "kernels" / "cellfleet")
+    km = KernelManager(kernel_name="cellfleet")
+    km.start_kernel(env={**os.environ, "CELLFLEET_NUM_CPUS": "2",
+                         "JUPYTER_RUNTIME_DIR": str(jp_runtime_dir)})
+    kc = km.client()
+    kc.start_channels()
+    errors: list[str] = []
+    try:
+        kc.wait_for_ready(timeout=60)
+        kernel_id = os.path.basename(km.connection_file)[len("kernel-"):-len(".json")]
+
+        async def kernel_cluster():
+            body = (await jp_fetch("cellfleet", "api", "clusters")).body
+            return next((c for c in json.loads(body)["clusters"]
+                         if c.get("kernel_id") == kernel_id), None)
+
+        deadline = time.monotonic() + 60
+        while (found := await kernel_cluster()) is None:
+            assert time.monotonic() < deadline, "the kernel's cluster was never registered"
+            kc.execute("cellfleet.nodes()")  # the first use waits for the runtime
+            await asyncio.sleep(0.2)
+        token = jp_serverapp.identity_provider.token
+        url = (f"http://127.0.0.1:{jp_http_port}{jp_base_url}cellfleet/dashboard/"
+               f"{found['id']}/graph?token={token}")
+        async with async_api.async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                               args=["--no-sandbox"])
+            try:
+                page = await browser.new_page()
+                page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+                await page.goto(url)
+                await _until(page, "(window.CELLFLEET_UPDATES || 0) >= 1")
+                kc.execute("@cellfleet.remote\ndef from_the_kernel(x):\n    return x * x\n"
+                           "cellfleet.get([from_the_kernel.remote(i) for i in range(4)])")
+                await _until(page, "(() => { const m = Bokeh.documents[0]"
+                                   ".get_model_by_name('tasks').data;"
+                                   " return m.name.filter((n, i) => n === 'from_the_kernel'"
+                                   " && m.state[i] === 'FINISHED').length >= 4; })()",
+                             timeout=30)
+            finally:
+                await browser.close()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert errors == []
