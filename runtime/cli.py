@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -25,6 +25,9 @@ from . import _messages as m
 from ._rpc import connect
 from ._session import Session, find_token, root_dir
 from .exceptions import RayError
+
+if TYPE_CHECKING:
+    from .node import HeadNode
 
 __all__ = ["main"]
 
@@ -92,6 +95,7 @@ def _start(args: argparse.Namespace) -> int:
         head.stop()
         raise
     head.session.mark_current()
+    _announce(head)
     path = head.session.path
     print(f"Started a cellfleet head node at {head.gcs_address}\n"
           f"  session: {path}\n  logs:    {path / 'logs'}\n\n"
@@ -202,6 +206,16 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
     return alive
 
 
+def _announce(head: HeadNode) -> None:
+    """Register the cluster in Jupyter's runtime directory, where the dashboard finds it."""
+    try:
+        from .extension.discovery import register_cluster
+    except ImportError:  # jupyter-server missing: the dashboard finds sessions anyway
+        return
+    register_cluster(head.gcs_address, head.session.token_file,
+                     pid=head.processes[0].pid, session_dir=head.session.path)
+
+
 def _stop_session(session: Session) -> int:
     """SIGTERM a session's processes, SIGKILL what is left at the deadline; how many there were."""
     procs = found = _session_processes(session)
@@ -215,6 +229,11 @@ def _stop_session(session: Session) -> int:
         if not procs:
             break
     Session.clear_current(session.path)
+    address = session.info().get("gcs_address")
+    if address:
+        from .extension.discovery import unregister_cluster
+
+        unregister_cluster(address)
     return len(found)
 
 

@@ -16,6 +16,8 @@ import cellfleet
 
 # Sessions started by the tests live in a directory of their own.
 os.environ["CELLFLEET_TMPDIR"] = tempfile.mkdtemp(prefix="cellfleet-tests-")
+# ... and the clusters they announce to Jupyter (kernel connection files too) in another.
+os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cellfleet-tests-jupyter-")
 
 
 

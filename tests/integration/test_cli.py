@@ -45,6 +45,13 @@ def alive(pid: int) -> bool:
         return False
 
 
+def announced(address: str) -> bool:
+    """Whether a cluster entry for ``address`` is in Jupyter's runtime directory."""
+    from cellfleet.extension.discovery import registry_dir
+
+    return any(address in p.read_text() for p in registry_dir().glob("cellfleet-cluster-*"))
+
+
 def test_start_status_connect_stop() -> None:
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -60,6 +67,7 @@ def test_start_status_connect_stop() -> None:
         assert info["gcs_address"] == address and info["detached"] is True
         assert f"CELLFLEET_TOKEN=$(cat {session.token_file})" in started.stdout
         assert all(alive(pid) for pid in info["pids"])
+        assert announced(address), "start --head did not register the cluster for Jupyter"
 
         status = cli("status")
         assert status.returncode == 0, status.stderr
@@ -91,6 +99,7 @@ def test_start_status_connect_stop() -> None:
         assert address in stopped.stdout
         assert not [p.pid for p in own_processes() if alive(p.pid)]
         assert Session.current() is None
+        assert not announced(address)
         assert cli("status").returncode == 1
     finally:
         if cellfleet.is_initialized():
