@@ -301,6 +301,8 @@ def _lab(args: argparse.Namespace) -> int:
             f"--port={args.port}", "--MappingKernelManager.default_kernel_name=cellfleet"]
     if args.no_browser:
         argv.append("--no-browser")
+    if os.geteuid() == 0:
+        argv.append("--allow-root")  # containers and CI machines often run as root
     os.execv(sys.executable, argv)
     return 0
 
