@@ -7,6 +7,7 @@ import atexit
 import concurrent.futures
 import logging
 import math
+import operator
 import os
 import sys
 import threading
@@ -274,11 +275,12 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError("wait() expected a list of ObjectRef, got "
                         f"{type(object_refs).__name__}")
-    if not all(isinstance(r, ObjectRef) for r in object_refs):
-        raise TypeError("wait() expected a list of ObjectRef")
     if not object_refs:
         return [], []
-    if len(set(object_refs)) != len(object_refs):
+    if set(map(type, object_refs)) != {ObjectRef} and not all(
+            isinstance(r, ObjectRef) for r in object_refs):
+        raise TypeError("wait() expected a list of ObjectRef")
+    if len(set(map(_object_id, object_refs))) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if num_returns <= 0 and object_refs:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
@@ -288,6 +290,9 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
     return _core().wait(list(object_refs), num_returns, timeout)
+
+
+_object_id = operator.attrgetter("_id")
 
 
 def put(value: Any) -> ObjectRef:

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextvars
 import hashlib
 import logging
+import operator
 import os
 import sys
 import threading
@@ -412,11 +413,15 @@ class CoreWorker:
     def wait(self, refs: list[ObjectRef], num_returns: int,
              timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        entries = [self._entry_for(ref) for ref in refs]
-        try:
-            self._wait_for(entries, num_returns, deadline, refs)
-        except exceptions.GetTimeoutError:
-            pass
+        entries = list(map(self.refs.entries.get, map(_object_id, refs)))
+        if None in entries or None in map(_payload, entries):
+            entries = [self._entry_for(ref) for ref in refs]  # errors, fetches of borrows
+            try:
+                self._wait_for(entries, num_returns, deadline, refs)
+            except exceptions.GetTimeoutError:
+                pass
+        elif num_returns == len(refs):  # all ready: the common case of a finished batch
+            return list(refs), []
         ready, not_ready = [], []
         for ref, entry in zip(refs, entries):
             if entry.payload is not None and len(ready) < num_returns:
@@ -835,6 +840,10 @@ class CoreWorker:
             else:
                 self._call_soon(lambda o=owner, i=object_id: self._send_to(
                     o, m.AddBorrowers([i], borrower)))
+
+
+_object_id = operator.attrgetter("_id")
+_payload = operator.attrgetter("payload")
 
 
 class _Waiter:
