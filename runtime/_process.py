@@ -7,7 +7,6 @@ end-of-file on the read end: ``watch_parent`` turns that into a shutdown of the 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -65,6 +64,8 @@ def spawn(
 
 def watch_parent(fd: int, on_parent_exit: Callable[[], None]) -> None:
     """Call ``on_parent_exit`` in the running loop when the lifeline pipe closes."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
 
     def readable() -> None:

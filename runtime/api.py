@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import logging
@@ -12,18 +11,19 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _context
 from . import _messages as m
 from ._ids import random_id
-from ._rpc import connect
 from ._session import Session, find_token
-from .actor import ActorHandle
-from .core.core_worker import CoreWorker, print_logs
 from .core.object_ref import ObjectRef
 from .exceptions import ActorDeathReason
 from .node import HeadNode, start_head
+
+if TYPE_CHECKING:  # the driver's runtime loads in init(), once the head's processes start
+    from .actor import ActorHandle
+    from .core.core_worker import CoreWorker
 
 __all__ = [
     "RuntimeInfo",
@@ -126,6 +126,8 @@ def _resolve_address(address: str | None) -> str | None:
 
 
 async def _find_local_raylet(gcs_address: str, token: bytes) -> str:
+    from ._rpc import connect
+
     conn = await connect(gcs_address, token, timeout=5)
     try:
         nodes = await conn.request(m.GetNodes())
@@ -143,6 +145,8 @@ async def _find_local_raylet(gcs_address: str, token: bytes) -> str:
 
 def _in_thread(coro) -> Any:
     """Run a coroutine to completion even when the caller's thread runs an event loop."""
+    import asyncio
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
 
@@ -192,6 +196,8 @@ def init(
         else:
             token = find_token(gcs_address)
             raylet_address = _in_thread(_find_local_raylet(gcs_address, token))
+        from .core.core_worker import CoreWorker, print_logs
+
         core = CoreWorker(kind="driver", token=token, gcs_address=gcs_address,
                           raylet_address=raylet_address, worker_id=random_id(),
                           namespace=namespace or "")
@@ -313,11 +319,15 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
             "trying to look up a named actor you didn't create. 2. The named actor died. "
             "3. You did not use a namespace matching the namespace of the actor."
         )
+    from .actor import ActorHandle
+
     return ActorHandle._from_record(record)
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor at once: pending and later calls fail with ActorDiedError."""
+    from .actor import ActorHandle
+
     if not isinstance(actor, ActorHandle):
         raise ValueError("kill() only supported for actors. For tasks, try cancel(). "
                          f"Got: {type(actor).__name__}.")

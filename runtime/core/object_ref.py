@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from .. import _context
-from .._serialization import record_contained_ref
 
 __all__ = ["ObjectRef"]
 
@@ -57,6 +55,8 @@ class ObjectRef:
         return isinstance(other, ObjectRef) and other._id == self._id
 
     def __reduce__(self):
+        from .._serialization import record_contained_ref
+
         record_contained_ref(self)
         return _rebuild_ref, (self._id, self._owner)
 
@@ -67,6 +67,8 @@ class ObjectRef:
         return self._core.value_future(self)
 
     def __await__(self):
+        import asyncio
+
         return asyncio.wrap_future(self.future()).__await__()
 
 
