@@ -136,8 +136,9 @@ class RemoteOptions:
             all_nodes=args.all_nodes, node=_unquote(args.node),
         )
 
-    def task_options(self, default_name: str) -> dict[str, Any]:
-        options: dict[str, Any] = {"name": self.name or default_name, "max_retries": 0}
+    def resource_options(self) -> dict[str, Any]:
+        """The resource requests given, as ``.options()`` keywords."""
+        options: dict[str, Any] = {}
         if self.num_cpus is not None:
             options["num_cpus"] = self.num_cpus
         if self.num_gpus:
@@ -145,6 +146,10 @@ class RemoteOptions:
         if self.resources:
             options["resources"] = self.resources
         return options
+
+    def task_options(self, default_name: str) -> dict[str, Any]:
+        return {"name": self.name or default_name, "max_retries": 0,
+                **self.resource_options()}
 
 
 def _probe(value: Any) -> str | None:
@@ -408,14 +413,8 @@ class RemoteRunner:
         self.actor_names.pop(opts.actor, None)  # a new runtime: a new actor
         if self._actor_class is None:
             self._actor_class = cellfleet.remote(CellNamespace)
-        options: dict[str, Any] = {"name": opts.actor, "get_if_exists": True}
-        if opts.num_cpus is not None:
-            options["num_cpus"] = opts.num_cpus
-        if opts.num_gpus:
-            options["num_gpus"] = opts.num_gpus
-        if opts.resources:
-            options["resources"] = opts.resources
-        handle = self._actor_class.options(**options).remote()
+        handle = self._actor_class.options(
+            name=opts.actor, get_if_exists=True, **opts.resource_options()).remote()
         self.actors[opts.actor] = (core, handle)
         return handle
 
