@@ -289,7 +289,7 @@ class ClusterInfo:
     """What ``%cluster`` shows: the cluster's nodes and their resources (a rich repr)."""
 
     def __init__(self, *, address: str, mode: str, session_dir: str | None, node_id: str,
-                 job_id: int, nodes: list[dict], dashboard_url: str | None) -> None:
+                 job_id: int, nodes: list[dict], dashboard_url: str) -> None:
         self.address = address
         self.mode = mode
         self.session_dir = session_dir
@@ -336,7 +336,7 @@ class ClusterInfo:
         ]
         for row in self._rows():
             lines.append("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
-        lines.append(f"  dashboard: {self.dashboard_url or 'not available yet'}")
+        lines.append(f"  dashboard: {self.dashboard_url}")
         if self.session_dir:
             lines.append(f"  session: {self.session_dir}")
         return "\n".join(lines)
@@ -351,8 +351,7 @@ class ClusterInfo:
             + "</tr>" for r in rows
         )
         dashboard = (f"<a href='{esc(self.dashboard_url)}' target='_blank'>"
-                     f"{esc(self.dashboard_url)}</a>" if self.dashboard_url
-                     else "<i>not available yet</i>")
+                     f"{esc(self.dashboard_url)}</a>")
         session = (f"<div>session: <code>{esc(self.session_dir)}</code></div>"
                    if self.session_dir else "")
         return (
