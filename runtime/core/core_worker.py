@@ -299,8 +299,8 @@ class CoreWorker:
             m.RemoveBorrowers: lambda conn, msg: self.refs.remove_borrower(msg.object_ids,
                                                                            msg.borrower),
             m.Publish: self._published,
-            m.KillActor: lambda conn, msg: self.executor and self.executor.kill(msg.reason),
-            m.CancelTask: lambda conn, msg: self.executor and self.executor.cancel(
+            m.KillActor: lambda conn, msg: self._executor().kill(msg.reason),
+            m.CancelTask: lambda conn, msg: self._executor().cancel(
                 msg.task_id, msg.force, msg.recursive),
         }
 
@@ -359,10 +359,13 @@ class CoreWorker:
         if self.executor is not None:
             self.executor.define_functions(msg.functions)
 
-    def _push_tasks(self, conn: Connection, msg: m.PushTasks) -> None:
+    def _executor(self) -> Any:
         if self.executor is None:
             raise exceptions.RaySystemError("this process does not execute tasks")
-        self.executor.push(conn, msg.tasks)
+        return self.executor
+
+    def _push_tasks(self, conn: Connection, msg: m.PushTasks) -> None:
+        self._executor().push(conn, msg.tasks)
 
     # -- put ------------------------------------------------------------------------------
 

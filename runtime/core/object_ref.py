@@ -58,7 +58,7 @@ class ObjectRef:
         from .._serialization import record_contained_ref
 
         record_contained_ref(self)
-        return _rebuild_ref, (self._id, self._owner)
+        return ObjectRef, (self._id, self._owner)  # counted here as a local ref (or borrow)
 
     # -- futures --------------------------------------------------------------------------
 
@@ -70,10 +70,3 @@ class ObjectRef:
         import asyncio
 
         return asyncio.wrap_future(self.future()).__await__()
-
-
-def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
-    core = _context.core
-    if core is not None:
-        core.refs.note_deserialized(object_id, owner)
-    return ObjectRef(object_id, owner)

@@ -77,9 +77,6 @@ class ReferenceTable:
                     self._wake()
             entry.local += 1
 
-    def note_deserialized(self, object_id: bytes, owner: str) -> None:
-        """Hook for refs arriving inside values; ``add_local_ref`` does the accounting."""
-
     def release_local_ref(self, object_id: bytes) -> None:
         """Lock-free: safe from ``__del__`` anywhere."""
         self._queue.append(object_id)
