@@ -272,6 +272,13 @@ class ListActors(Message):
     pass
 
 
+@_message(45)
+class ProcessExited(Message):
+    """A raylet saw a driver or worker go; the GCS tells every core worker (``exits``)."""
+
+    address: str
+
+
 # --- raylet --------------------------------------------------------------------------------
 
 

@@ -155,7 +155,8 @@ class CoreWorker:
             connect(self.raylet_address, self.token, handlers),
             connect(self.gcs_address, self.token, handlers),
         )
-        self._subscriptions: list[str] = []
+        self._subscriptions: list[str] = ["exits"]
+        self.gcs.send(m.Subscribe("exits"))
         self.gcs.closed.add_done_callback(self._gcs_lost)
         node = await self.raylet.request(
             m.RegisterClient(self.worker_id, self.address, os.getpid(), self.kind, 0)
@@ -332,7 +333,9 @@ class CoreWorker:
         fut.add_done_callback(lambda f: None if f.exception() else f.result().send(message))
 
     def _published(self, conn: Connection, msg: m.Publish) -> None:
-        if msg.channel == "logs" and self.log_handler is not None:
+        if msg.channel == "exits":
+            self.refs.borrower_gone(msg.data)  # whatever that process borrowed, it holds no more
+        elif msg.channel == "logs" and self.log_handler is not None:
             lines = [line for line in msg.data if line[0] == self.job_id]
             if lines:
                 self.log_handler(lines)

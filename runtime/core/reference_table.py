@@ -132,7 +132,8 @@ class ReferenceTable:
 
     def borrower_gone(self, borrower: str) -> None:
         """A process holding refs of ours exited: it holds nothing any more."""
-        ids = [oid for oid, e in self.entries.items() if borrower in e.borrowers]
+        with self.lock:
+            ids = [oid for oid, e in self.entries.items() if borrower in e.borrowers]
         self.remove_borrower(ids, borrower)
 
     def set_contains(self, object_id: bytes, contained: list[list]) -> None:

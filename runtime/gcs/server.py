@@ -96,6 +96,7 @@ class GcsServer:
             m.GetNamedActor: self.get_named_actor,
             m.WaitActor: self.wait_actor,
             m.ListActors: lambda conn, msg: list(self.actors.values()),
+            m.ProcessExited: lambda conn, msg: self.publish("exits", msg.address),
         }
 
     # -- connections ----------------------------------------------------------------------

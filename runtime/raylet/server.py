@@ -99,6 +99,8 @@ class Raylet:
             self.pool.remove(client.worker_id)
             self.worker_exited(client.worker_id)
         self.store.owner_gone(client.address)
+        if self.gcs is not None and self.gcs.is_open:
+            self.gcs.send(m.ProcessExited(client.address))  # its borrows end with it
         self.scheduler.cancel_requests(conn)
         # Leases held by a departed owner: their workers may be mid-task for nobody, and its
         # actors share its fate (detached actors live on).

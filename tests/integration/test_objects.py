@@ -644,3 +644,24 @@ def test_prints_of_nested_tasks_reach_the_driver(cluster, capsys):
         return f"(whisper pid={pid}) whisper-nested\n" in "".join(seen)
 
     wait_until(printed, message="the nested task's print at the driver")
+
+
+def test_objects_borrowed_by_a_process_that_died_are_freed(cluster):
+    @ray.remote
+    class Holder:
+        def hold(self, box):
+            self.box = box  # keeps the ref inside: this process borrows the object
+            return os.getpid()
+
+    fence()
+    before = store_used()
+    ref = ray.put(np.ones(5 * 2**20, dtype=np.uint8))
+    holder = Holder.remote()
+    pid = ray.get(holder.hold.remote([ref]), timeout=30)
+    del ref
+    fence()
+    assert store_used() >= before + 5 * 2**20  # the actor's borrow keeps it
+    os.kill(pid, 9)
+    wait_until(lambda: store_used() <= before, timeout=15,
+               message="the dead borrower's object to be freed")
+    del holder
