@@ -16,7 +16,7 @@ import pytest
 from helpers import free_port, runtime_processes, wait_until
 
 import cellfleet
-from cellfleet._session import Session, root_dir
+from cellfleet._session import Session, find_token, root_dir
 
 pytestmark = pytest.mark.integration
 
@@ -231,14 +231,12 @@ def test_connect_after_restarting_on_the_same_port() -> None:
     stale: list[Path] = []
     try:
         assert cli("start", "--head", "--port", str(port), "--num-cpus", "1").returncode == 0
-        live = Session.current().path
-        while True:  # until a stale session comes first in the order sessions are scanned
-            stale.append(_stale_session(address))
-            same_address = [p for p in root_dir().glob("session_*")
-                            if Session(p).info().get("gcs_address") == address]
-            if same_address[0] != live:
-                break
-            assert len(stale) < 200
+        live = Session.current()
+        stale = [_stale_session(address) for _ in range(8)]  # same address, dead, other tokens
+        assert find_token(address) == live.token()
+        Session.clear_current(live.path)  # without the marker too: only running sessions count
+        assert find_token(address) == live.token()
+        live.mark_current()
         status = cli("status")
         assert status.returncode == 0, status.stderr
         cellfleet.init(address="auto")
