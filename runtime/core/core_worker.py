@@ -372,7 +372,7 @@ class CoreWorker:
 
     # -- put ------------------------------------------------------------------------------
 
-    def put(self, value: Any, *, owner_address: str | None = None) -> ObjectRef:
+    def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):
             raise TypeError(
                 "put() of an ObjectRef is not allowed: pass the ref itself, or wrap it in a "
@@ -382,6 +382,9 @@ class CoreWorker:
             obj = serialize(value)
         except Exception as exc:
             raise TypeError(f"Could not serialize the put value {value!r:.100}: {exc}") from exc
+        return self._put_serialized(obj)
+
+    def _put_serialized(self, obj: SerializedObject) -> ObjectRef:
         object_id = object_id_for(self.ids.task_id(), 0)
         payload = self.store_payload(object_id, obj, self.address)
         self.refs.create_owned(object_id, payload=payload, size=obj.size)
@@ -671,9 +674,8 @@ class CoreWorker:
     def _put_if_large(self, value: Any) -> Any:
         if isinstance(value, ObjectRef):
             return value
-        if serialize(value).size > INLINE_THRESHOLD // 4:
-            return self.put(value)
-        return value
+        obj = serialize(value)
+        return self._put_serialized(obj) if obj.size > INLINE_THRESHOLD // 4 else value
 
     def _resolve(self, spec: TaskSpec, submitted: list[bytes]) -> None:
         """Wait (on the I/O thread) for top-level arguments, then queue the task."""
