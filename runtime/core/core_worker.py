@@ -147,7 +147,7 @@ class CoreWorker:
         loop.close()
 
     async def _connect(self, register_job: bool, log_to_driver: bool, entrypoint: str) -> None:
-        handlers = self._handlers()
+        self._handler_table = handlers = self._handlers()
         self._server, self.address = await serve(handlers, self.token, host=self.host)
         self.refs = ReferenceTable(self.address, self._queue, self._wake, self._on_free,
                                    self._on_borrow)
@@ -190,7 +190,8 @@ class CoreWorker:
         """Keep trying until the GCS is back (with Redis storage it reloads the cluster)."""
         while not self._closed:
             try:
-                conn = await connect(self.gcs_address, self.token, self._handlers(), timeout=2)
+                conn = await connect(self.gcs_address, self.token, self._handler_table,
+                                     timeout=2)
             except (ConnectionError, OSError, exceptions.RayError):
                 await asyncio.sleep(0.5)
                 continue
@@ -314,7 +315,7 @@ class CoreWorker:
         return fut
 
     async def _open_peer(self, address: str) -> Connection:
-        conn = await connect(address, self.token, self._handlers())
+        conn = await connect(address, self.token, self._handler_table)
         conn.state = set()  # function ids already defined on this connection
         return conn
 
