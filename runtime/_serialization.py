@@ -10,13 +10,22 @@ Arena layout of one object (all integers little-endian)::
 
     u32 kind | u32 buffer count | u64 pickle length | u64 length of each buffer ...
     pickle bytes | padding to 64 | buffer 0 | padding to 64 | buffer 1 ...
+
+Code objects pickled by value keep the file they were written in (cloudpickle 3.1.3 and later
+name it ``"<dynamic-code>"``), so a remote traceback names the user's file and line. Code from a
+source that exists only in this process's ``linecache`` (a notebook cell) carries its lines,
+which the unpickling process registers in its own ``linecache`` to show them in tracebacks.
 """
 
 from __future__ import annotations
 
+import io
+import linecache
 import pickle
 import struct
 import threading
+import types
+from collections import ChainMap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +54,43 @@ _context = threading.local()
 
 def _pad(n: int) -> int:
     return (-n) % _ALIGN
+
+
+_reduce_code_by_value = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> tuple:
+    """cloudpickle's reduction of a code object, plus its file name and in-memory source."""
+    rebuild, args = _reduce_code_by_value(code)
+    filename = code.co_filename
+    entry = linecache.cache.get(filename)
+    # linecache entries without an mtime are sources that exist in memory only.
+    lines = entry[2] if entry is not None and len(entry) == 4 and entry[1] is None else None
+    return _rebuild_code, (rebuild, args, filename, lines)
+
+
+def _rebuild_code(rebuild: Callable, args: tuple, filename: str,
+                  lines: list[str] | None) -> types.CodeType:
+    """Unpickle a code object under its own file name; register source shipped with it."""
+    code = rebuild(*args)
+    if code.co_filename != filename:
+        code = code.replace(co_filename=filename)
+    if lines is not None and filename not in linecache.cache:
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    return code
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's pickler whose code objects keep their file name (see the module doc)."""
+
+    dispatch_table = ChainMap({types.CodeType: _reduce_code},
+                              *cloudpickle.Pickler.dispatch_table.maps)
+
+
+def _dumps(value: Any, buffer_callback: Callable | None = None) -> bytes:
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
+        return file.getvalue()
 
 
 @dataclass(slots=True)
@@ -107,7 +153,7 @@ def serialize(value: Any, kind: int = KIND_VALUE, out_of_band: bool = True) -> S
     outer = getattr(_context, "refs", None)
     _context.refs = refs = []
     try:
-        pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=keep)
+        pickled = _dumps(value, keep)
     finally:
         _context.refs = outer
     return SerializedObject(kind, pickled, buffers, refs)
@@ -139,7 +185,7 @@ def find_unserializable(named_values: list[tuple[str, Any]]) -> tuple[str, Excep
     """The first ``(name, error)`` among values that cannot be pickled, if any."""
     for name, value in named_values:
         try:
-            cloudpickle.dumps(value, protocol=5, buffer_callback=lambda b: False)
+            _dumps(value, lambda b: False)
         except Exception as exc:
             return name, exc
     return None
@@ -147,4 +193,4 @@ def find_unserializable(named_values: list[tuple[str, Any]]) -> tuple[str, Excep
 
 def dumps_function(fn: Callable) -> bytes:
     """Pickle a function or class by value for export to workers."""
-    return cloudpickle.dumps(fn, protocol=5)
+    return _dumps(fn)
