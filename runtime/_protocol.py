@@ -7,9 +7,19 @@ that many payload bytes; the payload is a msgpack-encoded message (see ``_messag
 
 The handshake, server first::
 
-    server -> client   MAGIC + server_nonce                                   (40 bytes)
-    client -> server   MAGIC + client_nonce + HMAC(token, "c" + sn + cn)      (72 bytes)
-    server -> client   HMAC(token, "s" + cn + sn)                            (32 bytes)
+    server -> client   MAGIC + server_nonce + server_id                       (56 bytes)
+    client -> server   MAGIC + client_nonce + HMAC(token, CLIENT | bound)     (72 bytes)
+    server -> client   HMAC(token, SERVER | bound)                            (32 bytes)
+
+    bound = len(address) + address + server_id + server_nonce + client_nonce
+
+``address`` is the server's ``host:port`` as the client dialed it (the socket's peer address)
+and as the server received it (the socket's own address); ``server_id`` is a random id of the
+serving process, which a client that knows whom it wants to reach checks (``expect_id``).
+Every proof is bound to both nonces, both roles and the server's identity, so a proof made
+for one server is worthless at any other: a process that dials a stale address (a dead GCS,
+a dead owner) and reaches an impostor gives away nothing the impostor can relay to a live
+port of the cluster, and a server's proof cannot be reflected back as a client's.
 
 A server that receives a wrong proof closes the connection without saying why. A client
 checks the server's proof too, so it never decodes frames from a peer without the token.
@@ -28,24 +38,37 @@ from .exceptions import AuthenticationError, ProtocolError
 __all__ = [
     "MAGIC",
     "MAX_FRAME_SIZE",
+    "SERVER_ID_SIZE",
     "ClientHandshake",
     "FrameDecoder",
     "ServerHandshake",
     "encode_frame",
+    "new_server_id",
 ]
 
-MAGIC = b"CFLEET01"
+MAGIC = b"CFLEET02"
 NONCE_SIZE = 32
+SERVER_ID_SIZE = 16
 PROOF_SIZE = 32
 MAX_FRAME_SIZE = 1 << 31  # 2 GiB: large objects travel through shared memory, not frames
 
 _HEADER = struct.Struct("<I")
-_SERVER_HELLO = len(MAGIC) + NONCE_SIZE
+_SERVER_HELLO = len(MAGIC) + NONCE_SIZE + SERVER_ID_SIZE
 _CLIENT_HELLO = len(MAGIC) + NONCE_SIZE + PROOF_SIZE
+_CLIENT_ROLE = b"cellfleet-handshake-v2 client\0"
+_SERVER_ROLE = b"cellfleet-handshake-v2 server\0"
 
 
-def _proof(token: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
-    return hmac.new(token, role + first + second, hashlib.sha256).digest()
+def new_server_id() -> bytes:
+    """A fresh random identity for one serving process."""
+    return os.urandom(SERVER_ID_SIZE)
+
+
+def _proof(token: bytes, role: bytes, address: str, server_id: bytes, server_nonce: bytes,
+           client_nonce: bytes) -> bytes:
+    where = address.encode()
+    bound = struct.pack("<H", len(where)) + where + server_id + server_nonce + client_nonce
+    return hmac.new(token, role + bound, hashlib.sha256).digest()
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -90,10 +113,18 @@ class FrameDecoder:
 
 
 class ServerHandshake:
-    """The accepting side of the token handshake."""
+    """The accepting side of the token handshake.
 
-    def __init__(self, token: bytes) -> None:
+    ``address`` is this server's ``host:port`` as the connection reached it; ``server_id``
+    identifies this process (see ``new_server_id``).
+    """
+
+    def __init__(self, token: bytes, address: str, server_id: bytes) -> None:
+        if len(server_id) != SERVER_ID_SIZE:
+            raise ValueError(f"a server id has {SERVER_ID_SIZE} bytes, not {len(server_id)}")
         self._token = token
+        self._address = address
+        self._server_id = server_id
         self._nonce = os.urandom(NONCE_SIZE)
         self._buffer = bytearray()
         self.done = False
@@ -101,7 +132,7 @@ class ServerHandshake:
 
     def initial_bytes(self) -> bytes:
         """The challenge to send as soon as the connection is accepted."""
-        return MAGIC + self._nonce
+        return MAGIC + self._nonce + self._server_id
 
     def receive_data(self, data: bytes) -> bytes | None:
         """Feed bytes from the client; returns the server's proof once the client is verified.
@@ -121,23 +152,30 @@ class ServerHandshake:
             raise AuthenticationError("peer does not speak the cellfleet protocol")
         client_nonce = hello[len(MAGIC) : len(MAGIC) + NONCE_SIZE]
         proof = hello[len(MAGIC) + NONCE_SIZE :]
-        expected = _proof(self._token, b"c", self._nonce, client_nonce)
-        if not hmac.compare_digest(proof, expected):
+        bound = (self._address, self._server_id, self._nonce, client_nonce)
+        if not hmac.compare_digest(proof, _proof(self._token, _CLIENT_ROLE, *bound)):
             raise AuthenticationError("peer failed the token challenge")
         self.done = True
-        return _proof(self._token, b"s", client_nonce, self._nonce)
+        return _proof(self._token, _SERVER_ROLE, *bound)
 
 
 class ClientHandshake:
-    """The connecting side of the token handshake."""
+    """The connecting side of the token handshake.
 
-    def __init__(self, token: bytes) -> None:
+    ``address`` is the server's ``host:port`` as dialed. With ``expect_id`` the client also
+    refuses any server process but that one (a restarted process on the same port, say).
+    """
+
+    def __init__(self, token: bytes, address: str, expect_id: bytes | None = None) -> None:
         self._token = token
+        self._address = address
+        self._expect_id = expect_id
         self._nonce = os.urandom(NONCE_SIZE)
-        self._server_nonce = b""
+        self._bound: tuple[str, bytes, bytes, bytes] | None = None
         self._buffer = bytearray()
         self.done = False
         self.leftover = b""
+        self.server_id = b""
 
     def receive_data(self, data: bytes) -> bytes | None:
         """Feed bytes from the server; returns the client's hello once the challenge is in.
@@ -145,17 +183,24 @@ class ClientHandshake:
         Sets ``done`` when the server's proof checks out; raises AuthenticationError otherwise.
         """
         self._buffer += data
-        if not self._server_nonce:
+        if self._bound is None:
             if len(self._buffer) < _SERVER_HELLO:
                 return None
             hello = bytes(self._buffer[:_SERVER_HELLO])
             del self._buffer[:_SERVER_HELLO]
             if hello[: len(MAGIC)] != MAGIC:
                 raise AuthenticationError(
-                    "the peer is not a cellfleet server (wrong address or port?)"
+                    "the peer is not a cellfleet server of this version (wrong address or port?)"
                 )
-            self._server_nonce = hello[len(MAGIC) :]
-            reply = MAGIC + self._nonce + _proof(self._token, b"c", self._server_nonce, self._nonce)
+            server_nonce = hello[len(MAGIC) : len(MAGIC) + NONCE_SIZE]
+            self.server_id = hello[len(MAGIC) + NONCE_SIZE :]
+            if self._expect_id is not None and self.server_id != self._expect_id:
+                raise AuthenticationError(
+                    f"the process at {self._address} is not the one this connection is for "
+                    "(it has exited and another took its port)"
+                )
+            self._bound = (self._address, self.server_id, server_nonce, self._nonce)
+            reply = MAGIC + self._nonce + _proof(self._token, _CLIENT_ROLE, *self._bound)
             return reply + self._check_server_proof()
         self._check_server_proof()
         return None
@@ -166,7 +211,7 @@ class ClientHandshake:
         proof = bytes(self._buffer[:PROOF_SIZE])
         self.leftover = bytes(self._buffer[PROOF_SIZE:])
         self._buffer.clear()
-        expected = _proof(self._token, b"s", self._nonce, self._server_nonce)
+        expected = _proof(self._token, _SERVER_ROLE, *self._bound)  # type: ignore[misc]
         if not hmac.compare_digest(proof, expected):
             raise AuthenticationError("the server failed the token challenge")
         self.done = True

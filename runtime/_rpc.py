@@ -8,6 +8,11 @@ is logged and dropped and the server keeps serving.
 
 Writes are coalesced: everything sent during one event-loop iteration goes out in one
 ``write`` call, which is what keeps pipelined task traffic cheap.
+
+A listener holds at most ``MAX_UNAUTHENTICATED`` connections that have not finished the
+handshake, each for at most ``HANDSHAKE_TIMEOUT_S``; further ones are closed at once, so a
+flood of idle connections cannot use up the process's file descriptors. Refusals are logged
+at most once per ``REFUSAL_LOG_INTERVAL_S`` with a count of the ones not logged.
 """
 
 from __future__ import annotations
@@ -17,19 +22,82 @@ import inspect
 import itertools
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import exceptions
 from ._messages import ErrorReply, Message, Reply, decode, encode
-from ._protocol import ClientHandshake, FrameDecoder, ServerHandshake, encode_frame
+from ._protocol import (
+    ClientHandshake,
+    FrameDecoder,
+    ServerHandshake,
+    encode_frame,
+    new_server_id,
+)
 
-__all__ = ["Connection", "HandlerTable", "connect", "serve"]
+__all__ = ["Connection", "HandlerTable", "Listener", "connect", "serve"]
 
 logger = logging.getLogger(__name__)
 
 HandlerTable = dict[type[Message], Callable[["Connection", Any], Any]]
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 3.0
+MAX_UNAUTHENTICATED = 128
+LISTEN_BACKLOG = 512
+REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+def _address_of(sockaddr: Any) -> str:
+    """``host:port`` of a socket address, the form both handshake sides bind proofs to."""
+    if isinstance(sockaddr, tuple):
+        host, port = sockaddr[0], sockaddr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(sockaddr)
+
+
+class Listener:
+    """What one serving port shares among its connections: identity, admission, refusal log."""
+
+    def __init__(self, server_id: bytes | None = None) -> None:
+        self.server_id = server_id or new_server_id()
+        self.refused = 0
+        self._handshaking: dict[Connection, None] = {}  # oldest first
+        self._unlogged = 0
+        self._last_log = -REFUSAL_LOG_INTERVAL_S
+
+    @property
+    def unauthenticated(self) -> int:
+        """Connections accepted that have not finished the handshake."""
+        return len(self._handshaking)
+
+    def admit(self, conn: Connection) -> None:
+        """Let ``conn`` start the handshake; when too many are waiting, drop the oldest.
+
+        An honest peer answers the challenge within a round trip, so the oldest waiting
+        connection is the likeliest to be idle, and a flood cannot keep newcomers out.
+        """
+        if len(self._handshaking) >= MAX_UNAUTHENTICATED:
+            oldest = next(iter(self._handshaking))
+            self.leave(oldest)
+            self.refuse(oldest.peer, f"more than {MAX_UNAUTHENTICATED} connections "
+                                     "waiting in the handshake; dropped the oldest")
+            oldest.abort()
+        self._handshaking[conn] = None
+
+    def leave(self, conn: Connection) -> None:
+        """``conn`` finished, failed or closed: it no longer counts as waiting."""
+        self._handshaking.pop(conn, None)
+
+    def refuse(self, peer: str, why: object) -> None:
+        """Count a refused peer; log it unless a refusal was logged very recently."""
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_log < REFUSAL_LOG_INTERVAL_S:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more refused since the last report)" if self._unlogged else ""
+        logger.warning("refused %s: %s%s", peer, why, more)
+        self._last_log, self._unlogged = now, 0
 
 
 class Connection(asyncio.Protocol):
@@ -42,12 +110,16 @@ class Connection(asyncio.Protocol):
         *,
         server_side: bool,
         on_close: Callable[[Connection], None] | None = None,
+        listener: Listener | None = None,
+        expect_id: bytes | None = None,
     ) -> None:
         self._handlers = handlers
         self._server_side = server_side
-        self._handshake: ServerHandshake | ClientHandshake | None = (
-            ServerHandshake(token) if server_side else ClientHandshake(token)
-        )
+        self._token = token
+        self._listener = listener
+        self._expect_id = expect_id
+        self._trusted = False
+        self._handshake: ServerHandshake | ClientHandshake | None = None
         self._decoder = FrameDecoder()
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
@@ -65,16 +137,23 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = _address_of(peer)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._server_side:
-            transport.write(self._handshake.initial_bytes())  # type: ignore[union-attr]
-            self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_deadline)
+        if not self._server_side:
+            self._handshake = ClientHandshake(self._token, _address_of(peer), self._expect_id)
+            return
+        listener = self._listener or Listener()
+        self._listener = listener
+        listener.admit(self)
+        self._handshake = ServerHandshake(
+            self._token, _address_of(transport.get_extra_info("sockname")), listener.server_id)
+        transport.write(self._handshake.initial_bytes())
+        self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_deadline)
 
     def data_received(self, data: bytes) -> None:
-        if self._handshake is not None:
+        if not self._trusted:
             data = self._advance_handshake(data)
             if not data:
                 return
@@ -88,6 +167,7 @@ class Connection(asyncio.Protocol):
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_handshake()
         error = ConnectionError(f"connection to {self.peer} closed")
         if not self.authenticated.done():
             self.authenticated.set_exception(
@@ -112,7 +192,10 @@ class Connection(asyncio.Protocol):
         try:
             reply = handshake.receive_data(data)  # type: ignore[union-attr]
         except exceptions.AuthenticationError as exc:
-            logger.warning("refused %s: %s", self.peer, exc)
+            if self._listener is not None:
+                self._listener.refuse(self.peer, exc)
+            else:
+                logger.warning("could not connect to %s: %s", self.peer, exc)
             if not self.authenticated.done():
                 self.authenticated.set_exception(exc)
                 self.authenticated.exception()
@@ -123,12 +206,19 @@ class Connection(asyncio.Protocol):
         if not handshake.done:  # type: ignore[union-attr]
             return b""
         self._handshake = None
+        self._trusted = True
+        self._leave_handshake()
         self.authenticated.set_result(None)
         return handshake.leftover  # type: ignore[union-attr]
 
+    def _leave_handshake(self) -> None:
+        if self._listener is not None:
+            self._listener.leave(self)
+
     def _handshake_deadline(self) -> None:
-        if self._handshake is not None:
-            logger.warning("refused %s: no handshake within %ss", self.peer, HANDSHAKE_TIMEOUT_S)
+        if not self._trusted and self.is_open:
+            self._listener.refuse(  # type: ignore[union-attr]
+                self.peer, f"no handshake within {HANDSHAKE_TIMEOUT_S}s")
             self.abort()
 
     # -- dispatch -------------------------------------------------------------------------
@@ -236,17 +326,24 @@ async def serve(
     port: int = 0,
     sock: socket.socket | None = None,
     on_close: Callable[[Connection], None] | None = None,
+    listener: Listener | None = None,
 ) -> tuple[asyncio.Server, str]:
-    """Serve ``handlers`` on an address; returns the server and its ``host:port``."""
+    """Serve ``handlers`` on an address; returns the server and its ``host:port``.
+
+    ``listener`` carries the server's identity (a fresh one by default) and its counters.
+    """
     loop = asyncio.get_running_loop()
+    listener = listener or Listener()
 
     def factory() -> Connection:
-        return Connection(token, handlers, server_side=True, on_close=on_close)
+        return Connection(token, handlers, server_side=True, on_close=on_close,
+                          listener=listener)
 
     if sock is not None:
-        server = await loop.create_server(factory, sock=sock)
+        server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
     else:
-        server = await loop.create_server(factory, host=host, port=port, reuse_address=True)
+        server = await loop.create_server(factory, host=host, port=port, reuse_address=True,
+                                          backlog=LISTEN_BACKLOG)
     bound = server.sockets[0].getsockname()
     return server, f"{bound[0]}:{bound[1]}"
 
@@ -258,15 +355,20 @@ async def connect(
     *,
     timeout: float = 10.0,
     on_close: Callable[[Connection], None] | None = None,
+    expect_id: bytes | None = None,
 ) -> Connection:
-    """Open an authenticated connection to ``host:port``."""
+    """Open an authenticated connection to ``host:port``.
+
+    With ``expect_id`` only the server process with that id is accepted.
+    """
     host, _, port = address.rpartition(":")
     loop = asyncio.get_running_loop()
     try:
         _, conn = await asyncio.wait_for(
             loop.create_connection(
-                lambda: Connection(token, handlers or {}, server_side=False, on_close=on_close),
-                host=host,
+                lambda: Connection(token, handlers or {}, server_side=False, on_close=on_close,
+                                   expect_id=expect_id),
+                host=host.strip("[]"),
                 port=int(port),
             ),
             timeout,

@@ -37,6 +37,7 @@ from .._serialization import (
     find_unserializable,
     serialize,
 )
+from .._service import raise_fd_limit
 from .._shm import SharedArena
 from .actor_submitter import ActorSubmitter
 from .events import FLUSH_INTERVAL_S, EventBuffer
@@ -127,6 +128,7 @@ class CoreWorker:
     def start(self, *, register_job: bool, log_to_driver: bool, entrypoint: str = "",
               timeout: float = 30.0) -> None:
         """Start the I/O thread and connect to the node and the GCS."""
+        raise_fd_limit()
         ready: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,),
                                         name="cellfleet-io", daemon=True)

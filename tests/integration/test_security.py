@@ -24,13 +24,20 @@ from helpers import runtime_processes, wait_until
 import cellfleet
 from cellfleet import _context
 from cellfleet import _messages as m
-from cellfleet._protocol import MAGIC, NONCE_SIZE, PROOF_SIZE, ClientHandshake, encode_frame
+from cellfleet._protocol import (
+    MAGIC,
+    NONCE_SIZE,
+    PROOF_SIZE,
+    SERVER_ID_SIZE,
+    ClientHandshake,
+    encode_frame,
+)
 from cellfleet._session import Session, root_dir
 
 pytestmark = pytest.mark.integration
 
 TARGETS = ("gcs", "raylet", "worker", "driver")
-SERVER_HELLO = len(MAGIC) + NONCE_SIZE
+SERVER_HELLO = len(MAGIC) + NONCE_SIZE + SERVER_ID_SIZE
 WRONG_TOKEN = b"0" * 64
 
 
@@ -118,8 +125,14 @@ def assert_dropped(sock: socket.socket, timeout: float = 5.0) -> bytes:
     return received
 
 
+def client_of(sock: socket.socket, token: bytes) -> ClientHandshake:
+    """The client side of the handshake for the server ``sock`` is connected to."""
+    host, port = sock.getpeername()[:2]
+    return ClientHandshake(token, f"{host}:{port}")
+
+
 def authenticate(sock: socket.socket, hello: bytes, token: bytes) -> None:
-    handshake = ClientHandshake(token)
+    handshake = client_of(sock, token)
     sock.sendall(handshake.receive_data(hello))
     handshake.receive_data(recv_exactly(sock, PROOF_SIZE))
     assert handshake.done
@@ -132,7 +145,7 @@ def garbage(sock: socket.socket, hello: bytes) -> None:
 
 
 def wrong_token(sock: socket.socket, hello: bytes) -> None:
-    sock.sendall(ClientHandshake(WRONG_TOKEN).receive_data(hello)
+    sock.sendall(client_of(sock, WRONG_TOKEN).receive_data(hello)
                  + encode_frame(m.encode(m.GetNodes(), 1)))
 
 
@@ -209,9 +222,9 @@ def test_nothing_is_unpickled_before_authentication(cluster, tmp_path: Path) -> 
             lambda sock, hello: sock.sendall(payload),
             lambda sock, hello: sock.sendall(encode_frame(payload)),
             lambda sock, hello: sock.sendall(
-                ClientHandshake(WRONG_TOKEN).receive_data(hello) + encode_frame(payload)),
+                client_of(sock, WRONG_TOKEN).receive_data(hello) + encode_frame(payload)),
             lambda sock, hello: sock.sendall(
-                ClientHandshake(WRONG_TOKEN).receive_data(hello) + encode_frame(as_message)),
+                client_of(sock, WRONG_TOKEN).receive_data(hello) + encode_frame(as_message)),
         ):
             sock, hello = open_raw(address)
             send(sock, hello)
