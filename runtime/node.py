@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ._ids import random_id
 from ._process import LifelinePipe, spawn
 from ._session import Session
+from .gcs.storage import redact_url
 
 __all__ = ["HeadNode", "default_object_store_memory", "node_resources", "start_head"]
 
@@ -118,9 +119,9 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
     try:
         gcs_args = [*common, "--listen-fd", str(gcs_sock.fileno()),
                     "--cluster-name", session.name]
-        if gcs_storage:
-            gcs_args += ["--storage", gcs_storage]
-        gcs = spawn("cellfleet.gcs", gcs_args, lifeline=lifeline,
+        # The storage URL may hold a password: pass it in the environment, not in argv.
+        gcs_env = {**os.environ, "CELLFLEET_GCS_STORAGE": gcs_storage or "memory"}
+        gcs = spawn("cellfleet.gcs", gcs_args, lifeline=lifeline, env=gcs_env,
                     log_path=session.logs / "gcs.log", pass_fds=(gcs_sock.fileno(),))
         raylet = spawn(
             "cellfleet.raylet",
@@ -138,5 +139,6 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
     head = HeadNode(session, gcs_address, raylet_address, node_id, [gcs, raylet], lifeline)
     session.write_info(gcs_address=gcs_address, raylet_address=raylet_address,
                        node_id=node_id.hex(), pids=[gcs.pid, raylet.pid],
-                       started=time.time(), detached=detached, gcs_storage=gcs_storage)
+                       started=time.time(), detached=detached,
+                       gcs_storage=redact_url(gcs_storage) if gcs_storage else None)
     return head

@@ -1,16 +1,13 @@
-"""Shared fixtures: a real local cluster, a real redis-server, and a check for leftovers."""
+"""Shared fixtures: a real local cluster and a check for leftovers."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
-from helpers import free_port, runtime_processes, wait_until
+from helpers import runtime_processes, wait_until
 
 import cellfleet
 
@@ -52,33 +49,3 @@ def fresh_cluster() -> Iterator[Callable[..., cellfleet.api.RuntimeInfo]]:
 
     yield start
     cellfleet.shutdown()
-
-
-
-
-@pytest.fixture
-def redis_server(tmp_path) -> Iterator[str]:
-    """A real redis-server on a free loopback port; yields its redis:// URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-    def ready() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    try:
-        wait_until(ready, message="redis-server to accept connections")
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(5)

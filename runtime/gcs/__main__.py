@@ -5,38 +5,45 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from .._rpc import serve
 from .._service import add_common_arguments, listening_socket, run_service
 from .._session import Session
 from .server import GcsServer
-from .storage import open_storage
+from .storage import open_storage, redact_url
 
 logger = logging.getLogger("cellfleet.gcs")
+
+STORAGE_ENV = "CELLFLEET_GCS_STORAGE"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="cellfleet.gcs")
     add_common_arguments(parser)
-    parser.add_argument("--storage", default=None, help="None for memory, or redis://host:port")
+    parser.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                        help=f"memory (the default) or redis://:PASSWORD@host:port; "
+                             f"also {STORAGE_ENV}, which keeps a password off the command line")
     parser.add_argument("--cluster-name", default="default")
     args = parser.parse_args()
     session = Session(Path(args.session_dir))
 
     async def serve_gcs(stop: asyncio.Event) -> None:
-        storage = await open_storage(args.storage, args.cluster_name)
+        storage = await open_storage(args.storage, args.cluster_name, session.token())
         gcs = GcsServer(storage)
         await gcs.load()
         server, address = await serve(
             gcs.handlers(), session.token(), sock=listening_socket(args),
             on_close=gcs.connection_closed,
         )
-        logger.info("serving on %s (storage: %s)", address, args.storage or "memory")
+        logger.info("serving on %s (storage: %s)", address,
+                    redact_url(args.storage) if args.storage else "memory")
         monitor = asyncio.get_running_loop().create_task(gcs.monitor_heartbeats())
         await stop.wait()
         monitor.cancel()
         server.close()
+        await storage.destroy()  # a clean stop ends the cluster: its tables go with it
         await storage.close()
 
     run_service("gcs", args, serve_gcs)
