@@ -130,6 +130,7 @@ class Connection(asyncio.Protocol):
         self.authenticated: asyncio.Future[None] = self._loop.create_future()
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self.peer = "?"
+        self.server_id = b""  # the server process's identity, on the client side
         self.state: Any = None  # what the serving role attaches to this peer
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -207,6 +208,8 @@ class Connection(asyncio.Protocol):
             return b""
         self._handshake = None
         self._trusted = True
+        if isinstance(handshake, ClientHandshake):
+            self.server_id = handshake.server_id
         self._leave_handshake()
         self.authenticated.set_result(None)
         return handshake.leftover  # type: ignore[union-attr]

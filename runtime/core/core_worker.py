@@ -26,7 +26,7 @@ from typing import Any
 from .. import _messages as m
 from .. import exceptions
 from .._ids import IdGenerator, object_id_for
-from .._rpc import Connection, connect, serve
+from .._rpc import Connection, Listener, connect, serve
 from .._serialization import (
     INLINE_THRESHOLD,
     KIND_ERROR,
@@ -150,7 +150,9 @@ class CoreWorker:
 
     async def _connect(self, register_job: bool, log_to_driver: bool, entrypoint: str) -> None:
         self._handler_table = handlers = self._handlers()
-        self._server, self.address = await serve(handlers, self.token, host=self.host)
+        # Its worker id is its identity in the handshake: whoever leases this worker expects it.
+        self._server, self.address = await serve(handlers, self.token, host=self.host,
+                                                 listener=Listener(self.worker_id))
         self.refs = ReferenceTable(self.address, self._queue, self._wake, self._on_free,
                                    self._on_borrow)
         self.raylet, self.gcs = await asyncio.gather(
@@ -308,16 +310,18 @@ class CoreWorker:
                 msg.task_id, msg.force, msg.recursive),
         }
 
-    def peer(self, address: str) -> asyncio.Future:
-        """A (cached) connection to another core worker."""
+    def peer(self, address: str, worker_id: bytes | None = None) -> asyncio.Future:
+        """A (cached) connection to another core worker; with ``worker_id``, only to that one."""
         fut = self._peers.get(address)
-        if fut is None or (fut.done() and (fut.exception() or not fut.result().is_open)):
-            fut = asyncio.ensure_future(self._open_peer(address))
+        if fut is None or (fut.done() and (
+                fut.exception() or not fut.result().is_open
+                or (worker_id is not None and fut.result().server_id != worker_id))):
+            fut = asyncio.ensure_future(self._open_peer(address, worker_id))
             self._peers[address] = fut
         return fut
 
-    async def _open_peer(self, address: str) -> Connection:
-        conn = await connect(address, self.token, self._handler_table)
+    async def _open_peer(self, address: str, worker_id: bytes | None) -> Connection:
+        conn = await connect(address, self.token, self._handler_table, expect_id=worker_id)
         conn.state = set()  # function ids already defined on this connection
         return conn
 

@@ -59,7 +59,7 @@ class TaskSubmitter:
         self,
         *,
         raylet: Callable[[], Connection],
-        connect: Callable[[str], asyncio.Future],
+        connect: Callable[[str, bytes], asyncio.Future],
         export: Callable[[Connection, TaskSpec], None],
         on_pushed: Callable[[TaskSpec, LeasedWorker], None],
         on_failed: Callable[[TaskSpec, BaseException], None],
@@ -169,7 +169,7 @@ class TaskSubmitter:
             self._return(worker, failed=False)
             return
         try:
-            worker.conn = await self._connect(address)
+            worker.conn = await self._connect(address, worker_id)
         except Exception as exc:
             logger.warning("leased worker at %s unreachable: %s", address, exc)
             self._return(worker, failed=True)

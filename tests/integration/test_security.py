@@ -32,6 +32,7 @@ from cellfleet._protocol import (
     ClientHandshake,
     encode_frame,
 )
+from cellfleet._rpc import connect
 from cellfleet._session import Session, root_dir
 
 pytestmark = pytest.mark.integration
@@ -269,3 +270,21 @@ def test_every_listening_socket_is_on_loopback(cluster) -> None:
             listening.append((os.getpid(), conn.laddr.ip, conn.laddr.port))
     assert len(listening) >= 4, listening  # GCS, raylet, workers, driver
     assert all(ip == "127.0.0.1" for _, ip, _ in listening), listening
+
+
+def test_a_worker_is_known_by_its_id_and_no_other(cluster) -> None:
+    """Owners dial leased workers expecting their worker id: another process is refused."""
+    address = address_of("worker")
+    stats = rpc(m.GetNodeStats())
+    worker_id = next(bytes.fromhex(w["worker_id"]) if isinstance(w["worker_id"], str)
+                     else w["worker_id"] for w in stats["workers"] if w["address"] == address)
+    core = _context.core
+
+    async def dial(expect: bytes) -> bytes:
+        conn = await connect(address, core.token, expect_id=expect)
+        conn.close()
+        return conn.server_id
+
+    assert core.run(dial(worker_id), timeout=10) == worker_id
+    with pytest.raises(cellfleet.exceptions.AuthenticationError, match="another took its port"):
+        core.run(dial(os.urandom(16)), timeout=10)
