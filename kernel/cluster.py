@@ -285,6 +285,11 @@ def _gib(value: float) -> str:
     return f"{value / 2**30:.2f} GiB"
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 object``, ``2 objects``."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 class ClusterInfo:
     """What ``%cluster`` shows: the cluster's nodes and their resources (a rich repr)."""
 
@@ -322,7 +327,7 @@ class ClusterInfo:
                 "CPU": f"{free.get('CPU', 0):g} / {res.get('CPU', 0):g}",
                 "GPU": f"{free.get('GPU', 0):g} / {res.get('GPU', 0):g}",
                 "store": f"{_gib(store.get('used', 0))} / {_gib(capacity)}"
-                         f" ({store.get('num_objects', 0)} objects)",
+                         f" ({_count(store.get('num_objects', 0), 'object')})",
             })
         return rows
 
@@ -330,7 +335,7 @@ class ClusterInfo:
         alive = self.alive_nodes
         lines = [
             f"cellfleet cluster at {self.address} ({self.mode}), {len(alive)} of "
-            f"{len(self.nodes)} node(s) alive, CPU {self.available('CPU'):g} free of "
+            f"{_count(len(self.nodes), 'node')} alive, CPU {self.available('CPU'):g} free of "
             f"{self.total('CPU'):g}, GPU {self.available('GPU'):g} free of "
             f"{self.total('GPU'):g}",
         ]
@@ -357,7 +362,7 @@ class ClusterInfo:
         return (
             "<div class='cellfleet-cluster'>"
             f"<b>cellfleet cluster</b> at <code>{esc(self.address)}</code> ({esc(self.mode)})"
-            f" &middot; {len(self.alive_nodes)} of {len(self.nodes)} node(s) alive"
+            f" &middot; {len(self.alive_nodes)} of {_count(len(self.nodes), 'node')} alive"
             f" &middot; CPU {self.available('CPU'):g} free of {self.total('CPU'):g}"
             f" &middot; GPU {self.available('GPU'):g} free of {self.total('GPU'):g}"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

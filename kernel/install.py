@@ -22,11 +22,14 @@ import shutil
 import sys
 import tempfile
 
-__all__ = ["DEFAULT_DISPLAY_NAME", "DEFAULT_NAME", "kernel_spec", "main"]
+__all__ = ["DEFAULT_DISPLAY_NAME", "DEFAULT_NAME", "LOGOS", "kernel_spec", "main"]
 
 DEFAULT_NAME = "cellfleet"
 DEFAULT_DISPLAY_NAME = "Python 3 (cellfleet)"
 _NAME_RE = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
+# The launcher's icons, shipped next to the default kernel.json and copied into every spec.
+SPEC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernelspec")
+LOGOS = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")
 
 
 def kernel_spec(*, display_name: str = DEFAULT_DISPLAY_NAME, address: str | None = None,
@@ -97,6 +100,8 @@ def _install(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "kernel.json"), "w") as f:
             json.dump(spec, f, indent=2)
+        for logo in LOGOS:
+            shutil.copyfile(os.path.join(SPEC_DIR, logo), os.path.join(tmp, logo))
         dest = KernelSpecManager().install_kernel_spec(tmp, args.name, user=args.user,
                                                        prefix=prefix)
     print(f"Installed kernelspec {args.name} ({display_name}) in {dest}")

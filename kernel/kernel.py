@@ -26,9 +26,10 @@ from cellfleet.core.core_worker import submission_tag
 from .cluster import KernelRuntime, parse_num_cpus
 from .interrupts import cancel_cell
 from .magics import CellfleetMagics
-from .output import OutputRouter
+from .output import OutputRouter, hold_results_for_output
 from .progress import ProgressReporter
 from .remote import RemoteRunner
+from .tracebacks import user_traceback
 
 __all__ = ["CellfleetKernel"]
 
@@ -100,6 +101,7 @@ class CellfleetKernel(IPythonKernel):
         shell.register_magics(CellfleetMagics(shell, self))
         shell.events.register("post_run_cell", self._post_run_cell)
         shell.set_custom_exc(_RUNTIME_ERRORS, _render_runtime_error)
+        hold_results_for_output(shell, self.runtime.output_barrier)
         self.progress.install()
         self.runtime.start(background=True)
 
@@ -186,6 +188,8 @@ def _render_runtime_error(shell: Any, etype: type, value: BaseException, tb: Any
                           tb_offset: int | None = None) -> list[str] | None:
     """Errors raised inside cellfleet (an interrupted ``get``, a lost connection, a task's
     error): the cell's own frames and the error, never the runtime's internals."""
+    if isinstance(value, cellfleet.exceptions.RayTaskError):  # the worker's frames: the user's
+        value.traceback_str = user_traceback(value.traceback_str)
     cut, entered = _user_frames(tb)
     if not entered:
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)

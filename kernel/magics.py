@@ -10,7 +10,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from .cluster import ClusterError
-from .remote import RemoteOptions
+from .remote import RemoteOptions, parse_options, unknown_option
 
 __all__ = ["CellfleetMagics"]
 
@@ -26,8 +26,11 @@ def split_line_options(line: str) -> tuple[str, str]:
     rest = line
     while True:
         match = _LEADING_OPTION.match(rest)
-        if match is None or match.group(1) not in _FLAG_OPTIONS | _VALUE_OPTIONS:
+        if match is None:
             break
+        if match.group(1) not in _FLAG_OPTIONS | _VALUE_OPTIONS:
+            raise UsageError(unknown_option(match.group(1), sorted(_FLAG_OPTIONS | _VALUE_OPTIONS),
+                                            "%remote"))
         name = match.group(1)
         if name in _FLAG_OPTIONS:
             options.append(name)
@@ -98,12 +101,12 @@ class CellfleetMagics(Magics):
         """
         if cell is None:
             option_text, expression = split_line_options(line)
-            args = parse_argstring(self.remote, option_text)
+            args = parse_options(self.remote, option_text, "%remote")
             opts = RemoteOptions.from_args(args)
             header = f"%remote {line}\n"
             return self.kernel.remote_runner.run(opts, expression, header=header,
                                                  line_offset=0, mode="eval")
-        args = parse_argstring(self.remote, line)
+        args = parse_options(self.remote, line, "%%remote")
         opts = RemoteOptions.from_args(args)
         header = f"%%remote {line}\n"
         return self.kernel.remote_runner.run(opts, cell, header=header, line_offset=1)

@@ -9,6 +9,11 @@ would otherwise attribute output from other threads to the latest cell).
 
 A cell whose tasks print more than ``rate_limit`` lines a second gets one notice and loses
 the excess; the worker log files keep everything.
+
+Lines and results travel different paths (lines: worker -> GCS -> this process; results:
+worker -> this process), so a result can overtake what its task printed just before returning.
+``hold_results_for_output`` makes a cell's result wait for that output (one GCS round trip,
+bounded by the barrier's deadline), so a task's prints show above the value it returned.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OutputRouter"]
+__all__ = ["OutputRouter", "hold_results_for_output"]
 
 MAX_CELLS = 10_000
 MAX_LINE_CHARS = 20_000
@@ -136,3 +141,16 @@ class OutputRouter:
             )
         window.dropped += 1
         return False, notices
+
+
+def hold_results_for_output(shell: Any, barrier: Callable[[], None]) -> None:
+    """Run ``barrier`` (wait until the output of finished tasks has been routed) before the
+    shell displays a cell's result."""
+    hook = shell.displayhook
+    start = hook.start_displayhook
+
+    def start_displayhook() -> None:
+        barrier()
+        start()
+
+    hook.start_displayhook = start_displayhook

@@ -9,6 +9,7 @@ persists from cell to cell.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import keyword
@@ -29,9 +30,10 @@ from cellfleet import exceptions as cf_exceptions
 from .analysis import analyze, analyze_expression
 from .interrupts import cancel_refs
 from .remote_exec import TRACEBACK_ATTR, CellNamespace, ModuleByName, run_cell
+from .tracebacks import RemoteCellInterrupted, user_traceback
 
 __all__ = ["RemoteCellError", "RemoteCellHandle", "RemoteOptions", "RemoteRunner",
-           "UnshippableError"]
+           "UnshippableError", "parse_options", "unknown_option"]
 
 # Names IPython puts in the user namespace that a remote cell never needs.
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_",
@@ -86,6 +88,34 @@ def _names(text: str | None, option: str) -> list[str] | None:
 
             raise UsageError(f"{option}: {name!r} is not a Python name")
     return names
+
+
+def unknown_option(given: str, options: list[str], magic: str) -> str:
+    """The message for an option ``magic`` does not have: the closest one, and the list."""
+    name = given.split("=", 1)[0]
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    guess = f": did you mean {close[0]}?" if close else ""
+    return (f"{magic}: unknown option {name}{guess} Options: {', '.join(options)} "
+            f"('{magic}?' explains each).")
+
+
+def parse_options(magic_func: Any, line: str, magic: str) -> Any:
+    """Parse a magic's options with its ``magic_arguments`` parser, refusing abbreviations
+    (``--num-cpu``) and answering a typo with the closest option."""
+    from IPython.core.error import UsageError
+
+    parser = magic_func.parser
+    parser.allow_abbrev = False
+    options = [s for action in parser._actions for s in action.option_strings]
+    try:
+        return parser.parse_argstring(line)
+    except UsageError as exc:
+        text = str(exc)
+        if text.startswith("unrecognized arguments:"):
+            given = [word for word in text.split(":", 1)[1].split() if word.startswith("-")]
+            if given:
+                raise UsageError(unknown_option(given[0], options, magic)) from None
+        raise UsageError(f"{magic}: {text} ('{magic}?' lists the options)") from None
 
 
 @dataclass
@@ -283,6 +313,21 @@ class RemoteRunner:
 
     def run(self, opts: RemoteOptions, body: str, *, header: str, line_offset: int,
             mode: str = "exec") -> Any:
+        """Run a cell body (``exec``) or one expression (``eval``) as a task; its result.
+
+        An interrupt shows the cell and the interruption, not the magic's plumbing.
+        """
+        try:
+            return self._run(opts, body, header=header, line_offset=line_offset, mode=mode)
+        except RemoteCellInterrupted:
+            raise
+        except KeyboardInterrupt:
+            count = getattr(self.shell, "execution_count", 0)
+            raise RemoteCellInterrupted(header + body, count,
+                                        opts.name or f"cell-{count}") from None
+
+    def _run(self, opts: RemoteOptions, body: str, *, header: str, line_offset: int,
+             mode: str) -> Any:
         count = getattr(self.shell, "execution_count", 0)
         filename = f"<cell-{count}>"
         if not body.strip():
@@ -461,7 +506,8 @@ def render_remote_error(exc: BaseException) -> list[str]:
     cause = getattr(exc, "cause", None)
     text = getattr(cause, TRACEBACK_ATTR, None) if cause is not None else None
     if text is None:
-        text = getattr(exc, "traceback_str", None) or f"{type(exc).__name__}: {exc}"
+        text = getattr(exc, "traceback_str", None)
+        text = user_traceback(text) if text else f"{type(exc).__name__}: {exc}"
     where = ", ".join(f"{k}={v}" for k, v in (("pid", getattr(exc, "pid", None)),
                                                 ("ip", getattr(exc, "ip", None))) if v)
     header = f"\x1b[0;31mRemote error\x1b[0m in {getattr(exc, 'function_name', 'task')}" + \

@@ -12,6 +12,7 @@ import os
 from typing import TextIO
 
 from ..core.core_worker import CoreWorker
+from ..core.task_spec import TaskSpec
 
 __all__ = ["TaggedOutput", "capture_output"]
 
@@ -49,7 +50,7 @@ class TaggedOutput(io.TextIOBase):
         if task is None:
             record = [0, "", "", "worker", self._pid, self._stream, line]
         else:
-            record = [task.job_id, task.tag, task.task_id.hex(), task.name, self._pid,
+            record = [task.job_id, task.tag, task.task_id.hex(), _prefix(task), self._pid,
                       self._stream, line]
         self._core.events.log(record)
 
@@ -59,6 +60,14 @@ class TaggedOutput(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+
+def _prefix(task: TaskSpec) -> str:
+    """What a line is prefixed with: the task's name; an actor's class name, as Ray prints."""
+    suffix = "." + (task.method or "__init__")
+    if task.actor_id and task.name.endswith(suffix):
+        return task.name[:-len(suffix)]
+    return task.name
 
 
 def capture_output(core: CoreWorker) -> tuple[TaggedOutput, TaggedOutput]:
