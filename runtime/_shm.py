@@ -23,7 +23,7 @@ import os
 import sys
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Self
+from typing import Any
 
 __all__ = ["SHM_DIR", "SharedArena"]
 
@@ -121,7 +121,7 @@ class SharedArena:
         """Remove ``/dev/shm/<name>``; mappings that still exist stay valid."""
         os.unlink(_path(self._name))
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> SharedArena:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -289,8 +289,14 @@ class RayActorError(RayError):
         return type(self), (self.actor_id, self.error_msg)
 
 
-class ActorDeathReason(enum.StrEnum):
-    """Why an actor died, as ``ActorDiedError.reason`` reports it."""
+class ActorDeathReason(str, enum.Enum):
+    """Why an actor died, as ``ActorDiedError.reason`` reports it; prints as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
     KILLED = "killed"
     CREATION_TASK_ERROR = "creation_task_error"

@@ -13,7 +13,7 @@ from cellfleet._serialization import deserialize_inline, dumps_function, seriali
 
 CELL = "/tmp/ipykernel_4242/cell-in-memory-only.py"
 CELL_SOURCE = textwrap.dedent("""\
-    def outer(n):
+    def cell_total(n):
         def inner(k):
             return [1 / (k - j) for j in range(n)]
         return inner(n - 1)
@@ -25,7 +25,7 @@ def cell_function():
     linecache.cache[CELL] = (len(CELL_SOURCE), None, CELL_SOURCE.splitlines(True), CELL)
     namespace: dict = {}
     exec(compile(CELL_SOURCE, CELL, "exec"), namespace)
-    return namespace["outer"]
+    return namespace["cell_total"]
 
 
 def file_function(n):
@@ -62,7 +62,7 @@ def test_code_by_value_keeps_its_file_name_at_every_level():
 
 def test_traceback_of_a_cell_function_shows_its_lines_in_another_process():
     text = traceback_in_fresh_process(dumps_function(cell_function()))
-    assert f'File "{CELL}", line 4, in outer' in text
+    assert f'File "{CELL}", line 4, in cell_total' in text
     assert "return inner(n - 1)" in text
     assert f'File "{CELL}", line 3, in inner' in text
     assert "return [1 / (k - j) for j in range(n)]" in text
