@@ -11,12 +11,28 @@ from pathlib import Path
 from .._rpc import serve
 from .._service import add_common_arguments, listening_socket, run_service
 from .._session import Session
-from .server import GcsServer
+from .server import NODE_TIMEOUT_S, GcsServer
 from .storage import open_storage, redact_url
 
 logger = logging.getLogger("cellfleet.gcs")
 
 STORAGE_ENV = "CELLFLEET_GCS_STORAGE"
+NODE_TIMEOUT_ENV = "CELLFLEET_NODE_TIMEOUT_S"
+
+
+def _node_timeout() -> float:
+    """Seconds without a heartbeat before a node is declared dead (``CELLFLEET_NODE_TIMEOUT_S``)."""
+    value = os.environ.get(NODE_TIMEOUT_ENV)
+    if not value:
+        return NODE_TIMEOUT_S
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = 0.0
+    if not timeout > 0:
+        raise SystemExit(f"{NODE_TIMEOUT_ENV}={value!r} is not a positive number of seconds; "
+                         f"unset it (default {NODE_TIMEOUT_S:g}) or give one")
+    return timeout
 
 
 def main() -> None:
@@ -28,10 +44,11 @@ def main() -> None:
     parser.add_argument("--cluster-name", default="default")
     args = parser.parse_args()
     session = Session(Path(args.session_dir))
+    node_timeout = _node_timeout()
 
     async def serve_gcs(stop: asyncio.Event) -> None:
         storage = await open_storage(args.storage, args.cluster_name, session.token())
-        gcs = GcsServer(storage)
+        gcs = GcsServer(storage, node_timeout)
         await gcs.load()
         server, address = await serve(
             gcs.handlers(), session.token(), sock=listening_socket(args),

@@ -18,6 +18,7 @@ import msgpack
 
 from .. import _messages as m
 from .._rpc import Connection, HandlerTable
+from .nodes import NodeDied, NodeForgotten, NodeTable
 from .storage import MemoryStorage, RedisStorage
 from .task_events import TaskEventStore
 
@@ -40,9 +41,11 @@ def _unpack(data: bytes) -> Any:
 class GcsServer:
     """The GCS's state and message handlers; ``gcs.__main__`` runs it."""
 
-    def __init__(self, storage: MemoryStorage | RedisStorage) -> None:
+    def __init__(self, storage: MemoryStorage | RedisStorage,
+                 node_timeout_s: float = NODE_TIMEOUT_S) -> None:
         self.storage = storage
-        self.nodes: dict[bytes, dict[str, Any]] = {}
+        self.node_table = NodeTable(node_timeout_s)
+        self.nodes = self.node_table.nodes
         self.jobs: dict[int, dict[str, Any]] = {}
         self.functions: dict[bytes, bytes] = {}
         self.kv: dict[tuple[str, bytes], bytes] = {}
@@ -51,15 +54,13 @@ class GcsServer:
         self.subscribers: dict[str, set[Connection]] = {}
         self.actors: dict[bytes, dict[str, Any]] = {}
         self._actor_waiters: dict[bytes, list[asyncio.Future]] = {}
-        self._node_conns: dict[Connection, bytes] = {}
+        self._node_conns: dict[Connection, tuple[bytes, int]] = {}  # -> node id, epoch
         self._job_conns: dict[Connection, int] = {}
 
     async def load(self) -> None:
         """Reload the recoverable tables from storage (a no-op in memory)."""
-        for key, value in (await self.storage.load("nodes")).items():
-            node = _unpack(value)
-            node["last_heartbeat"] = time.time()  # give raylets time to reconnect
-            self.nodes[key] = node
+        for value in (await self.storage.load("nodes")).values():
+            self._carry_out(self.node_table.reloaded(_unpack(value), time.time()))
         for key, value in (await self.storage.load("jobs")).items():
             self.jobs[int(key)] = _unpack(value)
         self.functions.update(await self.storage.load("functions"))
@@ -104,17 +105,16 @@ class GcsServer:
     def connection_closed(self, conn: Connection) -> None:
         for subscribers in self.subscribers.values():
             subscribers.discard(conn)
-        node_id = self._node_conns.pop(conn, None)
-        if node_id is not None:
-            self._mark_node_dead(node_id, "its raylet disconnected")
+        registration = self._node_conns.pop(conn, None)
+        if registration is not None:
+            self._carry_out(self.node_table.disconnected(*registration, time.time()))
         job_id = self._job_conns.pop(conn, None)
         if job_id is not None:
-            asyncio.get_running_loop().create_task(self._finish_job(job_id))
+            self._spawn(self._finish_job(job_id))
 
     # -- nodes ----------------------------------------------------------------------------
 
     async def register_node(self, conn: Connection, msg: m.RegisterNode) -> dict:
-        now = time.time()
         node = {
             "node_id": msg.node_id,
             "raylet_address": msg.raylet_address,
@@ -123,51 +123,44 @@ class GcsServer:
             "store_name": msg.store_name,
             "store_capacity": msg.store_capacity,
             "session_dir": msg.session_dir,
-            "alive": True,
-            "start_time": now,
-            "last_heartbeat": now,
-            "death_reason": "",
             "store": {"capacity": msg.store_capacity, "used": 0, "num_objects": 0, "spilled": 0},
             "load": {},
         }
-        self.nodes[msg.node_id] = node
-        self._node_conns[conn] = msg.node_id
+        epoch = self.node_table.register(node, time.time())
+        self._node_conns[conn] = (msg.node_id, epoch)
         await self.storage.put("nodes", msg.node_id, _pack(node))
         self.publish("node", {"node_id": msg.node_id, "alive": True})
         return {"nodes": list(self._public_nodes())}
 
-    def heartbeat(self, conn: Connection, msg: m.Heartbeat) -> None:
-        node = self.nodes.get(msg.node_id)
-        if node is None or not node["alive"]:
-            return
-        node["last_heartbeat"] = time.time()
-        node["available"] = msg.available
-        node["store"] = msg.store
-        node["load"] = msg.load
+    def heartbeat(self, conn: Connection, msg: m.Heartbeat) -> bool:
+        """False tells a raylet the GCS holds its node dead: it must register again."""
+        return self.node_table.heartbeat(msg.node_id, time.time(), available=msg.available,
+                                         store=msg.store, load=msg.load)
 
     def _public_nodes(self):
         for node in self.nodes.values():
             yield {k: v for k, v in node.items()}
 
-    def _mark_node_dead(self, node_id: bytes, reason: str) -> None:
-        node = self.nodes.get(node_id)
-        if node is None or not node["alive"]:
-            return
-        node["alive"] = False
-        node["death_reason"] = reason
-        node["end_time"] = time.time()
-        logger.warning("node %s is dead: %s", node_id.hex(), reason)
-        asyncio.get_running_loop().create_task(self.storage.put("nodes", node_id, _pack(node)))
-        self.publish("node", {"node_id": node_id, "alive": False, "reason": reason})
+    def _carry_out(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, NodeDied):
+                node = self.nodes[action.node_id]
+                logger.warning("node %s is dead: %s", action.node_id.hex(), action.reason)
+                self._spawn(self.storage.put("nodes", action.node_id, _pack(node)))
+                self.publish("node", {"node_id": action.node_id, "alive": False,
+                                      "reason": action.reason})
+            elif isinstance(action, NodeForgotten):
+                self._spawn(self.storage.delete("nodes", action.node_id))
+
+    def _spawn(self, coro) -> None:
+        asyncio.get_running_loop().create_task(coro)
 
     async def monitor_heartbeats(self) -> None:
-        """Declare nodes dead whose heartbeats stopped."""
+        """Suspect, then declare dead, the nodes whose heartbeats stopped."""
+        interval = min(1.0, self.node_table.timeout_s / 4)
         while True:
-            await asyncio.sleep(1.0)
-            now = time.time()
-            for node_id, node in list(self.nodes.items()):
-                if node["alive"] and now - node["last_heartbeat"] > NODE_TIMEOUT_S:
-                    self._mark_node_dead(node_id, f"no heartbeat for {NODE_TIMEOUT_S:.0f}s")
+            await asyncio.sleep(interval)
+            self._carry_out(self.node_table.tick(time.time()))
 
     # -- jobs -----------------------------------------------------------------------------
 

@@ -187,8 +187,19 @@ class Raylet:
     async def heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            if self.gcs is not None and self.gcs.is_open:
+            gcs = self.gcs
+            if gcs is not None and gcs.is_open:
                 store = self.store.stats()
                 store.pop("largest")
-                self.gcs.send(m.Heartbeat(self.node_id, self.scheduler.available, store,
-                                          self.scheduler.load()))
+                reply = gcs.request(m.Heartbeat(self.node_id, self.scheduler.available, store,
+                                                self.scheduler.load()))
+                reply.add_done_callback(lambda fut, gcs=gcs: self._heartbeat_answered(gcs, fut))
+
+    def _heartbeat_answered(self, gcs: Connection, reply: asyncio.Future) -> None:
+        """The GCS answers False when it holds this node dead (it was paused past the
+        timeout): drop the connection, so that the raylet connects and registers again."""
+        if reply.cancelled() or reply.exception() is not None or reply.result() is not False:
+            return
+        if gcs is self.gcs and gcs.is_open:
+            logger.warning("the GCS had declared this node dead; registering again")
+            gcs.close()
