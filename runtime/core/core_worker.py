@@ -458,32 +458,37 @@ class CoreWorker:
 
     def _wait_for(self, entries: list[ObjectEntry], count: int, deadline: float | None,
                   refs: list[ObjectRef]) -> None:
-        """Block until ``count`` entries are ready; GetTimeoutError at the deadline."""
-        blocked = False
+        """Block until ``count`` entries are ready; GetTimeoutError at the deadline.
+
+        One waiter counts down as the entries become ready and wakes this thread once, so a
+        ``get`` of n pending refs costs O(n), however the results trickle in.
+        """
+        with self.refs.lock:
+            pending = [e for e in entries if e.payload is None]
+            needed = min(count, len(entries)) - (len(entries) - len(pending))
+            if needed <= 0:
+                return
+            waiter = _Waiter(needed)
+            for entry in pending:
+                entry.waiters.append(waiter)
+        blocked = self.current_task is not None
+        if blocked:  # a task waiting in get gives its CPUs back meanwhile
+            self._call_soon(lambda: self.raylet.send(m.NotifyBlocked()))
         try:
-            while True:
-                with self.refs.lock:
-                    pending = [e for e in entries if e.payload is None]
-                    if len(entries) - len(pending) >= min(count, len(entries)):
-                        return
-                    event = _Waiter()
-                    for entry in pending:
-                        entry.waiters.append(event)
-                if not blocked and self.current_task is not None:
-                    blocked = True
-                    self._call_soon(lambda: self.raylet.send(m.NotifyBlocked()))
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0 or not event.wait(remaining):
-                    with self.refs.lock:
-                        for entry in pending:
-                            if event in entry.waiters:
-                                entry.waiters.remove(event)
-                    if all(e.payload is None for e in pending):
-                        n = len(pending)
-                        raise exceptions.GetTimeoutError(
-                            f"Get timed out: {n} of {len(entries)} object(s) not ready "
-                            f"(first: {next(r for r, e in zip(refs, entries) if e in pending)})."
-                        )
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if waiter.wait(remaining):
+                return
+            with self.refs.lock:
+                if waiter.needed <= 0:
+                    return
+                for entry in pending:
+                    if entry.payload is None:
+                        entry.waiters.remove(waiter)
+                late = [i for i, e in enumerate(entries) if e.payload is None]
+            raise exceptions.GetTimeoutError(
+                f"Get timed out: {len(late)} of {len(entries)} object(s) not ready "
+                f"(first: {refs[late[0]]})."
+            )
         finally:
             if blocked:
                 self._call_soon(lambda: self.raylet.send(m.NotifyUnblocked()))
@@ -562,8 +567,8 @@ class CoreWorker:
             entry.payload = payload
             waiters, entry.waiters = entry.waiters, []
             callbacks, entry.callbacks = entry.callbacks, []
-        for event in waiters:
-            event.set()
+            for waiter in waiters:
+                waiter.one_ready()
         for callback in callbacks:
             callback(entry)
 
@@ -862,21 +867,23 @@ _payload = operator.attrgetter("payload")
 
 
 class _Waiter:
-    """A one-shot wake-up for a thread waiting on objects: a held lock the I/O thread releases.
+    """Wakes a thread waiting on objects once ``needed`` of them are ready.
 
-    Lighter than ``threading.Event`` (no Condition), which matters on the ``get`` hot path.
+    A held lock the I/O thread releases: lighter than ``threading.Event`` (no Condition),
+    which matters on the ``get`` hot path. ``one_ready`` is called under the reference
+    table's lock, once per entry the waiter was added to.
     """
 
-    __slots__ = ("_lock", "_set")
+    __slots__ = ("_lock", "needed")
 
-    def __init__(self) -> None:
+    def __init__(self, needed: int) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
-        self._set = False
+        self.needed = needed
 
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
+    def one_ready(self) -> None:
+        self.needed -= 1
+        if self.needed == 0:
             self._lock.release()
 
     def wait(self, timeout: float | None) -> bool:

@@ -1,0 +1,75 @@
+"""``get`` and ``wait`` on many pending refs: one waiter per call, nothing left behind."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import cellfleet
+from cellfleet import _context
+from cellfleet.core import core_worker
+
+pytestmark = pytest.mark.integration
+
+
+@cellfleet.remote
+def slow(i: int) -> int:
+    time.sleep(0.002)
+    return i
+
+
+@cellfleet.remote
+def forever() -> None:
+    time.sleep(3600)
+
+
+@pytest.fixture
+def counted_waiters(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ``needed`` count of every waiter the driver creates."""
+    created: list[int] = []
+
+    class Counted(core_worker._Waiter):
+        __slots__ = ()
+
+        def __init__(self, needed: int) -> None:
+            created.append(needed)
+            super().__init__(needed)
+
+    monkeypatch.setattr(core_worker, "_Waiter", Counted)
+    return created
+
+
+def test_get_of_many_trickling_results_waits_once(cluster, counted_waiters: list[int]) -> None:
+    refs = [slow.remote(i) for i in range(400)]
+    assert cellfleet.get(refs, timeout=60) == list(range(400))
+    assert len(counted_waiters) <= 1, (
+        f"get() registered {len(counted_waiters)} waiters on its pending refs: one per wake-up")
+
+
+def test_wait_for_some_of_many_counts_down_once(cluster, counted_waiters: list[int]) -> None:
+    refs = [slow.remote(i) for i in range(200)]
+    ready, not_ready = cellfleet.wait(refs, num_returns=150, timeout=60)
+    assert len(ready) == 150 and len(not_ready) == 50
+    assert len(counted_waiters) <= 1
+    cellfleet.get(not_ready, timeout=60)
+
+
+def test_a_timed_out_get_leaves_no_waiter_behind(cluster) -> None:
+    done = [slow.remote(i) for i in range(5)]
+    cellfleet.get(done, timeout=30)
+    stuck = [forever.remote() for _ in range(3)]
+    with pytest.raises(cellfleet.exceptions.GetTimeoutError, match="3 of 8 object"):
+        cellfleet.get(done + stuck, timeout=1.0)
+    entries = _context.core.refs.entries
+    assert all(not entries[ref.binary()].waiters for ref in stuck)
+    for ref in stuck:
+        cellfleet.cancel(ref, force=True)
+    for ref in stuck:
+        with pytest.raises(cellfleet.exceptions.TaskCancelledError):
+            cellfleet.get(ref, timeout=30)
+
+
+def test_get_of_the_same_pending_ref_twice(cluster) -> None:
+    ref = slow.remote(7)
+    assert cellfleet.get([ref, ref, ref], timeout=30) == [7, 7, 7]
