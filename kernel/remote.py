@@ -21,15 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
 import cellfleet
 from cellfleet import _context
 from cellfleet import exceptions as cf_exceptions
 
 from .analysis import analyze, analyze_expression
 from .interrupts import cancel_refs
-from .remote_exec import TRACEBACK_ATTR, CellNamespace, ModuleByName, run_cell
+from .remote_exec import TRACEBACK_ATTR, CellNamespace, ModuleByName, probe, run_cell
 from .tracebacks import RemoteCellInterrupted, user_traceback
 
 __all__ = ["RemoteCellError", "RemoteCellHandle", "RemoteOptions", "RemoteRunner",
@@ -182,12 +180,8 @@ class RemoteOptions:
                 **self.resource_options()}
 
 
-def _probe(value: Any) -> str | None:
-    try:
-        cloudpickle.dumps(value, protocol=5, buffer_callback=lambda b: False)
-    except Exception as exc:  # noqa: BLE001 - reported by name
-        return f"{type(exc).__name__}: {exc}"
-    return None
+LARGE_VALUE_BYTES = 100 * 2**20  # a name this large gets one suggestion to put() it
+MAX_WARNED_NAMES = 1_000
 
 
 def _describe(value: Any) -> str:
@@ -262,6 +256,7 @@ class RemoteRunner:
         self.actor_names: dict[str, set[str]] = {}
         self._task = cellfleet.remote(run_cell)
         self._actor_class = None
+        self._warned_large: set[str] = set()  # names told once to use put()
 
     # -- what to ship -----------------------------------------------------------------------
 
@@ -297,17 +292,29 @@ class RemoteRunner:
                 else:
                     values[name] = ModuleByName(value.__name__)
             else:
-                problem = _probe(value)
+                problem, size = probe(value)
                 if problem is not None:
                     bad.append(f"'{name}' ({_describe(value)}): {problem}")
                 else:
                     values[name] = value
+                    if size > LARGE_VALUE_BYTES:
+                        self._warn_large(name, value, size)
         if bad:
             raise UnshippableError(
                 "cannot send " + "; ".join(bad) + ". Nothing ran. Create the object inside the "
                 "cell, or list what to send with --push a,b."
             )
         return values, refs
+
+    def _warn_large(self, name: str, value: Any, size: int) -> None:
+        """Say once per name that a large value travels with every cell that reads it."""
+        if name in self._warned_large or len(self._warned_large) >= MAX_WARNED_NAMES:
+            return
+        self._warned_large.add(name)
+        self.write(self.tag(), f"[cellfleet] '{name}' ({_describe(value)}, {size / 1e9:.2f} GB) "
+                   "is sent by value with every cell that reads it. Put it in the object store "
+                   f"once: {name}_ref = cellfleet.put({name}), and read "
+                   f"cellfleet.get({name}_ref) in the cell (same node: no copy).\n", "stderr")
 
     # -- running ----------------------------------------------------------------------------
 
@@ -322,13 +329,18 @@ class RemoteRunner:
         except RemoteCellInterrupted:
             raise
         except KeyboardInterrupt:
-            count = getattr(self.shell, "execution_count", 0)
+            count = self._cell_number()
             raise RemoteCellInterrupted(header + body, count,
                                         opts.name or f"cell-{count}") from None
 
+    def _cell_number(self) -> int:
+        """The running cell's In[N] (IPython counts the cell before running it, as the
+        execute reply's ``execution_count - 1`` shows)."""
+        return max(getattr(self.shell, "execution_count", 1) - 1, 0)
+
     def _run(self, opts: RemoteOptions, body: str, *, header: str, line_offset: int,
              mode: str) -> Any:
-        count = getattr(self.shell, "execution_count", 0)
+        count = self._cell_number()
         filename = f"<cell-{count}>"
         if not body.strip():
             from IPython.core.error import UsageError

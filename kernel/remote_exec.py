@@ -18,7 +18,7 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["CellNamespace", "ModuleByName", "execute", "run_cell"]
+__all__ = ["CellNamespace", "ModuleByName", "execute", "probe", "run_cell"]
 
 TRACEBACK_ATTR = "_cellfleet_traceback"
 
@@ -56,13 +56,20 @@ def _cell_traceback(exc: BaseException, filename: str) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
-def _probe(value: Any) -> str | None:
-    """Why ``value`` cannot be pickled, or None (large buffers are not copied)."""
+def probe(value: Any) -> tuple[str | None, int]:
+    """Why ``value`` cannot be pickled (or None), and its pickled size (large buffers are
+    measured, not copied)."""
+    sizes: list[int] = []
+
+    def buffer(view: Any) -> bool:
+        sizes.append(view.raw().nbytes)
+        return False  # kept out of band: only measured
+
     try:
-        cloudpickle.dumps(value, protocol=5, buffer_callback=lambda b: False)
+        pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffer)
     except Exception as exc:  # noqa: BLE001 - any pickling failure is reported by name
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", 0
+    return None, len(pickled) + sum(sizes)
 
 
 def compile_cell(source: str, filename: str, line_offset: int, mode: str):
@@ -120,13 +127,13 @@ def execute(namespace: dict, source: str, filename: str, header: str, line_offse
         if isinstance(value, types.ModuleType):
             modules[name] = value.__name__
             continue
-        problem = _probe(value)
+        problem, _ = probe(value)
         if problem is None:
             values[name] = value
         else:
             unpulled[name] = problem
     if result is not None:
-        problem = _probe(result)
+        problem, _ = probe(result)
         if problem is not None:
             unpulled["Out"] = problem
             result = None

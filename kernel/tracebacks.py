@@ -120,7 +120,7 @@ class RemoteCellInterrupted(KeyboardInterrupt):
 
     def _render_traceback_(self) -> list[str]:
         lines = self.source.rstrip("\n").splitlines()
-        shown = [f"{number:>7} {line}" for number, line in
+        shown = [f"{number:>7} {line.rstrip()}" for number, line in
                  enumerate(lines[:MAX_CELL_LINES], start=1)]
         if len(lines) > MAX_CELL_LINES:
             shown.append(f"        ... ({len(lines) - MAX_CELL_LINES} more lines)")

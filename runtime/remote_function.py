@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ TASK_OPTIONS = {
     "name", "memory", "scheduling_strategy",
 }
 _DEFAULTS = {"num_returns": 1, "max_retries": 3, "retry_exceptions": False}
+LARGE_ARGUMENT_BYTES = 100 * 2**20  # passed by value above this: suggest put()
+_SMALL_TYPES = (int, float, bool, type(None), ObjectRef)
 
 
 def check_options(options: dict[str, Any], valid: set[str], what: str) -> None:
@@ -86,6 +89,7 @@ class RemoteFunction(ExportedCode):
         self._options = {**_DEFAULTS, **options}
         self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
         self._registered: tuple[Any, bytes] | None = None  # (core, function id)
+        self._warned_large = [False]  # shared by the copies options() makes
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -99,6 +103,7 @@ class RemoteFunction(ExportedCode):
         """A copy with these options changed (``num_cpus``, ``num_returns``, ``name``...)."""
         copy = RemoteFunction(self._function, {**self._options, **options})
         copy._registered = self._registered
+        copy._warned_large = self._warned_large
         return copy
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
@@ -106,6 +111,8 @@ class RemoteFunction(ExportedCode):
 
         core = _core()
         function_id = self._function_id(core, self._function)
+        if not self._warned_large[0]:
+            self._warn_if_large(args, kwargs)
         opts = self._options
         num_returns = opts["num_returns"]
         refs = core.submit_task(
@@ -120,8 +127,37 @@ class RemoteFunction(ExportedCode):
             return refs[0]
         return refs if num_returns else None
 
+    def _warn_if_large(self, args: tuple, kwargs: dict) -> None:
+        """Warn (once per function) that a large argument is copied on every call."""
+        named = [(f"argument {i}", a) for i, a in enumerate(args)]
+        named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+        for where, value in named:
+            size = _nbytes(value)
+            if size <= LARGE_ARGUMENT_BYTES:
+                continue
+            self._warned_large[0] = True
+            kind = type(value)
+            warnings.warn(
+                f"{self._name}.remote(): {where} ({kind.__module__}.{kind.__qualname__}, "
+                f"{size / 1e9:.2f} GB) is passed by value, so every call serializes it and "
+                "copies it into the object store. Put it there once and pass the ref: "
+                f"ref = cellfleet.put(value), then {self._name}.remote(ref) (the task gets "
+                "the value). This warning is shown once per function.",
+                UserWarning, stacklevel=3)
+            return
+
     def __repr__(self) -> str:
         return f"RemoteFunction({self._name})"
+
+
+def _nbytes(value: Any) -> int:
+    """The size of a value known without serializing it (arrays, bytes, str), else 0."""
+    if isinstance(value, _SMALL_TYPES):
+        return 0
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    size = getattr(value, "nbytes", None)  # numpy, memoryview, pandas Series, torch tensors
+    return size if isinstance(size, int) else 0
 
 
 def _retry_exceptions(option: Any) -> bool | bytes:

@@ -296,6 +296,10 @@ def test_interrupt_during_remote_cell(kernel) -> None:
     )
     reply = _interrupt_when(kernel, msg_id, "sleeping")
     assert reply["content"]["ename"] == "KeyboardInterrupt"
+    shown = "\n".join(reply["content"]["traceback"])
+    assert "time.sleep(60)" in shown and "interrupted" in shown, shown
+    assert f"Cell In[{reply['content']['execution_count']}]" in shown, shown
+    assert "run_cell_magic" not in shown and "get_ipython" not in shown, shown
     _cpus_free(kernel, 2.0)
     assert kernel.execute("1 + 1").result == "2"
 
@@ -349,3 +353,51 @@ def test_resource_options(kernel) -> None:
     assert not bad.ok and bad.reply["content"]["ename"] == "UsageError"
     bad_json = kernel.execute("%%remote --resources '{oops'\n1")
     assert not bad_json.ok and "not valid JSON" in bad_json.stderr
+
+
+def test_an_unpicklable_return_value_shows_the_users_frames_and_the_reason(kernel) -> None:
+    cell = kernel.execute(
+        "@cellfleet.remote\n"
+        "def make_lock():\n"
+        "    import threading\n"
+        "    return threading.Lock()\n"
+        "cellfleet.get(make_lock.remote())"
+    )
+    assert not cell.ok
+    shown = cell.traceback_text()
+    assert "Could not serialize the return value of make_lock() (lock)" in shown, shown
+    assert "cellfleet.get(make_lock.remote())" in shown, shown  # the cell's own line
+    for plumbing in ("executor.py", "_serialization.py", "cloudpickle", "direct cause"):
+        assert plumbing not in shown, shown
+
+
+def test_an_option_typo_names_the_closest_option(kernel) -> None:
+    cell = kernel.execute("%%remote --nowiat\n1")  # IPython shows a UsageError on stderr
+    assert "UsageError" in cell.stderr and "did you mean --nowait?" in cell.stderr, cell.stderr
+    assert "'%%remote?'" in cell.stderr and cell.result is None
+    abbreviated = kernel.execute("%%remote --num-cpu 1\n1")
+    assert "did you mean --num-cpus?" in abbreviated.stderr and abbreviated.result is None
+
+
+def test_actor_prints_are_prefixed_with_the_class(kernel) -> None:
+    cell = kernel.execute(
+        "@cellfleet.remote\n"
+        "class Counter:\n"
+        "    def inc(self):\n"
+        "        print('incremented')\n"
+        "        return 1\n"
+        "counter_actor = Counter.remote()\n"
+        "cellfleet.get(counter_actor.inc.remote())"
+    )
+    assert cell.ok, cell.traceback_text()
+    assert re.search(r"\(Counter pid=\d+\) incremented", cell.stdout), cell.stdout
+
+
+def test_a_large_name_read_by_a_remote_cell_gets_one_put_suggestion(kernel) -> None:
+    assert kernel.execute("big_blob = bytes(101 * 2**20)").ok
+    first = kernel.execute("%%remote\nlen(big_blob)")
+    assert first.result == str(101 * 2**20), first.traceback_text()
+    assert "'big_blob'" in first.stderr and "cellfleet.put(big_blob)" in first.stderr
+    second = kernel.execute("%%remote\nlen(big_blob)")
+    assert second.ok and "cellfleet.put" not in second.stderr
+    assert kernel.execute("del big_blob").ok
