@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 
 from .. import _messages as m
@@ -15,6 +16,7 @@ from .._session import Session
 from .._shm import SharedArena
 from ..exceptions import RayError
 from .object_store import ObjectStore
+from .pool_state import PoolLimits
 from .server import Raylet
 from .worker_pool import WorkerPool
 
@@ -37,6 +39,38 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
         logger.warning("lost the GCS connection; reconnecting")
 
 
+WORKER_MEMORY_BUDGET = 64 * 2**20  # bytes of the node's memory the default cap allows a worker
+
+
+def _env_number(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"{name}={value!r} is not a number; unset it or give a number") from None
+
+
+def pool_limits(cpus: int) -> PoolLimits:
+    """The worker pool's limits: Ray's defaults, overridable from the environment.
+
+    ``CELLFLEET_WORKER_STARTUP_CONCURRENCY`` (default: the machine's cores),
+    ``CELLFLEET_MAX_WORKERS`` (task workers; default: as many as fit in the machine's memory
+    at 64 MiB each, at least 4 per CPU, at most 1,024) and ``CELLFLEET_IDLE_WORKER_TIMEOUT_S``
+    (default 1 s).
+    """
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    default_cap = max(4 * max(cpus, 1), min(1024, memory // WORKER_MEMORY_BUDGET))
+    return PoolLimits(
+        startup_concurrency=int(_env_number("CELLFLEET_WORKER_STARTUP_CONCURRENCY",
+                                            os.cpu_count() or 1)),
+        soft_limit=cpus,
+        max_workers=int(_env_number("CELLFLEET_MAX_WORKERS", default_cap)),
+        idle_timeout_s=_env_number("CELLFLEET_IDLE_WORKER_TIMEOUT_S", 1.0),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="cellfleet.raylet")
     add_common_arguments(parser)
@@ -49,6 +83,8 @@ def main() -> None:
     session = Session(Path(args.session_dir))
     node_id = bytes.fromhex(args.node_id)
     resources = json.loads(args.resources)
+    cpus = int(resources.get("CPU", 1))
+    limits = pool_limits(cpus)
 
     async def serve_raylet(stop: asyncio.Event) -> None:
         token = session.token()
@@ -59,10 +95,10 @@ def main() -> None:
         address = f"{host}:{port}"
         pool = WorkerPool(raylet_address=address, gcs_address=args.gcs_address,
                           node_id=node_id, session_dir=session.path, store_name=store_name)
-        prestart = args.prestart if args.prestart is not None else int(resources.get("CPU", 1))
+        prestart = args.prestart if args.prestart is not None else cpus
         raylet = Raylet(node_id=node_id, resources=resources,
                         store=ObjectStore(args.object_store_memory), store_name=store_name,
-                        pool=pool, prestart=prestart)
+                        pool=pool, prestart=prestart, limits=limits)
         server, _ = await serve(raylet.handlers(), token, sock=sock,
                                 on_close=raylet.connection_closed)
         registration = m.RegisterNode(node_id, address, resources, store_name,
@@ -71,7 +107,7 @@ def main() -> None:
         tasks = [
             loop.create_task(_keep_gcs_connection(raylet, args, token, registration, stop)),
             loop.create_task(raylet.heartbeat_loop()),
-            loop.create_task(pool.reap(raylet.worker_failed_to_start)),
+            loop.create_task(raylet.maintain_loop()),
         ]
         logger.info("node %s serving on %s", node_id.hex(), address)
         try:

@@ -1,9 +1,9 @@
 """The raylet's local scheduler: resource accounting and worker leases, as a plain state class.
 
 It is fed events (a lease is requested or returned, a worker registers, blocks, unblocks or
-dies) and answers with actions for the server to carry out: grant a lease on a worker, start
-a worker, reject a request that can never fit. Nothing here does I/O, so its tests need no
-processes.
+dies, time passes) and answers with actions for the server to carry out: grant a lease on a
+worker, start or stop a worker (decided by :mod:`.pool_state`), reject a request that can never
+fit. Nothing here does I/O, so its tests need no processes.
 
 Resources are Ray's: a task takes ``{"CPU": 1}`` unless told otherwise. A worker that blocks
 in ``get`` gives its CPUs back until it unblocks, so nested tasks cannot deadlock the node.
@@ -11,11 +11,18 @@ in ``get`` gives its CPUs back until it unblocks, so nested tasks cannot deadloc
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Grant", "Lease", "LeaseRequest", "LocalScheduler", "Reject", "StartWorker"]
+from .pool_state import PoolLimits, SpawnWorker, StopWorker, WorkerPoolState
+
+__all__ = ["Grant", "Lease", "LeaseRequest", "LocalScheduler", "Reject", "SpawnWorker",
+           "StopWorker"]
+
+ACTOR_KINDS = ("actor", "detached_actor")
 
 
 @dataclass(slots=True)
@@ -43,11 +50,6 @@ class Grant:
 
 
 @dataclass(slots=True)
-class StartWorker:
-    pass
-
-
-@dataclass(slots=True)
 class Reject:
     request: LeaseRequest
     reason: str
@@ -58,16 +60,23 @@ class LocalScheduler:
     """Resource accounting and the queue of lease requests of one node."""
 
     total: dict[str, float]
-    min_workers: int = 0
+    limits: PoolLimits = field(default_factory=PoolLimits)
+    prestart: int = 0
+    clock: Callable[[], float] = time.monotonic
     available: dict[str, float] = field(init=False)
     queue: deque[LeaseRequest] = field(default_factory=deque)
-    idle_workers: list[bytes] = field(default_factory=list)
     leases: dict[int, Lease] = field(default_factory=dict)
-    workers_starting: int = 0
+    workers: WorkerPoolState = field(init=False)
+    _actor_leases: int = 0
     _next_lease: int = 1
 
     def __post_init__(self) -> None:
         self.available = dict(self.total)
+        self.workers = WorkerPoolState(self.limits, self.clock, self.prestart)
+
+    def start(self) -> list:
+        """The node starts: the workers to prestart."""
+        return self.schedule()
 
     # -- events ---------------------------------------------------------------------------
 
@@ -85,30 +94,32 @@ class LocalScheduler:
         self.queue = deque(r for r in self.queue if r.owner is not owner)
 
     def return_lease(self, lease_id: int, worker_reusable: bool = True) -> list:
-        lease = self.leases.pop(lease_id, None)
+        lease = self._pop_lease(lease_id)
         if lease is None:
             return []
-        if not lease.blocked:
-            self._give_back(lease.resources)
         if worker_reusable:
-            self.idle_workers.append(lease.worker_id)
+            self.workers.make_idle(lease.worker_id)
         return self.schedule()
 
     def worker_registered(self, worker_id: bytes) -> list:
-        self.workers_starting = max(0, self.workers_starting - 1)
-        self.idle_workers.append(worker_id)
+        self.workers.worker_registered(worker_id)
         return self.schedule()
+
+    def worker_failed_to_start(self, worker_id: bytes) -> list:
+        """Its process could not be created, or it exited before registering."""
+        return self.workers.exited_unregistered(worker_id) + self.schedule()
 
     def worker_died(self, worker_id: bytes) -> tuple[list[Lease], list]:
         """Forget a dead worker; returns the leases it held and the follow-up actions."""
-        if worker_id in self.idle_workers:
-            self.idle_workers.remove(worker_id)
+        self.workers.worker_died(worker_id)
         lost = [lease for lease in self.leases.values() if lease.worker_id == worker_id]
         for lease in lost:
-            self.leases.pop(lease.lease_id)
-            if not lease.blocked:
-                self._give_back(lease.resources)
+            self._pop_lease(lease.lease_id)
         return lost, self.schedule()
+
+    def tick(self) -> list:
+        """Time passed: start deadlines, idle workers to stop, requests stalled at the cap."""
+        return self.workers.tick(self._actor_leases) + self.schedule()
 
     def shrink_lease(self, lease_id: int, resources: dict[str, float]) -> list:
         """Keep only ``resources`` of a lease (an actor placed with more than it runs with)."""
@@ -140,30 +151,28 @@ class LocalScheduler:
         """Grant what fits, in order; ask for workers where a grant lacks one."""
         actions: list = []
         kept: deque[LeaseRequest] = deque()
-        needs_worker = 0
+        lacking_tasks: list[LeaseRequest] = []  # task requests that only lack a worker
+        actors_lacking = 0
         reserved: dict[str, float] = {}  # resources of requests that only lack a worker
         while self.queue:
             request = self.queue.popleft()
             if not self._fits(request.resources, reserved):
                 kept.append(request)
                 continue
-            if not self.idle_workers:
+            if not self.workers.idle:
                 kept.append(request)
-                needs_worker += 1
+                if request.kind in ACTOR_KINDS:
+                    actors_lacking += 1
+                else:
+                    lacking_tasks.append(request)
                 for k, v in request.resources.items():
                     reserved[k] = reserved.get(k, 0.0) + v
                 continue
-            worker_id = self.idle_workers.pop()
-            self._take(request.resources)
-            lease = Lease(self._next_lease, worker_id, request.resources, request.owner,
-                          request.kind)
-            self._next_lease += 1
-            self.leases[lease.lease_id] = lease
-            actions.append(Grant(request, lease))
+            actions.append(self._grant(request, self.workers.take_idle()))
         self.queue = kept
-        for _ in range(needs_worker - self.workers_starting):
-            self.workers_starting += 1
-            actions.append(StartWorker())
+        actions += self.workers.demand(len(lacking_tasks), actors_lacking, self._actor_leases)
+        if self.workers.stalled(bool(lacking_tasks) and self._stuck_at_cap()):
+            actions += self._refuse(lacking_tasks)
         return actions
 
     def lease_worker_ids(self) -> set[bytes]:
@@ -171,7 +180,46 @@ class LocalScheduler:
 
     def load(self) -> dict[str, int]:
         return {"queued": len(self.queue), "leased": len(self.leases),
-                "idle_workers": len(self.idle_workers)}
+                "idle_workers": len(self.workers.idle)}
+
+    def _grant(self, request: LeaseRequest, worker_id: bytes) -> Grant:
+        self._take(request.resources)
+        lease = Lease(self._next_lease, worker_id, request.resources, request.owner,
+                      request.kind)
+        self._next_lease += 1
+        self.leases[lease.lease_id] = lease
+        if lease.kind in ACTOR_KINDS:
+            self._actor_leases += 1
+        return Grant(request, lease)
+
+    def _pop_lease(self, lease_id: int) -> Lease | None:
+        lease = self.leases.pop(lease_id, None)
+        if lease is not None:
+            if not lease.blocked:
+                self._give_back(lease.resources)
+            if lease.kind in ACTOR_KINDS:
+                self._actor_leases -= 1
+        return lease
+
+    def _stuck_at_cap(self) -> bool:
+        """No worker can come free: the cap is reached, none starts, every task one blocks."""
+        return (self.workers.at_cap(self._actor_leases) and not self.workers.starting
+                and all(lease.blocked for lease in self.leases.values()
+                        if lease.kind not in ACTOR_KINDS))
+
+    def _refuse(self, requests: list[LeaseRequest]) -> list:
+        cap = self.workers.limits.max_workers
+        reason = (
+            f"it needs another worker, but this node already runs its limit of {cap} task "
+            "workers and every one of them is blocked in get() waiting for other tasks "
+            f"(tasks nested more than {cap} levels deep, or that many tasks waiting at once). "
+            "Raise the limit by setting CELLFLEET_MAX_WORKERS in the environment of "
+            "cellfleet.init() or 'cellfleet start', or have tasks return ObjectRefs instead "
+            "of calling get() on nested tasks."
+        )
+        refused = {id(r) for r in requests}
+        self.queue = deque(r for r in self.queue if id(r) not in refused)
+        return [Reject(r, reason) for r in requests]
 
     def _fits(self, resources: dict[str, float], reserved: dict[str, float]) -> bool:
         available = self.available

@@ -18,7 +18,8 @@ from .. import _messages as m
 from .._rpc import Connection, HandlerTable
 from ..exceptions import TaskUnschedulableError
 from .object_store import ObjectStore
-from .scheduler import Grant, LeaseRequest, LocalScheduler, Reject, StartWorker
+from .pool_state import PoolLimits
+from .scheduler import Grant, LeaseRequest, LocalScheduler, Reject, SpawnWorker, StopWorker
 from .worker_pool import WorkerPool
 
 __all__ = ["Raylet"]
@@ -26,6 +27,7 @@ __all__ = ["Raylet"]
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+MAINTAIN_S = 0.25  # how often start deadlines, idle workers and exited starts are checked
 
 
 class _Client:
@@ -45,18 +47,16 @@ class Raylet:
     """State and handlers of one node's raylet; ``raylet.__main__`` runs it."""
 
     def __init__(self, *, node_id: bytes, resources: dict[str, float], store: ObjectStore,
-                 store_name: str, pool: WorkerPool, prestart: int) -> None:
+                 store_name: str, pool: WorkerPool, prestart: int, limits: PoolLimits) -> None:
         self.node_id = node_id
-        self.scheduler = LocalScheduler(dict(resources))
+        self.scheduler = LocalScheduler(dict(resources), limits, prestart)
         self.store = store
         self.store_name = store_name
         self.pool = pool
         self.gcs: Connection | None = None
         self._lease_futures: dict[int, asyncio.Future] = {}
         self._next_request = 1
-        for _ in range(prestart):
-            self.scheduler.workers_starting += 1
-            self.pool.start()
+        self._carry_out(self.scheduler.start())
 
     def handlers(self) -> HandlerTable:
         return {
@@ -115,8 +115,7 @@ class Raylet:
 
     def worker_failed_to_start(self, worker_id: bytes) -> None:
         self.pool.remove(worker_id)
-        self.scheduler.workers_starting = max(0, self.scheduler.workers_starting - 1)
-        self._carry_out(self.scheduler.schedule())
+        self._carry_out(self.scheduler.worker_failed_to_start(worker_id))
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -154,14 +153,32 @@ class Raylet:
                     continue
                 future.set_result([action.lease.lease_id, worker.worker_id, worker.address,
                                    self.node_id])
-            elif isinstance(action, StartWorker):
-                self.pool.start()
+            elif isinstance(action, SpawnWorker):
+                self._spawn(action.worker_id)
+            elif isinstance(action, StopWorker):
+                logger.info("stopping worker %s: %s", action.worker_id.hex()[:12], action.reason)
+                self.pool.kill(action.worker_id)
             elif isinstance(action, Reject):
                 future = self._lease_futures.pop(action.request.request_id)
                 if not future.done():
                     future.set_exception(
                         TaskUnschedulableError(f"cannot schedule the task: {action.reason}")
                     )
+
+    def _spawn(self, worker_id: bytes) -> None:
+        try:
+            self.pool.start(worker_id)
+        except OSError as exc:  # EMFILE, EAGAIN, ENOMEM: try again after a back-off
+            logger.warning("could not start a worker: %s", exc)
+            self.worker_failed_to_start(worker_id)
+
+    async def maintain_loop(self) -> None:
+        """Notice starts that failed or are overdue, stop idle workers, start queued ones."""
+        while True:
+            await asyncio.sleep(MAINTAIN_S)
+            for worker_id in self.pool.exited_unregistered():
+                self.worker_failed_to_start(worker_id)
+            self._carry_out(self.scheduler.tick())
 
     # -- objects --------------------------------------------------------------------------
 
@@ -177,6 +194,7 @@ class Raylet:
             "available": self.scheduler.available,
             "store": self.store.stats(),
             "load": self.scheduler.load(),
+            "pool": self.scheduler.workers.stats(),
             "workers": [
                 {"worker_id": w.worker_id, "pid": w.process.pid, "address": w.address}
                 for w in self.pool.workers.values()

@@ -10,7 +10,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._ids import random_id
 from .._process import LifelinePipe, spawn
 from .._rpc import Connection
 
@@ -43,8 +42,8 @@ class WorkerPool:
         self._lifeline = LifelinePipe()
         self.workers: dict[bytes, WorkerProcess] = {}
 
-    def start(self) -> WorkerProcess:
-        worker_id = random_id()
+    def start(self, worker_id: bytes) -> WorkerProcess:
+        """Start the process of a worker that will register as ``worker_id``."""
         proc = spawn(
             "cellfleet.worker",
             [*self._args, "--worker-id", worker_id.hex()],
@@ -72,15 +71,15 @@ class WorkerPool:
         if worker is not None and worker.process.poll() is None:
             worker.process.send_signal(signal.SIGKILL)
 
-    async def reap(self, on_exit) -> None:
-        """Notice workers that exited before registering (their connection never existed)."""
-        while True:
-            await asyncio.sleep(0.5)
-            for worker_id, worker in list(self.workers.items()):
-                if worker.process.poll() is not None and worker.conn is None:
-                    logger.warning("worker %s exited with %s before registering",
-                                   worker_id.hex()[:12], worker.process.returncode)
-                    on_exit(worker_id)
+    def exited_unregistered(self) -> list[bytes]:
+        """Workers that exited before registering (their connection never existed)."""
+        exited = []
+        for worker_id, worker in self.workers.items():
+            if worker.conn is None and worker.process.poll() is not None:
+                logger.warning("worker %s exited with %s before registering",
+                               worker_id.hex()[:12], worker.process.returncode)
+                exited.append(worker_id)
+        return exited
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Terminate every worker, then kill what is left after ``timeout``."""

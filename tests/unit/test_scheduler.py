@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from cellfleet.raylet.scheduler import Grant, LeaseRequest, LocalScheduler, Reject, StartWorker
+from cellfleet.raylet.pool_state import PoolLimits
+from cellfleet.raylet.scheduler import (
+    Grant,
+    LeaseRequest,
+    LocalScheduler,
+    Reject,
+    SpawnWorker,
+    StopWorker,
+)
 
 
 def request(i: int, cpus: float = 1.0, owner: object = "owner") -> LeaseRequest:
@@ -18,11 +26,11 @@ def test_grants_an_idle_worker_when_resources_fit() -> None:
 
 
 def test_starts_one_worker_per_request_that_only_lacks_a_worker() -> None:
-    s = LocalScheduler({"CPU": 2.0})
+    s = LocalScheduler({"CPU": 2.0}, PoolLimits(startup_concurrency=4))
     actions = s.request_lease(request(1)) + s.request_lease(request(2))
-    assert sum(isinstance(a, StartWorker) for a in actions) == 2
+    assert sum(isinstance(a, SpawnWorker) for a in actions) == 2
     # A third request does not fit the CPUs, so no third worker starts.
-    assert not any(isinstance(a, StartWorker) for a in s.request_lease(request(3)))
+    assert not any(isinstance(a, SpawnWorker) for a in s.request_lease(request(3)))
 
 
 def test_queued_request_is_granted_when_a_lease_returns() -> None:
@@ -76,3 +84,122 @@ def test_cancelled_requests_of_an_owner_leave_the_queue() -> None:
     s.request_lease(request(1, owner="a"))
     s.cancel_requests("a")
     assert not s.queue
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spawned(actions: list) -> list[bytes]:
+    return [a.worker_id for a in actions if isinstance(a, SpawnWorker)]
+
+
+def test_a_thousand_actor_requests_start_workers_a_few_at_a_time() -> None:
+    s = LocalScheduler({"CPU": 2.0}, PoolLimits(startup_concurrency=2))
+    actions: list = []
+    for i in range(1000):
+        actions += s.request_lease(LeaseRequest(i, {}, "o", "actor"))
+    started = spawned(actions)
+    assert len(started) == 2 and s.workers.queued == 998
+    # Each registration grants one actor and lets one more start.
+    actions = s.worker_registered(started[0])
+    assert [type(a) for a in actions] == [Grant, SpawnWorker]
+    assert s.workers.stats()["starting"] == 2 and s.workers.queued == 997
+
+
+def test_a_failed_spawn_frees_its_slot_and_the_start_is_retried_after_a_backoff() -> None:
+    clock = Clock()
+    s = LocalScheduler({"CPU": 1.0}, PoolLimits(startup_concurrency=1, backoff_s=0.5),
+                       clock=clock)
+    (first,) = spawned(s.request_lease(request(1)))
+    assert spawned(s.worker_failed_to_start(first)) == []  # EMFILE: wait a moment
+    assert spawned(s.tick()) == []
+    clock.now = 0.6
+    (second,) = spawned(s.tick())
+    (grant,) = s.worker_registered(second)
+    assert isinstance(grant, Grant) and s.workers.failed_starts == 1
+
+
+def test_a_start_is_failed_only_after_its_deadline_counted_from_its_own_start() -> None:
+    clock = Clock()
+    s = LocalScheduler({}, PoolLimits(startup_concurrency=1, register_timeout_s=60),
+                       clock=clock)
+    first, = spawned(s.request_lease(LeaseRequest(1, {}, "o", "actor"))
+                     + s.request_lease(LeaseRequest(2, {}, "o", "actor")))
+    clock.now = 50.0
+    s.worker_registered(first)
+    second = next(iter(s.workers.starting))  # queued for 50 s, started just now
+    clock.now = 100.0
+    assert not [a for a in s.tick() if isinstance(a, StopWorker)]
+    clock.now = 111.0
+    (stop,) = [a for a in s.tick() if isinstance(a, StopWorker)]
+    assert stop.worker_id == second and "60 s" in stop.reason
+    assert s.workers.failed_starts == 1
+
+
+def test_idle_workers_beyond_the_pool_size_stop_after_the_idle_timeout() -> None:
+    clock = Clock()
+    s = LocalScheduler({"CPU": 1.0}, PoolLimits(soft_limit=1, idle_timeout_s=1.0),
+                       clock=clock)
+    for w in (b"w1", b"w2", b"w3"):
+        s.worker_registered(w)
+    clock.now = 0.5
+    assert not [a for a in s.tick() if isinstance(a, StopWorker)]
+    clock.now = 1.5
+    stops = [a.worker_id for a in s.tick() if isinstance(a, StopWorker)]
+    assert stops == [b"w1", b"w2"] and list(s.workers.idle) == [b"w3"]
+    for w in stops:
+        s.worker_died(w)
+    clock.now = 10.0
+    assert not [a for a in s.tick() if isinstance(a, StopWorker)]
+
+
+def test_actor_workers_do_not_count_towards_the_pool_size() -> None:
+    clock = Clock()
+    s = LocalScheduler({"CPU": 1.0}, PoolLimits(soft_limit=1, idle_timeout_s=1.0),
+                       clock=clock)
+    s.worker_registered(b"actor")
+    s.request_lease(LeaseRequest(1, {}, "o", "actor"))
+    s.worker_registered(b"w1")
+    clock.now = 5.0
+    assert not [a for a in s.tick() if isinstance(a, StopWorker)]
+
+
+def test_nested_tasks_past_the_worker_cap_are_refused_with_the_limit_and_the_fix() -> None:
+    clock = Clock()
+    s = LocalScheduler({"CPU": 1.0}, PoolLimits(startup_concurrency=1, max_workers=3,
+                                                stall_timeout_s=2.0), clock=clock)
+    for i in range(3):  # three levels, each blocked in get() on the next
+        actions = s.request_lease(request(i))
+        if not any(isinstance(a, Grant) for a in actions):
+            (worker,) = spawned(actions) or spawned(s.tick())
+            (grant,) = s.worker_registered(worker)
+        else:
+            grant = next(a for a in actions if isinstance(a, Grant))
+        s.worker_blocked(grant.lease.worker_id)
+    assert spawned(s.request_lease(request(3))) == []  # the fourth level: at the cap
+    clock.now = 1.0
+    assert not [a for a in s.tick() if isinstance(a, Reject)]
+    clock.now = 2.5
+    (reject,) = [a for a in s.tick() if isinstance(a, Reject)]
+    assert reject.request.request_id == 3
+    assert "limit of 3 task workers" in reject.reason and "CELLFLEET_MAX_WORKERS" in reject.reason
+    assert not s.queue
+
+
+def test_at_the_cap_a_request_waits_while_some_worker_still_runs() -> None:
+    clock = Clock()
+    s = LocalScheduler({"CPU": 2.0}, PoolLimits(max_workers=1, stall_timeout_s=1.0),
+                       clock=clock)
+    s.worker_registered(b"w1")
+    s.request_lease(request(1))
+    assert spawned(s.request_lease(request(2))) == []
+    clock.now = 10.0
+    assert not [a for a in s.tick() if isinstance(a, Reject)]
+    assert len(s.queue) == 1
