@@ -1,7 +1,7 @@
 """The ``cellfleet`` command: start, inspect and stop a cluster on this machine.
 
     cellfleet start --head [--port 6379] [--num-cpus N] ...   start a GCS and a raylet, detached
-    cellfleet status [--address HOST:PORT]                     nodes and jobs of a cluster
+    cellfleet status [--address HOST:PORT]                     nodes and jobs of every cluster
     cellfleet stop [--all]                                     stop the current (or every) cluster
     cellfleet microbenchmark [...]                             run the runtime's microbenchmarks
     cellfleet kernel install|list|uninstall [...]              manage cellfleet kernelspecs
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -139,18 +140,61 @@ def _gib(value: float) -> str:
     return f"{value / 2**30:.2f} GiB"
 
 
+def _running_clusters() -> list[tuple[str, str, str | None]]:
+    """``(address, what started it, token file)`` of every cluster this user runs here."""
+    try:
+        from .extension.discovery import list_clusters
+    except ImportError:  # jupyter-server missing: only the CLI's cluster is known
+        session = Session.current()
+        address = session.info().get("gcs_address") if session is not None else None
+        return [(address, "cellfleet start", None)] if address else []
+    found = []
+    for cluster in list_clusters():
+        session = Session(Path(cluster.session_dir)) if cluster.session_dir else None
+        if cluster.kernel_id:
+            kind = f"Jupyter kernel {cluster.kernel_id}"
+        elif session is not None and session.info().get("detached"):
+            kind = "cellfleet start"
+        elif cluster.source == "kernel":
+            kind = f"kernel (pid {cluster.pid})"
+        else:
+            kind = "cellfleet.init() in a script or notebook"
+        found.append((cluster.address, kind, cluster.token_file))
+    return found
+
+
+def _status_all(args: argparse.Namespace) -> int:
+    """``cellfleet status`` without ``--address``: every cluster of this user, one by one."""
+    clusters = _running_clusters()
+    if not clusters:
+        raise CliError("no running cellfleet cluster found on this machine "
+                       "(start one with 'cellfleet start --head')", code=1)
+    print(f"{len(clusters)} cellfleet cluster(s) running for this user "
+          "('cellfleet status --address HOST:PORT' shows one):")
+    for address, kind, _ in clusters:
+        print(f"  {address:<22} {kind}")
+    code = 0
+    for address, kind, token_file in clusters:
+        print(f"\n== {address} ({kind}) ==")
+        try:
+            _status(argparse.Namespace(**{**vars(args), "address": address,
+                                          "token_file": token_file}))
+        except CliError as exc:
+            print(f"cellfleet status: {exc}")
+            code = exc.code
+    return code
+
+
 def _status(args: argparse.Namespace) -> int:
     """``cellfleet status``: the nodes (resources, object store) and jobs of a cluster."""
     address = args.address
     if address is None:
-        session = Session.current()
-        address = session.info().get("gcs_address") if session is not None else None
-        if not address:
-            raise CliError("no running cellfleet cluster found on this machine "
-                           "(start one with 'cellfleet start --head')", code=1)
+        return _status_all(args)
     try:
-        nodes, jobs = asyncio.run(_query(address, find_token(address), m.GetNodes(),
-                                         m.ListJobs()))
+        token_file = getattr(args, "token_file", None)  # a listed cluster's own token
+        token = Path(token_file).read_text().strip().encode() if token_file else \
+            find_token(address)
+        nodes, jobs = asyncio.run(_query(address, token, m.GetNodes(), m.ListJobs()))
     except UNREACHABLE as exc:
         raise CliError(f"no cellfleet cluster answers at {address}: {exc}", code=1) from None
     print(f"Cluster at {address}: {sum(n['alive'] for n in nodes)} of {len(nodes)} node(s) alive")
@@ -274,7 +318,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--gcs-storage", default=None, metavar="redis://HOST:PORT",
                        help="keep the GCS tables in Redis (default: in memory)")
     status = sub.add_parser("status", help="show the nodes and jobs of a cluster")
-    status.add_argument("--address", default=None, help="HOST:PORT (default: this machine's)")
+    status.add_argument("--address", default=None,
+                        help="HOST:PORT of one cluster (default: every cluster of this user)")
     stop = sub.add_parser("stop", help="stop the cluster started by 'cellfleet start'")
     stop.add_argument("--all", action="store_true", help="stop every cluster of this user")
     sub.add_parser("microbenchmark", help="run the runtime's microbenchmarks", add_help=False)

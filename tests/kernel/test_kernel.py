@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
-from helpers import wait_until
+from helpers import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -401,3 +404,32 @@ def test_a_large_name_read_by_a_remote_cell_gets_one_put_suggestion(kernel) -> N
     second = kernel.execute("%%remote\nlen(big_blob)")
     assert second.ok and "cellfleet.put" not in second.stderr
     assert kernel.execute("del big_blob").ok
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cellfleet.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cellfleet_status_lists_the_kernels_cluster_and_the_clis(kernel) -> None:
+    cell = kernel.execute("cellfleet.init(ignore_reinit_error=True)['gcs_address']")
+    kernel_address = cell.result.strip("'")
+    name = os.path.basename(kernel.km.connection_file)
+    kernel_id = name[len("kernel-"):-len(".json")]
+    port = free_port()
+    cli_address = f"127.0.0.1:{port}"
+    try:
+        started = _cli("start", "--head", "--port", str(port), "--num-cpus", "1")
+        assert started.returncode == 0, started.stderr
+        status = _cli("status")
+        assert status.returncode == 0, status.stderr
+        listing = status.stdout.split("\n\n")[0]
+        assert f"{kernel_address}" in listing and f"Jupyter kernel {kernel_id}" in listing, \
+            status.stdout
+        assert re.search(rf"{re.escape(cli_address)}\s+cellfleet start", listing), status.stdout
+        assert status.stdout.count("node ") >= 2  # the nodes of both
+        one = _cli("status", "--address", kernel_address)
+        assert one.returncode == 0, one.stderr
+        assert kernel_address in one.stdout and cli_address not in one.stdout
+    finally:
+        _cli("stop")
