@@ -43,7 +43,7 @@ def arenas_of(session_dir: str) -> list[Path]:
 
 
 DRIVER = textwrap.dedent("""
-    import sys, threading
+    import os, sys, threading
     import cellfleet
 
     @cellfleet.remote
@@ -52,14 +52,21 @@ DRIVER = textwrap.dedent("""
 
     info = cellfleet.init(num_cpus=2, object_store_memory=64 * 2**20)
     assert cellfleet.get(add_one.remote(1), timeout=30) == 2
-    print("READY", info["session_dir"], flush=True)
-    if sys.argv[1] == "block":
+    helper = os.fork() if sys.argv[1] == "fork" else -1
+    if helper == 0:  # a helper process that outlives the driver
+        threading.Event().wait()
+    print("READY", info["session_dir"], helper, flush=True)
+    if sys.argv[1] in ("block", "fork"):
         threading.Event().wait()
 """)
 
 
 def start_driver(mode: str) -> tuple[subprocess.Popen, str]:
-    """Run the driver script; returns it and its session directory once it printed READY."""
+    """Run the driver script; returns it and its session directory once it printed READY.
+
+    Modes: ``end`` returns at once, ``block`` waits forever, ``fork`` forks a helper that
+    waits forever (its pid is the third word of the READY line) and waits forever too.
+    """
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, mode], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     ready, _, _ = select.select([proc.stdout], [], [], 60)
@@ -96,6 +103,28 @@ def test_sigkilled_driver_takes_its_processes_along() -> None:
         wait_until(lambda: not arenas_of(session_dir), timeout=5,
                    message="the object-store arena to be removed")
     finally:
+        driver.kill()
+        driver.wait()
+        for proc in processes_of(session_dir):
+            proc.kill()
+
+
+def test_forked_helper_of_a_killed_driver_does_not_keep_the_cluster_alive() -> None:
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, "fork"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([driver.stdout], [], [], 60)
+    line = driver.stdout.readline() if ready else ""
+    assert line.startswith("READY"), f"the driver did not start: {line!r}"
+    _, session_dir, helper_pid = line.split()
+    helper = psutil.Process(int(helper_pid))
+    try:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        wait_until(lambda: not processes_of(session_dir), timeout=15,
+                   message="the cluster of a killed driver to exit while its helper lives")
+        assert helper.is_running() and helper.status() != psutil.STATUS_ZOMBIE
+    finally:
+        helper.kill()
         driver.kill()
         driver.wait()
         for proc in processes_of(session_dir):
