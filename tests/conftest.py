@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -15,6 +16,15 @@ import cellfleet
 os.environ["CELLFLEET_TMPDIR"] = tempfile.mkdtemp(prefix="cellfleet-tests-")
 # ... and the clusters they announce to Jupyter (kernel connection files too) in another.
 os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="cellfleet-tests-jupyter-")
+_RUN_DIRS = (os.environ["CELLFLEET_TMPDIR"], os.environ["JUPYTER_RUNTIME_DIR"])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this run's folders once every test and fixture is done."""
+    if cellfleet.is_initialized():
+        cellfleet.shutdown()
+    for path in _RUN_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 

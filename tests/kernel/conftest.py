@@ -31,13 +31,14 @@ START_TIMEOUT = 60
 
 
 def _ensure_kernelspec() -> str:
-    """The installed ``cellfleet`` spec; installed into a temporary prefix if missing."""
+    """The installed ``cellfleet`` spec; installed into a temporary prefix if missing (inside
+    the run's CELLFLEET_TMPDIR, which the top conftest removes at the end)."""
     specs = KernelSpecManager().find_kernel_specs()
     if KERNEL_NAME in specs:
         return specs[KERNEL_NAME]
     from cellfleet.kernel.install import main
 
-    prefix = tempfile.mkdtemp(prefix="cellfleet-kernelspec-")
+    prefix = tempfile.mkdtemp(prefix="kernelspec-", dir=os.environ["CELLFLEET_TMPDIR"])
     assert main(["install", "--prefix", prefix]) == 0
     path = os.path.join(prefix, "share", "jupyter")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
