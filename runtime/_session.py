@@ -4,23 +4,38 @@ Layout under ``$CELLFLEET_TMPDIR`` (default ``/tmp/cellfleet-<uid>``, a name no 
 
     session_<time>_<pid>/
         token            the cluster's secret (mode 0600)
+        lock             flock()ed by the session's processes for as long as any of them lives
         cluster.json     {"gcs_address": ..., "raylet_address": ..., "pid": ..., "started": ...}
         logs/            stdout/stderr of every runtime process
     current_cluster      path of the session started by ``cellfleet start`` (for address="auto")
+
+A session is dead once nothing holds its lock: the kernel drops the lock with the last process
+holding it, however it ended (``kill -9``, the OOM killer). :func:`reclaim_dead_sessions`,
+run before a new head starts, removes the ``/dev/shm`` arenas of dead sessions (a raylet killed
+with SIGKILL cannot) and all but the newest few of their directories (kept for their logs).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import secrets
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Session", "find_token", "root_dir"]
+from ._shm import SHM_DIR
+
+__all__ = ["Session", "find_token", "reclaim_dead_sessions", "root_dir"]
+
+logger = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
+LOCK_FILE = "lock"
+KEEP_DEAD_SESSIONS = 5  # directories of dead sessions kept for their logs
 
 
 def root_dir() -> Path:
@@ -52,25 +67,56 @@ def _alive(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class Session:
-    """One cluster's directory on this machine."""
+    """One cluster's directory on this machine (``lock_fd``: the creator's hold on its lock)."""
 
     path: Path
+    lock_fd: int | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def create(cls) -> Session:
+        """A new session directory, locked; it appears under its name only once locked."""
         root = _private_root()
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-        path = root / f"session_{stamp}_{os.getpid()}_{secrets.token_hex(3)}"
-        path.mkdir(mode=0o700)
-        (path / "logs").mkdir(mode=0o700)
-        fd = os.open(path / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        name = f"session_{stamp}_{os.getpid()}_{secrets.token_hex(3)}"
+        staging = root / f".{name}"
+        staging.mkdir(mode=0o700)
+        (staging / "logs").mkdir(mode=0o700)
+        fd = os.open(staging / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(TOKEN_BYTES))
-        return cls(path)
+        lock_fd = os.open(staging / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        staging.rename(root / name)
+        return cls(root / name, lock_fd)
+
+    def release(self) -> None:
+        """Drop this process's hold on the lock (the session's children may still hold it)."""
+        fd = self.lock_fd
+        if fd is not None:
+            object.__setattr__(self, "lock_fd", None)
+            os.close(fd)
+
+    def remove_arenas(self) -> int:
+        """Unlink the session's shared-memory arenas (only once its raylets are gone)."""
+        removed = 0
+        uid = os.getuid()
+        for arena in Path(SHM_DIR).glob(f"{self.arena_prefix}*"):
+            try:
+                if arena.stat().st_uid == uid:
+                    arena.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def arena_prefix(self) -> str:
+        """Names of the session's arenas in ``/dev/shm`` start with this."""
+        return f"cellfleet-{self.name}-"
 
     @property
     def token_file(self) -> Path:
@@ -121,6 +167,63 @@ class Session:
                 marker.unlink()
         except OSError:
             pass
+
+
+_LIVE = -1
+
+
+def _lock_if_dead(session: Session) -> int | None:
+    """For a session none of whose processes lives: an fd holding its lock (None for a
+    session made before sessions had locks, whose recorded pids are all gone); else ``_LIVE``."""
+    try:
+        fd = os.open(session.path / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        pids = session.info().get("pids")
+        return None if pids and not any(_alive(pid) for pid in pids) else _LIVE
+    except OSError:
+        return _LIVE
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return _LIVE
+    return fd
+
+
+def _created(path: Path) -> int:
+    try:
+        return (path / "token").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def reclaim_dead_sessions(keep: int = KEEP_DEAD_SESSIONS) -> tuple[int, int]:
+    """Remove the arenas of this user's dead sessions and all but the ``keep`` newest of their
+    directories; returns how many arenas and directories went."""
+    root = _private_root()
+    arenas = dirs = 0
+    dead: list[tuple[Session, int | None]] = []
+    for path in root.glob("session_*"):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        session = Session(path)
+        fd = _lock_if_dead(session)
+        if fd != _LIVE:
+            dead.append((session, fd))
+    dead.sort(key=lambda item: _created(item[0].path), reverse=True)
+    for i, (session, fd) in enumerate(dead):
+        try:
+            arenas += session.remove_arenas()
+            if i >= keep:
+                shutil.rmtree(session.path, ignore_errors=True)
+                dirs += 1
+        finally:
+            if fd is not None:
+                os.close(fd)
+    if arenas or dirs:
+        logger.info("reclaimed %d arena(s) and %d directory(ies) of dead sessions in %s",
+                    arenas, dirs, root)
+    return arenas, dirs
 
 
 def find_token(gcs_address: str) -> bytes:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ._ids import random_id
 from ._process import LifelinePipe, spawn
-from ._session import Session
+from ._session import Session, reclaim_dead_sessions
 from .gcs.storage import redact_url
 
 __all__ = ["HeadNode", "default_object_store_memory", "node_resources", "start_head"]
@@ -86,7 +86,8 @@ class HeadNode:
         return ""
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the raylet (which stops its workers) and the GCS; kill what lingers."""
+        """Stop the raylet (which stops its workers) and the GCS; kill what lingers, and
+        remove the arena a killed raylet could not."""
         for proc in reversed(self.processes):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -99,6 +100,8 @@ class HeadNode:
                 proc.wait()
         if self.lifeline is not None:
             self.lifeline.close()
+        self.session.remove_arenas()
+        self.session.release()
         Session.clear_current(self.session.path)
 
 
@@ -106,7 +109,11 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
                resources: dict[str, float] | None = None,
                object_store_memory: int | None = None, gcs_storage: str | None = None,
                host: str = "127.0.0.1", port: int = 0, detached: bool = False) -> HeadNode:
-    """Start a GCS and a raylet. Unless ``detached``, they die with this process."""
+    """Start a GCS and a raylet. Unless ``detached``, they die with this process.
+
+    Arenas and old directories of this user's dead sessions are reclaimed first.
+    """
+    reclaim_dead_sessions()
     session = Session.create()
     store_memory = object_store_memory or default_object_store_memory()
     node_id = random_id()
@@ -122,7 +129,8 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
         # The storage URL may hold a password: pass it in the environment, not in argv.
         gcs_env = {**os.environ, "CELLFLEET_GCS_STORAGE": gcs_storage or "memory"}
         gcs = spawn("cellfleet.gcs", gcs_args, lifeline=lifeline, env=gcs_env,
-                    log_path=session.logs / "gcs.log", pass_fds=(gcs_sock.fileno(),))
+                    log_path=session.logs / "gcs.log",
+                    pass_fds=(gcs_sock.fileno(), session.lock_fd))
         raylet = spawn(
             "cellfleet.raylet",
             [*common, "--listen-fd", str(raylet_sock.fileno()), "--gcs-address", gcs_address,
@@ -131,7 +139,7 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
                                                       store_memory, host)),
              "--object-store-memory", str(store_memory)],
             lifeline=lifeline, log_path=session.logs / "raylet.log",
-            pass_fds=(raylet_sock.fileno(),),
+            pass_fds=(raylet_sock.fileno(), session.lock_fd),
         )
     finally:
         gcs_sock.close()

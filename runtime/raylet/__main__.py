@@ -88,7 +88,7 @@ def main() -> None:
 
     async def serve_raylet(stop: asyncio.Event) -> None:
         token = session.token()
-        store_name = f"cellfleet-{session.name}-{node_id.hex()[:8]}"
+        store_name = f"{session.arena_prefix}{node_id.hex()[:8]}"
         arena = SharedArena.create(store_name, args.object_store_memory)
         sock = listening_socket(args)
         host, port = sock.getsockname()[:2]

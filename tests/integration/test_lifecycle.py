@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from helpers import runtime_processes, wait_until
 
 import cellfleet
-from cellfleet._session import root_dir
+from cellfleet._session import Session, root_dir
 
 pytestmark = pytest.mark.integration
 
@@ -129,6 +130,41 @@ def test_forked_helper_of_a_killed_driver_does_not_keep_the_cluster_alive() -> N
         driver.wait()
         for proc in processes_of(session_dir):
             proc.kill()
+
+
+def test_a_new_init_reclaims_the_arena_of_a_cluster_killed_with_sigkill() -> None:
+    driver, session_dir = start_driver("block")
+    try:
+        gcs_pid, raylet_pid = Session(Path(session_dir)).info()["pids"]
+        for pid in (raylet_pid, driver.pid, gcs_pid):  # as the OOM killer or kill -9 would
+            psutil.Process(pid).kill()
+        driver.wait(10)
+        wait_until(lambda: not processes_of(session_dir), timeout=15,
+                   message="the processes of the killed cluster to exit")
+        assert arenas_of(session_dir), "the killed raylet had no chance to remove its arena"
+        info = cellfleet.init(num_cpus=1, object_store_memory=64 * 2**20)
+        assert not arenas_of(session_dir)
+        assert arenas_of(info["session_dir"])  # the new cluster's own arena is untouched
+        assert cellfleet.get(add_one.remote(1), timeout=30) == 2
+    finally:
+        cellfleet.shutdown()
+        driver.kill()
+        driver.wait()
+        for proc in processes_of(session_dir):
+            proc.kill()
+
+
+def test_shutdown_removes_the_arena_of_a_raylet_it_had_to_kill(fresh_cluster) -> None:
+    info = fresh_cluster(num_cpus=1, object_store_memory=64 * 2**20)
+    _, raylet_pid = Session(Path(info["session_dir"])).info()["pids"]
+    raylet = psutil.Process(raylet_pid)
+    raylet.suspend()  # deaf to SIGTERM: shutdown() escalates to SIGKILL
+    try:
+        cellfleet.shutdown()
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            raylet.kill()
+    assert not arenas_of(info["session_dir"])
 
 
 def test_driver_that_just_ends_leaves_nothing() -> None:
