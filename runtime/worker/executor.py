@@ -3,6 +3,10 @@
 The I/O thread receives ``PushTasks`` and ``DefineFunctions`` and only queues them; the main
 thread unpickles functions and arguments, runs the task, stores its returns (inline or in the
 node's arena) and queues the result. Results finished in a burst leave in one message.
+
+Every call gets a result: whatever the user's code raises, ``sys.exit()`` and exceptions whose
+``__str__`` raises included, fails that call and leaves the worker, its actor and an async
+actor's event loop running.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pickle
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -101,12 +106,18 @@ class TaskExecutor:
 
     def _deliver_cancelled(self, task_id: bytes, conn: Connection, num_returns: int) -> None:
         """Answer a task that never started: it was cancelled in the queue."""
-        error = ["i", serialize(exceptions.TaskCancelledError(task_id.hex()), KIND_ERROR).inline()]
-        now = time.time()
-        result = TaskResult(task_id, False, [error] * num_returns, [], self.core.worker_id,
-                            self.core.node_id, self._pid, now, now, False, "cancelled")
+        error = exceptions.TaskCancelledError(task_id.hex())
+        result = self._error_result(task_id, num_returns, error, "cancelled")
         self._results.append((conn, result.to_wire()))
         self._send_results()
+
+    def _error_result(self, task_id: bytes, num_returns: int, error: BaseException,
+                      text: str) -> TaskResult:
+        """A result failing every return of a task with ``error``; no time ran."""
+        payload = ["i", serialize(error, KIND_ERROR).inline()]
+        now = time.time()
+        return TaskResult(task_id, False, [payload] * num_returns, [], self.core.worker_id,
+                          self.core.node_id, self._pid, now, now, False, text)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._interrupt is not None and self._interrupt == self._running_main:
@@ -142,15 +153,21 @@ class TaskExecutor:
                 self._running_main = None
 
     def _run_one(self, conn: Connection, spec: TaskSpec) -> None:
-        self._deliver(conn, self.execute(spec))
+        try:
+            result = self.execute(spec)
+        except BaseException as exc:  # noqa: BLE001 - the call fails, the worker lives on
+            result = self._unreported(spec, exc)
+        self._deliver(conn, result)
 
     async def _run_async(self, conn: Connection, spec: TaskSpec) -> None:
         try:
             async with self._actor_slots:
                 result = await self.execute_async(spec)
-            self._deliver(conn, result)
+        except BaseException as exc:  # noqa: BLE001 - the call fails, the loop lives on
+            result = self._unreported(spec, exc)
         finally:
             self._async_calls.pop(spec.task_id, None)
+        self._deliver(conn, result)
 
     def _deliver(self, conn: Connection, result: TaskResult) -> None:
         self._results.append((conn, result.to_wire()))
@@ -170,7 +187,7 @@ class TaskExecutor:
         try:
             fn, args, kwargs = self._prepare(spec)
             outcome = self._success(spec, fn(*args, **kwargs))
-        except (Exception, KeyboardInterrupt) as exc:
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() too fails only this call
             outcome = self._failure(spec, exc)
         finally:
             self._end()
@@ -185,7 +202,7 @@ class TaskExecutor:
             if inspect.isawaitable(value):
                 value = await value
             outcome = self._success(spec, value)
-        except (Exception, asyncio.CancelledError) as exc:
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() too fails only this call
             outcome = self._failure(spec, exc)
         finally:
             self._end()
@@ -236,7 +253,14 @@ class TaskExecutor:
             self._actor_slots = asyncio.Semaphore(max_concurrency)
             self._actor_loop = loop
             ready.set()
-            loop.run_forever()
+            while True:
+                try:
+                    loop.run_forever()
+                except (SystemExit, KeyboardInterrupt) as exc:
+                    # asyncio lets these leave run_forever: a task the actor started itself
+                    # exited. Only that task ends; the calls on the loop go on.
+                    print(f"a task of the actor raised {_describe(exc)}; the actor keeps "
+                          "running", file=sys.stderr)
 
         threading.Thread(target=run, name="actor-loop", daemon=True).start()
         ready.wait()
@@ -257,12 +281,26 @@ class TaskExecutor:
             error: BaseException = exceptions.TaskCancelledError(spec.task_id.hex())
             retryable = False
         else:
-            retryable = _retry_allowed(spec.retry_exceptions, exc)
+            retryable = isinstance(exc, Exception) and _retry_allowed(spec.retry_exceptions, exc)
+            text = _format_traceback(exc)
+            if isinstance(exc, SystemExit):
+                text += _SYSTEM_EXIT_NOTE
             error = exceptions.RayTaskError(
-                spec.name, _format_traceback(exc), _picklable_cause(exc), self._pid, self._ip)
+                spec.name, text, _picklable_cause(exc), self._pid, self._ip)
         payload = ["i", serialize(error, KIND_ERROR).inline()]
-        return (False, retryable, f"{type(exc).__name__}: {exc}",
-                [payload] * spec.num_returns, [])
+        return False, retryable, _describe(exc), [payload] * spec.num_returns, []
+
+    def _unreported(self, spec: TaskSpec, exc: BaseException) -> TaskResult:
+        """The result of a call whose own outcome was lost: it was cancelled outside its code
+        (as it ended, or waiting for a slot of an async actor), or its error could not be
+        reported."""
+        if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+            error: BaseException = exceptions.TaskCancelledError(spec.task_id.hex())
+            text = "cancelled"
+        else:
+            text = f"{spec.name}() failed and its error could not be reported: {_describe(exc)}"
+            error = exceptions.RaySystemError(text)
+        return self._error_result(spec.task_id, spec.num_returns, error, text)
 
     def _result(self, spec: TaskSpec, start: float, outcome: tuple) -> TaskResult:
         ok, retryable, error_text, payloads, contained = outcome
@@ -305,7 +343,7 @@ class TaskExecutor:
                 self._release_stored(spec, payloads)
                 raise TypeError(
                     f"Could not serialize the return value of {spec.name}() "
-                    f"({type(value).__name__}): {exc}"
+                    f"({type(value).__name__}): {_text(exc)}"
                 ) from exc
             payloads.append(self.core.store_payload(object_id_for(spec.task_id, index), obj,
                                                     spec.owner))
@@ -352,10 +390,28 @@ def _format_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def _picklable_cause(exc: Exception) -> Exception:
+_SYSTEM_EXIT_NOTE = (
+    "\nsys.exit() in a remote function or actor method fails only that call: the worker and "
+    "its actor keep running. To end an actor, use kill(actor)."
+)
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when the exception's ``__str__`` raises."""
+    try:
+        return str(exc)
+    except BaseException:  # noqa: BLE001 - user code: anything may come out of __str__
+        return f"<{type(exc).__name__}.__str__ raised>"
+
+
+def _describe(exc: BaseException) -> str:
+    text = _text(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _picklable_cause(exc: BaseException) -> BaseException:
     try:
         pickle.loads(serialize(exc, out_of_band=False).pickled)
         return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc} (the original exception could not "
-                            "be pickled)")
+    except BaseException:  # noqa: BLE001 - __reduce__ and __init__ are user code
+        return RuntimeError(f"{_describe(exc)} (the original exception could not be pickled)")
