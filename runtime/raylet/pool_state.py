@@ -79,7 +79,8 @@ class WorkerPoolState:
         self.starting: dict[bytes, float] = {}  # worker id -> when its process was started
         self.registered: set[bytes] = set()
         self.idle: dict[bytes, float] = {}  # worker id -> idle since (oldest first)
-        self.stopping: set[bytes] = set()
+        self.stopping: set[bytes] = set()  # registered workers being stopped
+        self._overdue: set[bytes] = set()  # starts failed at their deadline, not yet exited
         self.queued = 0  # starts wanted but not begun
         self.started = 0
         self.failed_starts = 0
@@ -105,15 +106,19 @@ class WorkerPoolState:
 
     def exited_unregistered(self, worker_id: bytes) -> list:
         """A started process exited before it registered."""
+        self._overdue.discard(worker_id)
         return self._start_failed(worker_id)
 
     def worker_registered(self, worker_id: bytes) -> None:
+        if worker_id in self._overdue:
+            return  # too late: it is being killed
         self.starting.pop(worker_id, None)
         self.registered.add(worker_id)
         self._backoff = 0.0
         self.make_idle(worker_id)
 
     def worker_died(self, worker_id: bytes) -> None:
+        self._overdue.discard(worker_id)
         self.registered.discard(worker_id)
         self.idle.pop(worker_id, None)
         self.stopping.discard(worker_id)
@@ -136,6 +141,7 @@ class WorkerPoolState:
             if now - since > deadline:
                 actions.append(StopWorker(worker_id, f"it did not register within {deadline:g} s "
                                                      "of its start"))
+                self._overdue.add(worker_id)
                 actions += self._start_failed(worker_id)
         excess = self.task_workers(actor_workers) - self.limits.soft_limit
         for worker_id, since in list(self.idle.items()):

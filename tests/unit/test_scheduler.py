@@ -141,6 +141,10 @@ def test_a_start_is_failed_only_after_its_deadline_counted_from_its_own_start() 
     (stop,) = [a for a in s.tick() if isinstance(a, StopWorker)]
     assert stop.worker_id == second and "60 s" in stop.reason
     assert s.workers.failed_starts == 1
+    # Registering while being killed changes nothing; its exit is not counted twice.
+    assert not [a for a in s.worker_registered(second) if isinstance(a, Grant)]
+    s.worker_died(second)
+    assert second not in s.workers.registered and s.workers.failed_starts == 1
 
 
 def test_idle_workers_beyond_the_pool_size_stop_after_the_idle_timeout() -> None:
