@@ -191,10 +191,12 @@ class KvKeys(Message):
 
 @_message(21)
 class AddEvents(Message):
-    """Batched task and object events from one core worker (see ``gcs.task_events``)."""
+    """Batched task and object events from one core worker (see ``gcs.task_events``), and how
+    many its bounded buffer dropped since the last batch (``{"task_events": n, ...}``)."""
 
     tasks: list
     objects: list
+    dropped: dict | None = None
 
 
 @_message(22)
@@ -277,6 +279,11 @@ class ProcessExited(Message):
     """A raylet saw a driver or worker go; the GCS tells every core worker (``exits``)."""
 
     address: str
+
+
+@_message(46)
+class GetTableStats(Message):
+    """The sizes of the GCS's bounded tables and what each dropped (``cellfleet status``)."""
 
 
 # --- raylet --------------------------------------------------------------------------------

@@ -194,12 +194,15 @@ def _status(args: argparse.Namespace) -> int:
         token_file = getattr(args, "token_file", None)  # a listed cluster's own token
         token = Path(token_file).read_text().strip().encode() if token_file else \
             find_token(address)
-        nodes, jobs = asyncio.run(_query(address, token, m.GetNodes(), m.ListJobs()))
+        nodes, jobs, tables = asyncio.run(_query(address, token, m.GetNodes(), m.ListJobs(),
+                                                 m.GetTableStats()))
     except UNREACHABLE as exc:
         raise CliError(f"no cellfleet cluster answers at {address}: {exc}", code=1) from None
     print(f"Cluster at {address}: {sum(n['alive'] for n in nodes)} of {len(nodes)} node(s) alive")
     for node in nodes:
         state = "alive" if node["alive"] else f"DEAD ({node.get('death_reason', '')})"
+        if node.get("state") == "SUSPECT":
+            state = "SUSPECT (its heartbeats are late)"
         print(f"\nnode {node['node_id'].hex()}  {node['raylet_address']}  {state}")
         for name, total in sorted(node["resources"].items()):
             if name.startswith("node:"):
@@ -216,7 +219,24 @@ def _status(args: argparse.Namespace) -> int:
         state = "RUNNING" if job["alive"] else "FINISHED"
         print(f"  job {job['job_id']:<4} {state:<9} pid {job['driver_pid']:<8} "
               f"{job.get('entrypoint', '')}")
+    _print_table_stats(tables)
     return 0
+
+
+def _print_table_stats(tables: dict) -> None:
+    """What the bounded tables hold and what they dropped (forgotten, never silently)."""
+    events, actors = tables["task_events"], tables["actors"]
+    dead_nodes = tables["nodes"]["dead_forgotten"]
+    by_workers = tables["dropped_by_workers"]
+    print("\nbounded tables (dropped = oldest entries let go at the bound)")
+    print(f"  task records           {events['tasks']}, dropped {events['dropped_tasks']}")
+    print(f"  object records         {events['objects']}, dropped {events['dropped_objects']}")
+    print(f"  actors                 {actors['total']} ({actors['dead']} dead), "
+          f"dead forgotten {actors['dead_forgotten']}")
+    print(f"  dead nodes forgotten   {dead_nodes}")
+    print("  dropped by workers     " + ", ".join(
+        f"{by_workers.get(kind, 0)} {kind.replace('_', ' ')}"
+        for kind in ("task_events", "object_events", "log_lines")))
 
 
 # -- stop -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import _messages as m
+from .._graveyard import Graveyard, limit_from_env
 from ..exceptions import ActorDeathReason, ActorDiedError, RayError
 from .task_spec import TaskResult, TaskSpec
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["ActorSubmitter"]
 
 logger = logging.getLogger(__name__)
+
+MAX_DEAD_ACTORS = 1000  # dead actors remembered; older ones are looked up in the GCS again
 
 
 @dataclass(slots=True, eq=False)
@@ -51,6 +54,7 @@ class ActorSubmitter:
     def __init__(self, core: CoreWorker) -> None:
         self._core = core
         self.actors: dict[bytes, ActorState] = {}
+        self.dead = Graveyard(limit_from_env("CELLFLEET_MAX_DEAD_ACTORS", MAX_DEAD_ACTORS))
 
     def _state(self, actor_id: bytes) -> ActorState:
         state = self.actors.get(actor_id)
@@ -223,6 +227,7 @@ class ActorSubmitter:
 
     def _lost(self, state: ActorState) -> None:
         """The connection to the actor's worker closed."""
+        self._core.forget_peer(state.address)
         if state.state == "DEAD":
             self._die(state, state.death)
             return
@@ -236,6 +241,9 @@ class ActorSubmitter:
     def _die(self, state: ActorState, error: ActorDiedError) -> None:
         state.state = "DEAD"
         state.death = error
+        if self.actors.get(state.actor_id) is state:
+            for old in self.dead.bury(state.actor_id):  # a later call asks the GCS again
+                del self.actors[old]
         failed = list(state.in_flight.values()) + [item[0] for item in state.queue
                                                     if item[1]]
         state.in_flight.clear()

@@ -320,6 +320,12 @@ class CoreWorker:
             self._peers[address] = fut
         return fut
 
+    def forget_peer(self, address: str) -> None:
+        """Drop the cached connection to ``address`` if it is closed (its process is gone)."""
+        fut = self._peers.get(address)
+        if fut is not None and fut.done() and (fut.exception() or not fut.result().is_open):
+            del self._peers[address]
+
     async def _open_peer(self, address: str, worker_id: bytes | None) -> Connection:
         conn = await connect(address, self.token, self._handler_table, expect_id=worker_id)
         conn.state = set()  # function ids already defined on this connection

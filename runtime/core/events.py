@@ -1,11 +1,15 @@
 """Task events, object events and worker output, buffered and sent to the GCS in batches.
 
 Any thread may record; the core worker's I/O thread flushes every ``FLUSH_INTERVAL_S``, so
-observability never adds a round trip to a task.
+observability never adds a round trip to a task. While the GCS is away (restarting, or
+unreachable) the buffers keep at most ``max_size`` entries of each kind (Ray's
+``task_events_max_buffer_size``): the oldest are dropped and counted, and the counts travel
+with the next batch so that ``cellfleet status`` can show what was lost.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from typing import Any
@@ -16,31 +20,56 @@ from .._rpc import Connection
 __all__ = ["EventBuffer"]
 
 FLUSH_INTERVAL_S = 0.1
+MAX_BUFFERED = 10_000
+MAX_BUFFERED_ENV = "CELLFLEET_EVENT_BUFFER_SIZE"
+
+
+def _max_buffered() -> int:
+    value = os.environ.get(MAX_BUFFERED_ENV, "")
+    try:
+        return max(1, int(value)) if value else MAX_BUFFERED
+    except ValueError:
+        raise ValueError(f"{MAX_BUFFERED_ENV}={value!r} is not a number of events; unset it "
+                         f"(default {MAX_BUFFERED}) or give one") from None
 
 
 class EventBuffer:
-    """Thread-safe queues of events and log lines for one core worker."""
+    """Thread-safe bounded queues of events and log lines for one core worker."""
 
-    def __init__(self) -> None:
-        self.tasks: deque[list] = deque()
-        self.objects: deque[list] = deque()
-        self.logs: deque[list] = deque()
+    def __init__(self, max_size: int | None = None) -> None:
+        size = max_size or _max_buffered()
+        self.tasks: deque[list] = deque(maxlen=size)
+        self.objects: deque[list] = deque(maxlen=size)
+        self.logs: deque[list] = deque(maxlen=size)
+        self.dropped = {"task_events": 0, "object_events": 0, "log_lines": 0}
+        self._unreported = dict.fromkeys(self.dropped, 0)
+
+    def _append(self, queue: deque, kind: str, item: list) -> None:
+        if len(queue) == queue.maxlen:  # the append pushes the oldest out
+            self.dropped[kind] += 1
+            self._unreported[kind] += 1
+        queue.append(item)
 
     def task(self, task_id: bytes, state: str, info: dict[str, Any] | None = None) -> None:
-        self.tasks.append([task_id, state, time.time(), info])
+        self._append(self.tasks, "task_events", [task_id, state, time.time(), info])
 
     def object(self, object_id: bytes, state: str, info: dict[str, Any] | None = None) -> None:
-        self.objects.append([object_id, state, info])
+        self._append(self.objects, "object_events", [object_id, state, info])
 
     def log(self, line: list) -> None:
-        self.logs.append(line)
+        self._append(self.logs, "log_lines", line)
 
     def flush(self, gcs: Connection | None) -> None:
         """Send everything recorded so far (called on the I/O thread)."""
         if gcs is None or not gcs.is_open:
             return
-        if self.tasks or self.objects:
-            gcs.send(m.AddEvents(_drain(self.tasks), _drain(self.objects)))
+        dropped = None
+        if any(self._unreported.values()):
+            dropped = {kind: n for kind, n in self._unreported.items() if n}
+            for kind, n in dropped.items():
+                self._unreported[kind] -= n
+        if self.tasks or self.objects or dropped:
+            gcs.send(m.AddEvents(_drain(self.tasks), _drain(self.objects), dropped))
         if self.logs:
             gcs.send(m.AddLogs(_drain(self.logs)))
 

@@ -12,9 +12,10 @@ No I/O here: the server feeds events with the time and carries out the returned 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+from .._graveyard import Graveyard
 
 __all__ = ["ALIVE", "DEAD", "SUSPECT", "NodeDied", "NodeForgotten", "NodeTable"]
 
@@ -45,10 +46,8 @@ class NodeTable:
         if timeout_s <= 0:
             raise ValueError(f"the node timeout must be positive, not {timeout_s}")
         self.timeout_s = timeout_s
-        self.max_dead = max_dead
         self.nodes: dict[bytes, dict[str, Any]] = {}
-        self.dropped_dead = 0  # dead nodes forgotten beyond max_dead
-        self._dead: OrderedDict[bytes, None] = OrderedDict()  # oldest death first
+        self._dead = Graveyard(max_dead)
         self._epochs: dict[bytes, int] = {}  # registrations of each node, to spot stale closes
         self._next_epoch = 1
 
@@ -58,9 +57,7 @@ class NodeTable:
         record.setdefault("state", ALIVE if record.get("alive") else DEAD)
         record["last_heartbeat"] = now  # give raylets time to reconnect
         self.nodes[node_id] = record
-        if record["state"] == DEAD:
-            self._dead[node_id] = None
-        return self._bound()
+        return self._bury(node_id) if record["state"] == DEAD else []
 
     def register(self, record: dict[str, Any], now: float) -> int:
         """A raylet (re)registers; returns the epoch of this registration."""
@@ -68,7 +65,7 @@ class NodeTable:
         record.update(state=ALIVE, alive=True, start_time=now, last_heartbeat=now,
                       death_reason="")
         self.nodes[node_id] = record
-        self._dead.pop(node_id, None)
+        self._dead.revive(node_id)
         epoch = self._epochs[node_id] = self._next_epoch
         self._next_epoch += 1
         return epoch
@@ -106,7 +103,7 @@ class NodeTable:
     def stats(self) -> dict[str, int]:
         states = [node["state"] for node in self.nodes.values()]
         return {"alive": states.count(ALIVE), "suspect": states.count(SUSPECT),
-                "dead": states.count(DEAD), "dead_forgotten": self.dropped_dead}
+                "dead": states.count(DEAD), "dead_forgotten": self._dead.forgotten}
 
     def _die(self, node_id: bytes, reason: str, now: float) -> list:
         node = self.nodes.get(node_id)
@@ -114,14 +111,10 @@ class NodeTable:
             return []
         node.update(state=DEAD, alive=False, death_reason=reason, end_time=now)
         self._epochs.pop(node_id, None)
-        self._dead[node_id] = None
-        return [NodeDied(node_id, reason), *self._bound()]
+        return [NodeDied(node_id, reason), *self._bury(node_id)]
 
-    def _bound(self) -> list:
-        actions = []
-        while len(self._dead) > self.max_dead:
-            node_id, _ = self._dead.popitem(last=False)
-            del self.nodes[node_id]
-            self.dropped_dead += 1
-            actions.append(NodeForgotten(node_id))
-        return actions
+    def _bury(self, node_id: bytes) -> list:
+        forgotten = self._dead.bury(node_id)
+        for old in forgotten:
+            del self.nodes[old]
+        return [NodeForgotten(old) for old in forgotten]

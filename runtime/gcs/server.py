@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import msgpack
 
 from .. import _messages as m
+from .._graveyard import Graveyard, limit_from_env
 from .._rpc import Connection, HandlerTable
 from .nodes import NodeDied, NodeForgotten, NodeTable
 from .storage import MemoryStorage, RedisStorage
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 NODE_TIMEOUT_S = 10.0
 LOG_HISTORY = 10_000
+MAX_DEAD_ACTORS = 1000  # as Ray's GCS keeps a bounded number of destroyed actors
+MAX_TASK_EVENTS = 20_000  # task records (and object records) kept, ~1.4 KB each
 
 
 def _pack(value: Any) -> bytes:
@@ -49,7 +53,10 @@ class GcsServer:
         self.jobs: dict[int, dict[str, Any]] = {}
         self.functions: dict[bytes, bytes] = {}
         self.kv: dict[tuple[str, bytes], bytes] = {}
-        self.events = TaskEventStore()
+        max_tasks = limit_from_env("CELLFLEET_MAX_TASK_EVENTS", MAX_TASK_EVENTS)
+        self.events = TaskEventStore(max_tasks=max_tasks, max_objects=max_tasks)
+        self.dead_actors = Graveyard(limit_from_env("CELLFLEET_MAX_DEAD_ACTORS", MAX_DEAD_ACTORS))
+        self.reported_drops: Counter[str] = Counter()  # dropped by core workers' buffers
         self.logs: list[list] = []
         self.subscribers: dict[str, set[Connection]] = {}
         self.actors: dict[bytes, dict[str, Any]] = {}
@@ -65,7 +72,9 @@ class GcsServer:
             self.jobs[int(key)] = _unpack(value)
         self.functions.update(await self.storage.load("functions"))
         for key, value in (await self.storage.load("actors")).items():
-            self.actors[key] = _unpack(value)
+            self.actors[key] = actor = _unpack(value)
+            if actor["state"] == "DEAD":
+                self._bury_actor(key)
         for key, value in (await self.storage.load("kv")).items():
             ns, _, k = key.partition(b"\0")
             self.kv[(ns.decode(), k)] = value
@@ -98,6 +107,20 @@ class GcsServer:
             m.WaitActor: self.wait_actor,
             m.ListActors: lambda conn, msg: list(self.actors.values()),
             m.ProcessExited: lambda conn, msg: self.publish("exits", msg.address),
+            m.GetTableStats: lambda conn, msg: self.table_stats(),
+        }
+
+    def table_stats(self) -> dict[str, Any]:
+        """How full each bounded table is and how much it dropped."""
+        events = self.events
+        return {
+            "nodes": self.node_table.stats(),
+            "actors": {"total": len(self.actors), "dead": len(self.dead_actors),
+                       "dead_forgotten": self.dead_actors.forgotten},
+            "task_events": {"tasks": len(events.tasks), "dropped_tasks": events.dropped_tasks,
+                            "objects": len(events.objects),
+                            "dropped_objects": events.dropped_objects},
+            "dropped_by_workers": dict(self.reported_drops),
         }
 
     # -- connections ----------------------------------------------------------------------
@@ -258,6 +281,13 @@ class GcsServer:
                     fut.set_result(actor)
         self.publish("actor", actor)
         await self.storage.put("actors", msg.actor_id, _pack(actor))
+        if msg.state == "DEAD":
+            self._bury_actor(msg.actor_id)
+
+    def _bury_actor(self, actor_id: bytes) -> None:
+        for old in self.dead_actors.bury(actor_id):
+            del self.actors[old]
+            self._spawn(self.storage.delete("actors", old))
 
     def get_named_actor(self, conn: Connection, msg: m.GetNamedActor) -> dict | None:
         return self._named(msg.name, msg.namespace)
@@ -275,6 +305,8 @@ class GcsServer:
     # -- events, logs, pub/sub ------------------------------------------------------------
 
     def add_events(self, conn: Connection, msg: m.AddEvents) -> None:
+        if msg.dropped:
+            self.reported_drops.update(msg.dropped)
         if msg.tasks:
             self.events.add_task_events(msg.tasks)
         if msg.objects:

@@ -1,0 +1,114 @@
+"""Bounded tables with real processes: dead actors are forgotten by owners and the GCS, and
+task events buffered while the GCS is down are capped; ``cellfleet status`` shows the drops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import wait_until
+from test_gcs_redis import ask_gcs, restart_gcs, stop
+
+import cellfleet
+from cellfleet import _context
+from cellfleet import _messages as m
+from cellfleet._session import Session
+from cellfleet.exceptions import ActorDiedError
+
+pytestmark = pytest.mark.integration
+
+
+@cellfleet.remote
+class Counter:
+    def inc(self) -> int:
+        return 1
+
+
+@cellfleet.remote
+def noop(i: int) -> int:
+    return i
+
+
+def status(address: str, session: Session) -> str:
+    done = subprocess.run([sys.executable, "-m", "cellfleet.cli", "status", "--address", address],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CELLFLEET_TOKEN_FILE": str(session.token_file)})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def closed_peers(core) -> list[str]:
+    """Cached connections whose peer is gone."""
+
+    async def scan() -> list[str]:
+        return [address for address, fut in core._peers.items()
+                if fut.done() and (fut.exception() or not fut.result().is_open)]
+
+    return core.run(scan(), timeout=5)
+
+
+def test_dead_actors_are_forgotten_beyond_the_bound(fresh_cluster, monkeypatch) -> None:
+    monkeypatch.setenv("CELLFLEET_MAX_DEAD_ACTORS", "3")
+    info = fresh_cluster(num_cpus=1, object_store_memory=64 * 2**20)
+    core = _context.core
+    handles = []
+    for _ in range(8):
+        actor = Counter.remote()
+        assert cellfleet.get(actor.inc.remote(), timeout=60) == 1
+        cellfleet.kill(actor)
+        with pytest.raises(ActorDiedError):
+            cellfleet.get(actor.inc.remote(), timeout=60)
+        handles.append(actor)
+    assert len(core.actor_submitter.actors) <= 3, "the owner remembers every dead actor"
+    wait_until(lambda: not closed_peers(core), timeout=15,
+               message="connections to dead actors' workers to be dropped")
+
+    session = Session(Path(info["session_dir"]))
+    (stats, actors) = ask_gcs(info["gcs_address"], session.token(), m.GetTableStats(),
+                              m.ListActors())
+    assert stats["actors"]["dead_forgotten"] == 5
+    assert len(actors) == 3
+    with pytest.raises(ActorDiedError):  # forgotten everywhere, still dead
+        cellfleet.get(handles[0].inc.remote(), timeout=60)
+    assert "dead forgotten 5" in status(info["gcs_address"], session)
+
+
+def test_events_buffered_while_the_gcs_is_down_are_capped(fresh_cluster, monkeypatch) -> None:
+    monkeypatch.setenv("CELLFLEET_EVENT_BUFFER_SIZE", "300")
+    info = fresh_cluster(num_cpus=1, object_store_memory=64 * 2**20)
+    assert cellfleet.get(noop.remote(0), timeout=60) == 0
+    session = Session(Path(info["session_dir"]))
+    core = _context.core
+    os.kill(session.info()["pids"][0], signal.SIGKILL)
+    new_gcs = None
+    try:
+        wait_until(lambda: not core.gcs.is_open, timeout=10, message="the driver to lose the GCS")
+        assert cellfleet.get([noop.remote(i) for i in range(400)], timeout=120) == list(range(400))
+        assert len(core.events.tasks) <= 300
+        dropped = core.events.dropped["task_events"]
+        assert dropped >= 1000, core.events.dropped  # 4 events a task in the driver
+    finally:
+        new_gcs = restart_gcs(session, "memory")
+    try:
+        address, token = info["gcs_address"], session.token()
+
+        def reported() -> int:
+            try:
+                (stats,) = ask_gcs(address, token, m.GetTableStats())
+            except (OSError, asyncio.TimeoutError, cellfleet.exceptions.RayError):
+                return 0
+            return stats["dropped_by_workers"].get("task_events", 0)
+
+        wait_until(lambda: reported() >= dropped, timeout=30,
+                   message="the driver to report its dropped events to the new GCS")
+        line = next(line for line in status(address, session).splitlines()
+                    if "dropped by workers" in line)
+        assert f"{reported()} task events" in line
+    finally:
+        cellfleet.shutdown()
+        stop(new_gcs)
