@@ -7,31 +7,27 @@ One process (the raylet) :meth:`SharedArena.create`\\ s the arena; every process
 * Writes go through one writable ``MAP_SHARED`` mapping of the whole arena, created once;
   each chunk is copied with a slice assignment (a ``memcpy``).
 * Reads are zero-copy: :meth:`SharedArena.read_view` returns a read-only memoryview whose
-  memory *is* the shared memory. Each read view is backed by its own small read-only mmap so
-  that the arena can report, through ``on_release``, when the last memoryview / numpy array
-  derived from it has been garbage collected (the raylet uses this to unpin objects).
+  memory *is* the shared memory, a slice of that same arena-wide mapping. Each read view is
+  exported by an object of its own (a ``ctypes`` array over the mapping) so that the arena can
+  report, through ``on_release``, when the last memoryview / numpy array derived from it has
+  been garbage collected (the raylet uses this to unpin objects).
 
-Cost note: on Python < 3.13 every ``mmap.mmap`` object keeps a ``dup`` of the file
-descriptor, so each *live* read view holds one fd until it is released (on 3.13+ the mapping
-is created with ``trackfd=False`` and holds none).
+Cost: one mapping and two file descriptors per arena per process, however many views are
+alive (a view costs no descriptor and no mapping of its own, so holding thousands of objects
+does not run into ``RLIMIT_NOFILE``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
-import sys
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
 
 __all__ = ["SHM_DIR", "SharedArena"]
 
 SHM_DIR = "/dev/shm"
-_PAGE = mmap.ALLOCATIONGRANULARITY
-# Avoid one dup'ed fd per read view where the interpreter allows it (Python 3.13+).
-_VIEW_MMAP_KW: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
-
 Buffer = bytes | bytearray | memoryview
 
 
@@ -48,7 +44,7 @@ class SharedArena:
     from several threads as long as they touch disjoint regions.
     """
 
-    __slots__ = ("__weakref__", "_capacity", "_fd", "_mm", "_name")
+    __slots__ = ("__weakref__", "_capacity", "_fd", "_mm", "_name", "_window")
 
     def __init__(self, name: str, fd: int, capacity: int) -> None:
         """Wrap an open descriptor of ``/dev/shm/<name>``; use :meth:`create` / :meth:`attach`.
@@ -59,6 +55,8 @@ class SharedArena:
         self._capacity = capacity
         self._fd: int | None = fd
         self._mm: mmap.mmap | None = mmap.mmap(fd, capacity, access=mmap.ACCESS_WRITE)
+        # The type of a whole-arena window; one instance per read view (see read_view).
+        self._window = ctypes.c_ubyte * capacity
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,7 +110,7 @@ class SharedArena:
             try:
                 mm.close()
             except BufferError:
-                pass  # writable views still export it; it is unmapped when they are gone
+                pass  # views still export it; it is unmapped when the last one is gone
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
@@ -189,25 +187,19 @@ class SharedArena:
                   on_release: Callable[[], None] | None = None) -> memoryview:
         """Return a read-only, zero-copy memoryview of ``[offset, offset + size)``.
 
-        The view is backed by its own read-only mapping. When that mapping is garbage
-        collected - i.e. once this memoryview and everything derived from it (slices,
-        ``numpy.frombuffer`` arrays, ...) are gone - ``on_release`` is called exactly once,
-        from whichever thread drops the last reference. It is not called at interpreter
-        exit. Assigning into the view raises ``TypeError``; numpy arrays built over it are
-        not writeable.
+        The view is a slice of the arena-wide mapping, exported by a window object of its
+        own. When that window is garbage collected - i.e. once this memoryview and everything
+        derived from it (slices, ``numpy.frombuffer`` arrays, ...) are gone - ``on_release``
+        is called exactly once, from whichever thread drops the last reference. It is not
+        called at interpreter exit. Assigning into the view raises ``TypeError``; numpy arrays
+        built over it are not writeable.
 
         :raises ValueError: if the range lies outside the arena or the arena is closed.
         """
-        self._check(offset, size)
-        if size == 0:
-            # Cannot map 0 bytes; an anonymous page still gives on_release its semantics.
-            backing = mmap.mmap(-1, 1, access=mmap.ACCESS_READ)
-            start = 0
-        else:
-            start = offset % _PAGE
-            backing = mmap.mmap(self._fd, start + size, access=mmap.ACCESS_READ,  # type: ignore[arg-type]
-                                offset=offset - start, **_VIEW_MMAP_KW)
+        mm = self._check(offset, size)
+        # The window keeps the mapping exported (so mapped) for as long as it lives; every
+        # memoryview derived from the one returned keeps the window alive.
+        window = self._window.from_buffer(mm)
         if on_release is not None:
-            weakref.finalize(backing, on_release).atexit = False
-        # ACCESS_READ mappings export read-only buffers; slices keep `backing` alive.
-        return memoryview(backing)[start:start + size]
+            weakref.finalize(window, on_release).atexit = False
+        return memoryview(window).cast("B")[offset:offset + size].toreadonly()
