@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -144,6 +145,7 @@ class RemoteFunction(ExportedCode):
                 f"ref = cellfleet.put(value), then {self._name}.remote(ref) (the task gets "
                 "the value). This warning is shown once per function.",
                 UserWarning, stacklevel=3)
+            sys.stderr.flush()  # shown before the long copy starts (a notebook buffers stderr)
             return
 
     def __repr__(self) -> str:
