@@ -253,9 +253,9 @@ class TaskExecutor:
             self._actor_slots = asyncio.Semaphore(max_concurrency)
             self._actor_loop = loop
             ready.set()
-            while True:
+            while True:  # the loop serves the actor for the life of the worker
                 try:
-                    loop.run_forever()
+                    loop.run_forever()  # returns if the actor's code calls loop.stop()
                 except (SystemExit, KeyboardInterrupt) as exc:
                     # asyncio lets these leave run_forever: a task the actor started itself
                     # exited. Only that task ends; the calls on the loop go on.
