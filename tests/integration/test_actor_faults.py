@@ -88,6 +88,10 @@ class AsyncCounter:
 
         self.background = asyncio.get_running_loop().create_task(leave())
 
+    async def stop_loop(self) -> str:
+        asyncio.get_running_loop().stop()
+        return "stopping"
+
 
 ACTORS = {
     "plain": lambda: ray.remote(Counter).remote(),
@@ -148,6 +152,13 @@ def test_fault_in_an_async_actor_does_not_stop_its_other_calls(cluster, tmp_path
 def test_background_task_of_an_async_actor_that_exits_leaves_the_loop_running(cluster):
     actor = ray.remote(AsyncCounter).remote()
     ray.get(actor.exit_in_background.remote(), timeout=TIMEOUT)
+    assert [ray.get(actor.bump.remote(), timeout=TIMEOUT)[0] for _ in range(3)] == [1, 2, 3]
+    ray.kill(actor)
+
+
+def test_async_actor_whose_code_stops_its_loop_keeps_answering(cluster):
+    actor = ray.remote(AsyncCounter).remote()
+    assert ray.get(actor.stop_loop.remote(), timeout=TIMEOUT) == "stopping"
     assert [ray.get(actor.bump.remote(), timeout=TIMEOUT)[0] for _ in range(3)] == [1, 2, 3]
     ray.kill(actor)
 
