@@ -203,15 +203,19 @@ class Raylet:
         }
 
     async def heartbeat_loop(self) -> None:
+        """The node's figures to the GCS every second; one heartbeat in flight at a time, so
+        a stalled GCS does not pile up unanswered requests."""
+        reply: asyncio.Future | None = None
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             gcs = self.gcs
-            if gcs is not None and gcs.is_open:
-                store = self.store.stats()
-                store.pop("largest")
-                reply = gcs.request(m.Heartbeat(self.node_id, self.scheduler.available, store,
-                                                self.scheduler.load()))
-                reply.add_done_callback(lambda fut, gcs=gcs: self._heartbeat_answered(gcs, fut))
+            if gcs is None or not gcs.is_open or (reply is not None and not reply.done()):
+                continue
+            store = self.store.stats()
+            store.pop("largest")
+            reply = gcs.request(m.Heartbeat(self.node_id, self.scheduler.available, store,
+                                            self.scheduler.load()))
+            reply.add_done_callback(lambda fut, gcs=gcs: self._heartbeat_answered(gcs, fut))
 
     def _heartbeat_answered(self, gcs: Connection, reply: asyncio.Future) -> None:
         """The GCS answers False when it holds this node dead (it was paused past the
