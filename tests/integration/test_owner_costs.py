@@ -1,4 +1,4 @@
-"""``get`` and ``wait`` on many pending refs: one waiter per call, nothing left behind."""
+"""Costs that must not grow: waiters of ``get``/``wait`` on many refs, copies of large arguments."""
 
 from __future__ import annotations
 
@@ -73,3 +73,26 @@ def test_a_timed_out_get_leaves_no_waiter_behind(cluster) -> None:
 def test_get_of_the_same_pending_ref_twice(cluster) -> None:
     ref = slow.remote(7)
     assert cellfleet.get([ref, ref, ref], timeout=30) == [7, 7, 7]
+
+
+def test_a_large_argument_by_value_is_copied_once(cluster, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """Sizing the arguments must not pickle a large array in band (a second full copy)."""
+    np = pytest.importorskip("numpy")
+    pickled_sizes: list[int] = []
+    real = core_worker.serialize
+
+    def recording(value, *args, **kwargs):
+        obj = real(value, *args, **kwargs)
+        pickled_sizes.append(len(obj.pickled))
+        return obj
+
+    monkeypatch.setattr(core_worker, "serialize", recording)
+    array = np.arange(1 << 20, dtype=np.float64)  # 8 MiB
+    assert cellfleet.get(total.remote(array), timeout=60) == float(array.sum())
+    assert pickled_sizes and max(pickled_sizes) < 1 << 20, pickled_sizes
+
+
+@cellfleet.remote
+def total(array) -> float:
+    return float(array.sum())
