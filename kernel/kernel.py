@@ -23,6 +23,7 @@ from traitlets import Float, Integer, Unicode, default
 import cellfleet
 from cellfleet.core.core_worker import submission_tag
 
+from .cellstrip import CellStrips
 from .cluster import KernelRuntime, parse_num_cpus
 from .interrupts import cancel_cell
 from .magics import CellfleetMagics
@@ -96,6 +97,8 @@ class CellfleetKernel(IPythonKernel):
         )
         self.progress = ProgressReporter(after=self.progress_after,
                                          min_refs=self.progress_min_refs)
+        self.strips = CellStrips(lambda kind, content, parent: self.session.send(
+            self.iopub_socket, kind, content, parent=parent))
         shell = self.shell
         shell.push({"cellfleet": cellfleet}, interactive=False)
         shell.register_magics(CellfleetMagics(shell, self))
@@ -129,8 +132,14 @@ class CellfleetKernel(IPythonKernel):
         if problem is not None:
             print(f"cellfleet: {problem}", file=sys.stderr)
         self.runtime.hook()
-        reply = await super().do_execute(code, silent, store_history, user_expressions,
-                                         allow_stdin, **cell_info)
+        if not silent:
+            self.strips.cell_started(submission_tag.get(), self.get_parent(),
+                                     f"In [{self.shell.execution_count}]")
+        try:
+            reply = await super().do_execute(code, silent, store_history, user_expressions,
+                                             allow_stdin, **cell_info)
+        finally:
+            self.strips.cell_finished(submission_tag.get())
         if reply.get("status") == "error" and reply.get("ename") in ("KeyboardInterrupt",
                                                                       "CancelledError"):
             cancel_cell(submission_tag.get(), background=True)

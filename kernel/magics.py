@@ -1,4 +1,5 @@
-"""The kernel's magics: ``%%remote``, ``%remote`` and ``%cluster``."""
+"""The kernel's magics: ``%%remote``, ``%remote``, ``%cluster``, ``%dashboard``,
+``%taskgraph`` and ``%cellfleet``."""
 
 from __future__ import annotations
 
@@ -139,6 +140,51 @@ class CellfleetMagics(Magics):
         if args.link:
             return HTML(f"<a href='{url}' target='_blank'>cellfleet dashboard: {url}</a>")
         return IFrame(url, width="100%", height=args.height)
+
+    @magic_arguments()
+    @argument("--cell", action="store_true", help="only the tasks of this cell")
+    @argument("--all", action="store_true", help="every task of the cluster")
+    @argument("--max-nodes", type=int, default=300, metavar="N",
+              help="above N tasks, group the tasks of each function into one node")
+    @argument("--height", type=int, default=460, help="height in pixels")
+    @line_magic
+    def taskgraph(self, line: str) -> Any:
+        """Show the live task graph of this notebook's tasks (a widget).
+
+        %taskgraph          the tasks this notebook submitted (and the tasks they started)
+        %taskgraph --cell   only this cell's tasks
+        %taskgraph --all    every task of the cluster
+
+        Click a task for its details and lineage, a group to open it; the slider replays
+        the states. The graph is saved with the notebook (with its widget state).
+        """
+        args = parse_argstring(self.taskgraph, line)
+        if args.cell and args.all:
+            raise UsageError("%taskgraph: --cell or --all, not both")
+        self.kernel.runtime.ensure()
+        from cellfleet.widgets import TaskGraph
+
+        scope = "cell" if args.cell else "all" if args.all else "notebook"
+        return TaskGraph(scope, max_nodes=args.max_nodes, height=args.height)
+
+    @magic_arguments()
+    @argument("setting", help="monitor")
+    @argument("value", nargs="?", default=None, help="on or off")
+    @line_magic
+    def cellfleet(self, line: str) -> Any:
+        """Kernel settings.
+
+        %cellfleet monitor off   no live strip under cells whose remote work runs long
+        %cellfleet monitor on    the strip again (the default)
+        """
+        args = parse_argstring(self.cellfleet, line)
+        if args.setting != "monitor" or args.value not in (None, "on", "off"):
+            raise UsageError("%cellfleet monitor [on|off]")
+        strips = self.kernel.strips
+        if args.value is not None:
+            strips.enabled = args.value == "on"
+        print(f"cellfleet: the per-cell monitor is {'on' if strips.enabled else 'off'}")
+        return None
 
     @magic_arguments()
     @argument("action", nargs="?", default="show",

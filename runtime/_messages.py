@@ -233,6 +233,16 @@ class SummarizeTasks(Message):
     pass
 
 
+@_message(80)
+class ListTaskChanges(Message):
+    """Task records changed after sequence number ``since`` (``TaskEventStore.changes_since``):
+    a viewer's incremental cursor. Subscribing to the ``tasks`` channel pushes each batch of
+    raw task events instead."""
+
+    since: int
+    limit: int
+
+
 @_message(28)
 class ListJobs(Message):
     pass

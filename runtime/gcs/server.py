@@ -61,6 +61,7 @@ class GcsServer:
         self.subscribers: dict[str, set[Connection]] = {}
         self.actors: dict[bytes, dict[str, Any]] = {}
         self._actor_waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._background: set[asyncio.Task] = set()  # storage writes under way
         self._node_conns: dict[Connection, tuple[bytes, int]] = {}  # -> node id, epoch
         self._job_conns: dict[Connection, int] = {}
 
@@ -99,6 +100,7 @@ class GcsServer:
             m.ListTasks: lambda conn, msg: self.events.list_tasks(msg.filters, msg.limit),
             m.ListObjects: lambda conn, msg: list(self.events.objects.values())[-msg.limit :],
             m.SummarizeTasks: lambda conn, msg: self.events.summarize(),
+            m.ListTaskChanges: lambda conn, msg: self.events.changes_since(msg.since, msg.limit),
             m.AddLogs: self.add_logs,
             m.Subscribe: self.subscribe,
             m.RegisterActor: self.register_actor,
@@ -176,7 +178,15 @@ class GcsServer:
                 self._spawn(self.storage.delete("nodes", action.node_id))
 
     def _spawn(self, coro) -> None:
-        asyncio.get_running_loop().create_task(coro)
+        """Run ``coro`` in the background (a storage write); log it if it fails."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("a background update of the GCS's tables failed: %r", task.exception())
 
     async def monitor_heartbeats(self) -> None:
         """Suspect, then declare dead, the nodes whose heartbeats stopped."""
@@ -309,6 +319,8 @@ class GcsServer:
             self.reported_drops.update(msg.dropped)
         if msg.tasks:
             self.events.add_task_events(msg.tasks)
+            if self.subscribers.get("tasks"):
+                self.publish("tasks", msg.tasks)
         if msg.objects:
             self.events.add_object_events(msg.objects)
 

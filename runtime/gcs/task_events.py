@@ -5,6 +5,10 @@ Core workers send events in batches. A task event is ``[task_id, state, time, in
 Events of one task may arrive out of order (the worker's RUNNING after the owner's FINISHED);
 the record keeps the furthest state and every timestamp. Beyond ``max_tasks`` the oldest
 records are dropped and counted (objects alike, beyond ``max_objects``).
+
+Every change gets the next sequence number, so a viewer asks only for what changed since its
+cursor (``changes_since``) and per-function state counts are kept as events arrive
+(``summarize``): neither scans the whole table.
 """
 
 from __future__ import annotations
@@ -56,9 +60,12 @@ class TaskEventStore:
         self.dropped_tasks = 0
         self.dropped_objects = 0
         self._shared: dict[tuple, dict] = {}
+        self.seq = 0
+        self._changed: OrderedDict[bytes, int] = OrderedDict()  # task_id -> seq, oldest first
+        self._counts: dict[str, Counter] = {}
 
     def add_task_events(self, events: list) -> None:
-        tasks = self.tasks
+        tasks, changed, counts = self.tasks, self._changed, self._counts
         for task_id, state, ts, info in events:
             record = tasks.get(task_id)
             if record is None:
@@ -67,14 +74,27 @@ class TaskEventStore:
                     "state": state,
                     "events": {},
                 }
+                before = None
                 if len(tasks) > self._max_tasks:
-                    tasks.popitem(last=False)
+                    old_id, old = tasks.popitem(last=False)
+                    changed.pop(old_id, None)
+                    counts[old.get("name", "?")][old["state"]] -= 1
                     self.dropped_tasks += 1
-            elif _RANK.get(state, 0) >= _RANK.get(record["state"], 0):
-                record["state"] = state
+            else:
+                before = (record.get("name", "?"), record["state"])
+                if _RANK.get(state, 0) >= _RANK.get(record["state"], 0):
+                    record["state"] = state
             record["events"][sys.intern(state)] = ts
             if info:
                 record.update(_compact(info, self._shared))
+            after = (record.get("name", "?"), record["state"])
+            if after != before:
+                if before is not None:
+                    counts[before[0]][before[1]] -= 1
+                counts.setdefault(after[0], Counter())[after[1]] += 1
+            self.seq += 1
+            changed[task_id] = self.seq
+            changed.move_to_end(task_id)
 
     def add_object_events(self, events: list) -> None:
         """``[object_id, state, info]``: state is CREATED or FREED."""
@@ -99,14 +119,28 @@ class TaskEventStore:
         out.reverse()
         return out
 
+    def changes_since(self, cursor: int, limit: int) -> dict[str, Any]:
+        """The records changed after sequence number ``cursor``, oldest first: at most the
+        newest ``limit`` of them (``truncated`` says if more changed); pass ``cursor`` back."""
+        out = []
+        truncated = False
+        for task_id, seq in reversed(self._changed.items()):
+            if seq <= cursor:
+                break
+            if len(out) >= limit:
+                truncated = True
+                break
+            out.append(self.tasks[task_id])
+        out.reverse()
+        return {"cursor": self.seq, "tasks": out, "truncated": truncated,
+                "total_tasks": len(self.tasks), "dropped_tasks": self.dropped_tasks}
+
     def summarize(self) -> dict[str, Any]:
-        by_name: dict[str, Counter] = {}
-        for record in self.tasks.values():
-            by_name.setdefault(record.get("name", "?"), Counter())[record["state"]] += 1
         return {
             "summary": {
-                name: {"func_or_class_name": name, "state_counts": dict(counts)}
-                for name, counts in by_name.items()
+                name: {"func_or_class_name": name,
+                       "state_counts": {s: n for s, n in counts.items() if n > 0}}
+                for name, counts in self._counts.items() if any(counts.values())
             },
             "total_tasks": len(self.tasks),
             "dropped_tasks": self.dropped_tasks,

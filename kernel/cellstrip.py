@@ -1,0 +1,193 @@
+"""The per-cell live strip: under a cell whose remote work runs longer than ``after`` seconds,
+its tasks' counts by state per function and a small timeline, replaced by a one-line summary
+when the work ends.
+
+``CellStrips.cell_started`` / ``cell_finished`` are called by the kernel around each cell. The
+strip follows the cell's tasks (its tag, which nested tasks inherit) through the process's
+task feed (``cellfleet.widgets.feed``: events pushed by the GCS), and publishes
+``display_data`` / ``update_display_data`` with the cell's request as parent, so it stays
+under its cell. ``render_strip`` and ``render_summary`` are pure functions of the model.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from cellfleet import _context
+from cellfleet.widgets.model import COLORS, SHORT
+
+__all__ = ["CellStrips", "render_strip", "render_summary"]
+
+MAX_FUNCTIONS = 8
+MAX_SPANS = 300
+MAX_ROWS = 8
+SETTLE_S = 2.0  # after the cell ends, wait this long at most for its tasks' last events
+
+
+def _seconds(x: float) -> str:
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.1f} s"
+
+
+def render_strip(model: Any, started: float, now: float) -> str:
+    """The live strip's HTML: per function a bar of states with counts, then a timeline."""
+    rows = []
+    keys = sorted(model.members, key=lambda k: -len(model.members[k]))
+    for key in keys[:MAX_FUNCTIONS]:
+        counts = model.counts[key]
+        total = sum(counts.values())
+        if not total:
+            continue
+        segments = "".join(
+            f'<span style="display:inline-block;height:10px;width:{100 * n / total:.2f}%;'
+            f'background:{COLORS[s]}" title="{n} {SHORT[s]}"></span>'
+            for s, n in counts.items() if n > 0)
+        text = " · ".join(f"{n} {SHORT[s]}" for s, n in counts.items() if n > 0)
+        rows.append(
+            f'<tr><td style="padding:0 8px 0 0;white-space:nowrap"><b>{html.escape(key)}</b> '
+            f'× {total}</td><td style="width:40%;min-width:120px"><span style="display:flex;'
+            f'width:100%;background:var(--jp-layout-color2,#eee)">{segments}</span></td>'
+            f'<td style="padding:0 0 0 8px;color:var(--jp-ui-font-color2,#666);'
+            f'white-space:nowrap">{text}</td></tr>')
+    if len(keys) > MAX_FUNCTIONS:
+        rows.append(f"<tr><td colspan=3>… and {len(keys) - MAX_FUNCTIONS} more functions</td></tr>")
+    return (
+        '<div class="cellfleet-strip" style="font-family:var(--jp-ui-font-family,sans-serif);'
+        'font-size:12px;border-left:3px solid var(--jp-brand-color1,#1976d2);padding:2px 8px">'
+        f"<div>cellfleet · {model.total()} tasks · {_seconds(now - started)}</div>"
+        f'<table style="border-collapse:collapse;width:100%">{"".join(rows)}</table>'
+        f"{_timeline(model, started, now)}</div>")
+
+
+def _timeline(model: Any, started: float, now: float) -> str:
+    spans = []
+    lanes: dict[str, int] = {}
+    for members in model.members.values():
+        for tid in list(members)[-MAX_SPANS:]:
+            record = model.records[tid]
+            events = record.get("events") or {}
+            start = record.get("start_time") or events.get("RUNNING")
+            if not start:
+                continue
+            end = record.get("end_time") or now
+            lane = f"{(record.get('node_id') or '')[:6]}:{record.get('worker_pid') or '?'}"
+            if lane not in lanes and len(lanes) < MAX_ROWS:
+                lanes[lane] = len(lanes)
+            if lane in lanes:
+                spans.append((lanes[lane], start, end, record["state"], record.get("name", "?")))
+    if not spans:
+        return ""
+    width = max(now - started, 1e-3)
+    bars = "".join(
+        f'<rect x="{100 * max(0.0, s - started) / width:.3f}%" y="{row * 9 + 1}" '
+        f'width="{max(0.3, 100 * (e - max(s, started)) / width):.3f}%" height="7" '
+        f'fill="{COLORS.get(state, "#888")}"><title>{html.escape(name)}</title></rect>'
+        for row, s, e, state, name in spans)
+    height = len(lanes) * 9 + 2
+    return (f'<svg width="100%" height="{height}" style="display:block;margin-top:3px;'
+            f'background:var(--jp-layout-color2,#f3f3f3)">{bars}</svg>')
+
+
+def render_summary(model: Any, seconds: float) -> str:
+    """The line that replaces the strip: how many tasks of which functions, how long."""
+    parts = []
+    failed = 0
+    for key in sorted(model.members, key=lambda k: -len(model.members[k]))[:MAX_FUNCTIONS]:
+        count = len(model.members[key])
+        if count:
+            parts.append(f"{key} ×{count}")
+            failed += model.counts[key]["FAILED"]
+    more = len(model.members) - MAX_FUNCTIONS
+    if more > 0:
+        parts.append(f"{more} more functions")
+    tail = f" · {failed} failed" if failed else ""
+    return (f"cellfleet: {model.total()} tasks ({', '.join(parts)}) in {_seconds(seconds)}"
+            f"{tail}")
+
+
+class _Strip:
+    def __init__(self, tag: str, parent: dict) -> None:
+        self.tag = tag
+        self.parent = parent
+        self.started = time.time()
+        self.ended: float | None = None
+        self.display_id: str | None = None
+        self.listener: Any = None
+        self.model: Any = None
+
+
+class CellStrips:
+    """Strips of the running cells (see the module docstring)."""
+
+    def __init__(self, send: Callable[[str, dict, dict], None], *, after: float = 1.0,
+                 enabled: bool = True) -> None:
+        self.send = send  # (msg_type, content, parent) -> publish on iopub
+        self.after = after
+        self.enabled = enabled
+        self._strips: dict[str, _Strip] = {}
+        self._unreachable: str | None = None  # a GCS the feed could not watch: not retried
+
+    def cell_started(self, tag: str, parent: dict, label: str = "") -> None:
+        """A cell begins (``label``: how the details panel names it, e.g. "In [3]")."""
+        core = _context.core
+        if not tag or core is None or core.kind != "driver":
+            return
+        from cellfleet.widgets.feed import NoClusterError, feed, label_cell
+        from cellfleet.widgets.model import GraphModel
+
+        if label:
+            label_cell(tag, label)
+        if not self.enabled or core.gcs_address == self._unreachable:
+            return
+        strip = _Strip(tag, parent)
+        strip.model = GraphModel("cell", tag=tag)
+        try:
+            source = feed()
+            strip.listener = source.add(strip.model, lambda: self._refresh(source, strip),
+                                        interval=0.5, tick=True, history=False)
+        except NoClusterError:
+            self._unreachable = core.gcs_address
+            return
+        self._strips[tag] = strip
+
+    def cell_finished(self, tag: str) -> None:
+        strip = self._strips.get(tag)
+        if strip is not None:
+            strip.ended = time.time()
+
+    def _refresh(self, source: Any, strip: _Strip) -> None:
+        """On the feed's thread, every half second while the cell's strip lives."""
+        now = time.time()
+        model = strip.model
+        if strip.ended is not None:
+            settled = all(model.counts[k]["FINISHED"] + model.counts[k]["FAILED"] == len(m)
+                          for k, m in model.members.items())
+            if settled or now - strip.ended > SETTLE_S:
+                source.remove(strip.listener)
+                self._strips.pop(strip.tag, None)
+                if strip.display_id is not None:
+                    last = max((r.get("end_time") or 0 for r in model.records.values()),
+                               default=0) or strip.ended
+                    line = render_summary(model, max(last, strip.ended) - strip.started)
+                    self._publish("update_display_data", strip, line,
+                                  f'<div class="cellfleet-strip-summary" style="color:'
+                                  f'var(--jp-ui-font-color2,#666);font-size:12px">'
+                                  f"{html.escape(line)}</div>")
+                return
+        if strip.display_id is None:
+            if now - strip.started < self.after or strip.ended is not None or not model.total():
+                return
+            strip.display_id = uuid.uuid4().hex
+            kind = "display_data"
+        else:
+            kind = "update_display_data"
+        self._publish(kind, strip, f"cellfleet: {model.total()} tasks running",
+                      render_strip(model, strip.started, now))
+
+    def _publish(self, kind: str, strip: _Strip, text: str, markup: str) -> None:
+        content = {"data": {"text/plain": text, "text/html": markup}, "metadata": {},
+                   "transient": {"display_id": strip.display_id}}
+        self.send(kind, content, strip.parent)

@@ -1,0 +1,153 @@
+"""The graph model: grouping, lineage, replay, scope, bounds (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cellfleet.gcs.task_events import TaskEventStore
+from cellfleet.widgets.model import GraphModel, state_at
+
+
+def _submit(tid: str, name: str, *, args=(), job=1, tag="cell-a", parent="", ts=1.0,
+            actor=None, kind="NORMAL_TASK") -> list:
+    return [bytes.fromhex(tid), "PENDING_ARGS_AVAIL", ts, {
+        "name": name, "func_or_class_name": name, "job_id": job, "tag": tag,
+        "parent_task_id": parent, "args": list(args), "returns": [tid + "01"],
+        "actor_id": actor, "type": kind, "owner": "127.0.0.1:1"}]
+
+
+def _tid(i: int) -> str:
+    return f"{i:032x}"
+
+
+def _fan(model: GraphModel, n: int) -> list[str]:
+    """n ``stage1`` tasks whose results go into one ``combine``."""
+    ids = [_tid(i) for i in range(n)]
+    model.add_events([_submit(t, "stage1", ts=1.0 + i) for i, t in enumerate(ids)])
+    total = _tid(10_000)
+    model.add_events([_submit(total, "combine", args=[t + "01" for t in ids], ts=100.0)])
+    return [*ids, total]
+
+
+def test_small_graph_shows_every_task_with_data_edges():
+    model = GraphModel("all")
+    ids = _fan(model, 3)
+    view = model.view()
+    assert not view["grouped"]
+    assert {n["id"] for n in view["nodes"]} == set(ids)
+    assert {(e["s"], e["t"]) for e in view["edges"]} == {(t, ids[-1]) for t in ids[:3]}
+    assert view["legend"] == {"PENDING_ARGS_AVAIL": 4}
+
+
+def test_many_tasks_collapse_into_group_nodes_that_expand():
+    model = GraphModel("all", max_nodes=50, expand_limit=20)
+    ids = _fan(model, 120)
+    model.add_events([[bytes.fromhex(t), "FINISHED", 200.0, {}] for t in ids[:100]])
+    model.add_events([[bytes.fromhex(ids[100]), "RUNNING", 200.0, {}]])
+    view = model.view()
+    assert view["grouped"]
+    groups = {n["key"]: n for n in view["nodes"]}
+    stage = groups["stage1"]
+    assert stage["count"] == 120 and stage["states"]["FINISHED"] == 100
+    assert stage["label"] == "stage1 × 120 · 19 waiting · 1 running · 100 done"
+    assert stage["state"] == "RUNNING"
+    assert [(e["s"], e["t"], e["n"]) for e in view["edges"]] == [
+        ("g:stage1", "g:combine", 120)]
+    opened = model.view({"stage1"})
+    tasks = [n for n in opened["nodes"] if n["kind"] == "task"]
+    more = [n for n in opened["nodes"] if n["kind"] == "more"]
+    assert len(tasks) == 20 and {t["id"] for t in tasks} == set(ids[100:120])
+    assert more[0]["count"] == 100
+    assert opened["expanded"] == ["stage1"]
+    # each shown task and the "more" node feed the combine group
+    assert {e["s"] for e in opened["edges"]} == {t["id"] for t in tasks} | {more[0]["id"]}
+
+
+def test_lineage_is_transitive_and_stops_at_the_roots():
+    model = GraphModel("all")
+    a, b, c, d = (_tid(i) for i in range(4))
+    model.add_events([_submit(a, "load"), _submit(b, "clean", args=[a + "01"]),
+                      _submit(c, "train", args=[b + "01", "ff" * 20]), _submit(d, "other")])
+    tasks, objects = model.upstream(c)
+    assert tasks == {a, b}
+    assert objects == {a + "01", b + "01", "ff" * 20}
+    assert model.upstream(a) == (set(), set())
+
+
+def test_replay_gives_the_states_at_a_moment():
+    model = GraphModel("all")
+    a, b = _tid(1), _tid(2)
+    model.add_events([_submit(a, "f", ts=1.0), _submit(b, "f", ts=2.0)])
+    model.add_events([[bytes.fromhex(a), "RUNNING", 3.0, {}],
+                      [bytes.fromhex(a), "FINISHED", 5.0, {}]])
+    assert model.replay(0.5) == {}
+    assert model.replay(1.5) == {"PENDING_ARGS_AVAIL": 1}
+    assert model.replay(4.0) == {"RUNNING": 1, "PENDING_ARGS_AVAIL": 1}
+    assert model.replay(9.0) == {"FINISHED": 1, "PENDING_ARGS_AVAIL": 1}
+    assert state_at(model.records[a], 3.5) == "RUNNING"
+    assert (model.t0, model.t1) == (1.0, 5.0)
+
+
+def test_out_of_order_events_keep_the_furthest_state():
+    model = GraphModel("all")
+    a = _tid(1)
+    # the worker's RUNNING and the owner's FINISHED arrive before the submission
+    model.add_events([[bytes.fromhex(a), "FINISHED", 3.0, {"end_time": 3.0}],
+                      [bytes.fromhex(a), "RUNNING", 2.0, {"start_time": 2.0}]])
+    assert model.total() == 0  # who submitted it is not known yet
+    model.add_events([_submit(a, "f", ts=1.0)])
+    (node,) = model.view()["nodes"]
+    assert node["state"] == "FINISHED" and node["duration"] == 1.0
+    assert model.legend() == {"FINISHED": 1}
+
+
+def test_scopes_filter_by_cell_and_notebook():
+    events = [_submit(_tid(1), "f", tag="cell-a", job=1), _submit(_tid(2), "g", tag="cell-b"),
+              _submit(_tid(3), "h", job=2, tag="other")]
+    cell = GraphModel("cell", tag="cell-a")
+    notebook = GraphModel("notebook", job_id=1)
+    everything = GraphModel("all")
+    for model in (cell, notebook, everything):
+        model.add_events(events)
+    assert [n["label"] for n in cell.view()["nodes"]] == ["f"]
+    assert sorted(n["label"] for n in notebook.view()["nodes"]) == ["f", "g"]
+    assert everything.total() == 3
+    assert list(cell.records) == [_tid(1)]  # the others' records are not kept
+    cell.add_events([[bytes.fromhex(_tid(2)), "FINISHED", 9.0, {}]])
+    assert list(cell.records) == [_tid(1)]
+    with pytest.raises(ValueError, match="scope"):
+        GraphModel("cells")
+    with pytest.raises(ValueError, match="tag"):
+        GraphModel("cell")
+
+
+def test_actor_methods_sit_in_their_actor_and_child_tasks_link_to_the_parent():
+    model = GraphModel("all")
+    actor = "aa" * 8
+    create, call, child = _tid(1), _tid(2), _tid(3)
+    model.add_events([
+        _submit(create, "Counter", actor=actor, kind="ACTOR_CREATION_TASK"),
+        _submit(call, "Counter.incr", actor=actor, kind="ACTOR_TASK"),
+        _submit(child, "nested", parent=call),
+    ])
+    view = model.view()
+    assert view["actors"] == [{"id": actor, "label": "Counter"}]
+    assert {"s": call, "t": child, "kind": "child", "n": 1} in view["edges"]
+
+
+def test_records_are_bounded_and_counts_follow():
+    model = GraphModel("all", max_tasks=100)
+    model.add_events([_submit(_tid(i), "f") for i in range(250)])
+    assert len(model.records) == 100 and model.total() == 100
+    assert model.legend() == {"PENDING_ARGS_AVAIL": 100}
+
+
+def test_records_from_the_gcs_cursor_merge_like_events():
+    store = TaskEventStore()
+    store.add_task_events([_submit(_tid(1), "f"), [bytes.fromhex(_tid(1)), "FINISHED", 2.0,
+                                                   {"end_time": 2.0}]])
+    model = GraphModel("all")
+    model.add_records(store.changes_since(0, 10)["tasks"])
+    (node,) = model.view()["nodes"]
+    assert node["state"] == "FINISHED" and node["ev"] == {"PENDING_ARGS_AVAIL": 1.0,
+                                                          "FINISHED": 2.0}

@@ -1,0 +1,216 @@
+"""Task events pushed from the GCS to this process's views.
+
+One ``TaskFeed`` per process (``feed()``): a thread with its own event loop holds a connection
+to the cluster's GCS, subscribes to the ``tasks`` channel (every batch of task events the GCS
+receives is pushed to it), and takes one snapshot with the incremental cursor
+(``ListTaskChanges``) to start from. Each listener (a widget, a cell's strip) gets the events
+for its model and a ``refresh`` call at most ``interval`` seconds apart while its model
+changes: nothing polls the GCS per frame, and nothing runs while no view is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cellfleet import _context
+from cellfleet import _messages as m
+
+from .model import GraphModel
+
+__all__ = ["NoClusterError", "TaskFeed", "feed", "label_cell"]
+
+SNAPSHOT_LIMIT = 100_000
+MAX_CELL_LABELS = 10_000
+CELL_LABELS: dict[str, str] = {}  # a cell's tag (msg_id) -> "In [3]", for the details panel
+
+
+def label_cell(tag: str, label: str) -> None:
+    """Name the cell whose tasks carry ``tag`` (the kernel does, as each cell starts)."""
+    CELL_LABELS[tag] = label
+    while len(CELL_LABELS) > MAX_CELL_LABELS:
+        del CELL_LABELS[next(iter(CELL_LABELS))]
+CONNECT_TIMEOUT_S = 5.0
+
+
+class NoClusterError(RuntimeError):
+    """A view was asked for with no cluster to watch."""
+
+
+class _Listener:
+    __slots__ = ("model", "refresh", "interval", "tick", "seen", "due", "lock")
+
+    def __init__(self, model: GraphModel, refresh: Callable[[], None], interval: float,
+                 tick: bool) -> None:
+        self.model = model
+        self.refresh = refresh
+        self.interval = interval
+        self.tick = tick
+        self.seen = -1
+        self.due = 0.0
+        self.lock = threading.Lock()  # held while the model changes or is read
+
+
+class TaskFeed:
+    """The GCS's task events, fanned out to listeners' models (see the module docstring)."""
+
+    def __init__(self, address: str, token: bytes) -> None:
+        self.address = address
+        self.token = token
+        self._listeners: list[_Listener] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._all = GraphModel("all", max_nodes=0)  # every record: where a new view starts
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+        self.closed = False
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def add(self, model: GraphModel, refresh: Callable[[], None], *,
+            interval: float = 0.5, tick: bool = False, history: bool = True) -> _Listener:
+        """Feed ``model`` (the tasks seen so far unless not ``history``, then live) and call
+        ``refresh`` when it moved (``tick``: every ``interval`` even when it did not)."""
+        self._start()
+        listener = _Listener(model, refresh, interval, tick)
+        self._wait_ready()
+        with self._lock, listener.lock:
+            if history:
+                model.add_records([r for r in self._all.records.values()
+                                   if "name" not in r or model.in_scope(r)])
+            self._listeners.append(listener)
+        self.poke(listener)
+        return listener
+
+    def remove(self, listener: _Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def poke(self, listener: _Listener) -> None:
+        """Refresh ``listener`` soon even if its model did not change (e.g. a group opened)."""
+        listener.seen = -1
+        listener.due = 0.0
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: None)
+
+    def _wait_ready(self) -> None:
+        if not self._ready.wait(CONNECT_TIMEOUT_S + 1):
+            raise NoClusterError(f"the cluster's GCS at {self.address} did not answer")
+        if self.error is not None:
+            raise NoClusterError(f"cannot watch the cluster at {self.address}: {self.error}")
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="cellfleet-task-feed",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported to whoever asks
+            self.error = self.error or exc
+        finally:
+            self._ready.set()
+            loop.close()
+
+    async def _main(self) -> None:
+        from cellfleet._rpc import connect
+
+        closed = asyncio.Event()
+
+        def on_publish(conn: Any, msg: m.Publish) -> None:
+            if msg.channel == "tasks":
+                self._deliver(msg.data)
+
+        try:
+            conn = await connect(self.address, self.token, {m.Publish: on_publish},
+                                 timeout=CONNECT_TIMEOUT_S, on_close=lambda c: closed.set())
+            conn.send(m.Subscribe("tasks"))
+            snapshot = await asyncio.wait_for(conn.request(m.ListTaskChanges(0, SNAPSHOT_LIMIT)),
+                                              CONNECT_TIMEOUT_S)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        with self._lock:
+            self._all.add_records(snapshot["tasks"])
+        self._ready.set()
+        try:
+            while not self.closed and not closed.is_set():
+                self._refresh_due()
+                try:
+                    await asyncio.wait_for(closed.wait(), 0.1)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            conn.close()
+            self.closed = True
+
+    def _deliver(self, events: list) -> None:
+        with self._lock:
+            self._all.add_events(events)
+            for listener in self._listeners:
+                with listener.lock:
+                    listener.model.add_events(events)
+
+    def _refresh_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            if now < listener.due or (listener.model.version == listener.seen
+                                      and not listener.tick):
+                continue
+            listener.seen = listener.model.version
+            start = time.monotonic()
+            try:
+                with listener.lock:
+                    listener.refresh()
+            except Exception:  # noqa: BLE001 - a closed view must not stop the others
+                self.remove(listener)
+            # a view that costs more than a tenth of its interval is refreshed less often
+            cost = time.monotonic() - start
+            listener.due = now + max(listener.interval, 10 * cost)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+_feed: TaskFeed | None = None
+_feed_lock = threading.Lock()
+
+
+def feed() -> TaskFeed:
+    """This process's feed of the current cluster (``cellfleet.init()`` must have run)."""
+    global _feed
+    core = _context.core
+    if core is None:
+        raise NoClusterError(
+            "no cellfleet cluster to watch: run cellfleet.init() first (in the cellfleet "
+            "kernel the runtime starts by itself; '%cluster' shows it, '%cluster start' "
+            "starts one)")
+    with _feed_lock:
+        if _feed is None or _feed.address != core.gcs_address or _feed.closed or \
+                (_feed.error is not None):
+            if _feed is not None:
+                _feed.close()
+            _feed = TaskFeed(core.gcs_address, core.token)
+        return _feed
+
+
+def current_job_id() -> int:
+    core = _context.core
+    if core is None:
+        raise NoClusterError("no cellfleet cluster: run cellfleet.init() first")
+    return core.job_id

@@ -1,0 +1,326 @@
+"""The task graph as the widget and the dashboard draw it: records in, a bounded view out.
+
+``GraphModel`` is fed task events (the GCS's raw ``[task_id, state, time, info]`` batches, or
+the merged records ``ListTaskChanges`` returns) and keeps, incrementally, the records of the
+tasks in its scope, the producer of every object, and per-function counts. ``view()`` turns
+that into what a frontend lays out: every task as a node while there are few, otherwise one
+group node per function ("stage1 × 60 · 58 done · 2 running") that expands on request, edges
+task → task through the objects they pass (aggregated between groups), actors as boxes around
+their method calls, and a legend. No I/O: the feed and the widget carry the events in and the
+view out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from typing import Any
+
+from cellfleet.gcs.task_events import TASK_STATES as STATES
+
+__all__ = ["COLORS", "DONE_STATES", "SHORT", "STATES", "GraphModel", "state_at"]
+
+COLORS = {  # as in static/taskgraph.js
+    "PENDING_ARGS_AVAIL": "#8c8c8c",
+    "PENDING_NODE_ASSIGNMENT": "#e0a800",
+    "SUBMITTED_TO_WORKER": "#f0700a",
+    "RUNNING": "#1c7ed6",
+    "FINISHED": "#2f9e44",
+    "FAILED": "#e03131",
+}
+DONE_STATES = ("FINISHED", "FAILED")
+_RANK = {state: i for i, state in enumerate(STATES)}
+SHORT = {
+    "PENDING_ARGS_AVAIL": "waiting",
+    "PENDING_NODE_ASSIGNMENT": "queued",
+    "SUBMITTED_TO_WORKER": "submitted",
+    "RUNNING": "running",
+    "FINISHED": "done",
+    "FAILED": "failed",
+}
+MAX_ERROR_CHARS = 4000
+SCOPES = ("notebook", "cell", "all")
+
+
+def state_at(record: dict, t: float) -> str | None:
+    """The state a task was in at time ``t`` (None: not submitted yet)."""
+    best = None
+    for state, ts in (record.get("events") or {}).items():
+        if ts <= t and (best is None or _RANK.get(state, 0) >= _RANK.get(best, 0)):
+            best = state
+    return best
+
+
+def _short_id(hex_id: str | None) -> str:
+    return (hex_id or "")[:8]
+
+
+class GraphModel:
+    """Task records in one scope and their bounded view.
+
+    ``scope``: ``"all"`` tasks of the cluster, the ``"notebook"``'s (``job_id``), or one
+    ``"cell"``'s (``tag``, the cell's msg_id, which nested tasks inherit). ``max_nodes``:
+    above this many tasks the view groups them by function. ``max_tasks`` bounds the records
+    kept (the oldest go first).
+    """
+
+    def __init__(self, scope: str = "all", *, job_id: int | None = None, tag: str | None = None,
+                 max_nodes: int = 300, expand_limit: int = 200,
+                 max_tasks: int = 200_000) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+        if scope == "cell" and not tag:
+            raise ValueError("scope='cell' needs the cell's tag (its msg_id)")
+        if scope == "notebook" and job_id is None:
+            raise ValueError("scope='notebook' needs the notebook's job_id")
+        self.scope = scope
+        self.job_id = job_id
+        self.tag = tag
+        self.max_nodes = max_nodes
+        self.expand_limit = expand_limit
+        self.max_tasks = max_tasks
+        self.records: OrderedDict[str, dict] = OrderedDict()  # every task seen, bounded
+        self.members: dict[str, OrderedDict[str, None]] = {}  # group key -> in-scope tasks
+        self.counts: dict[str, Counter] = {}  # group key -> state counts
+        self.producer: dict[str, str] = {}  # object id -> task id
+        self._ignored: OrderedDict[str, None] = OrderedDict()  # known to be out of scope
+        self.cell_labels: dict[str, str] = {}  # tag -> "In [3]"
+        self.version = 0  # bumped on every change: the view is stale when it moved
+        self.t0: float | None = None
+        self.t1: float | None = None
+
+    # -- input ------------------------------------------------------------------------------
+
+    def add_events(self, events: list) -> None:
+        """Raw task events ``[task_id (bytes or hex), state, time, info]``."""
+        for task_id, state, ts, info in events:
+            tid = task_id.hex() if isinstance(task_id, bytes) else task_id
+            self._merge(tid, state, {state: ts}, info)
+
+    def add_records(self, records: list[dict]) -> None:
+        """Merged records (``ListTaskChanges``): every field, every state's timestamp."""
+        for record in records:
+            info = {k: v for k, v in record.items() if k not in ("task_id", "state", "events")}
+            self._merge(record["task_id"], record["state"], record.get("events") or {}, info)
+
+    def _merge(self, tid: str, state: str, events: dict, info: dict | None) -> None:
+        if tid in self._ignored:
+            return
+        record = self.records.get(tid)
+        if record is None:
+            record = self.records[tid] = {"task_id": tid, "state": state, "events": {}}
+            before = None
+            if len(self.records) > self.max_tasks:
+                self._drop(*self.records.popitem(last=False))
+        else:
+            before = self._slot(record)
+        for st, ts in events.items():
+            record["events"][st] = ts
+            if _RANK.get(st, 0) >= _RANK.get(record["state"], 0):
+                record["state"] = st
+            self.t0 = ts if self.t0 is None else min(self.t0, ts)
+            self.t1 = ts if self.t1 is None else max(self.t1, ts)
+        if info:
+            record.update(info)
+            for oid in info.get("returns") or ():
+                self.producer[oid] = tid
+        after = self._slot(record)
+        if after[0] is None and "name" in record:  # submitted from elsewhere: forget it
+            self._forget(tid, record, before)
+            return
+        if after != before:
+            if before is not None and before[0] is not None:
+                self.counts[before[0]][before[1]] -= 1
+                if before[0] != after[0]:
+                    self.members[before[0]].pop(tid, None)
+            if after[0] is not None:
+                self.counts.setdefault(after[0], Counter())[after[1]] += 1
+                self.members.setdefault(after[0], OrderedDict())[tid] = None
+        self.version += 1
+
+    def _forget(self, tid: str, record: dict, slot: tuple[str | None, str] | None) -> None:
+        del self.records[tid]
+        if slot is not None and slot[0] is not None:
+            self.counts[slot[0]][slot[1]] -= 1
+            self.members[slot[0]].pop(tid, None)
+        for oid in record.get("returns") or ():
+            if self.producer.get(oid) == tid:
+                del self.producer[oid]
+        self._ignored[tid] = None
+        if len(self._ignored) > self.max_tasks:
+            self._ignored.popitem(last=False)
+
+    def _drop(self, tid: str, record: dict) -> None:
+        key, state = self._slot(record)
+        if key is not None:
+            self.counts[key][state] -= 1
+            self.members[key].pop(tid, None)
+        for oid in record.get("returns") or ():
+            if self.producer.get(oid) == tid:
+                del self.producer[oid]
+
+    def in_scope(self, record: dict) -> bool:
+        if "name" not in record:  # only the worker's events so far: who submitted it is unknown
+            return False
+        if self.scope == "cell":
+            return record.get("tag") == self.tag
+        if self.scope == "notebook":
+            return record.get("job_id") == self.job_id
+        return True
+
+    def _slot(self, record: dict) -> tuple[str | None, str]:
+        key = group_key(record) if self.in_scope(record) else None
+        return key, record["state"]
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def total(self) -> int:
+        return sum(len(m) for m in self.members.values())
+
+    def legend(self) -> dict[str, int]:
+        out: Counter = Counter()
+        for counts in self.counts.values():
+            out.update(counts)
+        return {state: out[state] for state in STATES if out[state] > 0}
+
+    def upstream(self, tid: str, limit: int = 10_000) -> tuple[set[str], set[str]]:
+        """The lineage of a task: the tasks and objects it depends on, transitively."""
+        tasks: set[str] = set()
+        objects: set[str] = set()
+        stack = [tid]
+        while stack and len(tasks) < limit:
+            record = self.records.get(stack.pop())
+            if record is None:
+                continue
+            for oid in record.get("args") or ():
+                objects.add(oid)
+                producer = self.producer.get(oid)
+                if producer is not None and producer not in tasks:
+                    tasks.add(producer)
+                    stack.append(producer)
+        return tasks, objects
+
+    def replay(self, t: float) -> dict[str, int]:
+        """State counts of the scope's tasks as they were at time ``t``."""
+        out: Counter = Counter()
+        for members in self.members.values():
+            for tid in members:
+                state = state_at(self.records[tid], t)
+                if state is not None:
+                    out[state] += 1
+        return dict(out)
+
+    # -- the view ---------------------------------------------------------------------------
+
+    def view(self, expanded: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """What a frontend draws: nodes, edges, actors, legend (bounded by ``max_nodes``
+        plus ``expand_limit`` per expanded group)."""
+        total = self.total()
+        grouped = total > self.max_nodes
+        node_of: dict[str, str] = {}  # task id -> the node that shows it
+        nodes: list[dict] = []
+        actors: dict[str, dict] = {}
+        for key, members in self.members.items():
+            if not members:
+                continue
+            if not grouped or key in expanded:
+                shown = list(members)[-self.expand_limit:] if grouped else list(members)
+                for tid in shown:
+                    record = self.records[tid]
+                    node = self._task_node(record)
+                    node_of[tid] = node["id"]
+                    nodes.append(node)
+                    if node.get("actor"):
+                        actors.setdefault(node["actor"], {"id": node["actor"], "label": ""})
+                hidden = len(members) - len(shown)
+                if hidden:
+                    group_id = f"g:{key}:more"
+                    nodes.append(self._group_node(group_id, key, hidden, more=True))
+                    for tid in list(members)[:hidden]:
+                        node_of[tid] = group_id
+            else:
+                group_id = f"g:{key}"
+                nodes.append(self._group_node(group_id, key, len(members)))
+                for tid in members:
+                    node_of[tid] = group_id
+        edges = self._edges(node_of)
+        for node in nodes:
+            if node["kind"] == "task" and node.get("type") == "ACTOR_CREATION_TASK":
+                actor = actors.get(node.get("actor") or "")
+                if actor is not None:
+                    actor["label"] = node["fn"]
+        for actor in actors.values():
+            actor["label"] = actor["label"] or f"actor {_short_id(actor['id'])}"
+        return {
+            "scope": self.scope, "total": total, "grouped": grouped,
+            "nodes": nodes, "edges": edges, "actors": list(actors.values()),
+            "legend": self.legend(), "t0": self.t0, "t1": self.t1,
+            "expanded": sorted(k for k in expanded if k in self.members),
+        }
+
+    def _edges(self, node_of: dict[str, str]) -> list[dict]:
+        """Edges between shown nodes: data (an object from its producer to a consumer) and
+        child (a task to the tasks it submitted); aggregated when they join groups."""
+        agg: dict[tuple[str, str, str], dict] = {}
+        for tid, target in node_of.items():
+            record = self.records[tid]
+            for oid in record.get("args") or ():
+                producer = self.producer.get(oid)
+                source = node_of.get(producer) if producer else None
+                if source is None or source == target:
+                    continue
+                edge = agg.get((source, target, "data"))
+                if edge is None:
+                    agg[(source, target, "data")] = {"s": source, "t": target, "kind": "data",
+                                                     "n": 1, "obj": oid}
+                else:
+                    edge["n"] += 1
+            parent = node_of.get(record.get("parent_task_id") or "")
+            if parent is not None and parent != target:
+                key = (parent, target, "child")
+                if key in agg:
+                    agg[key]["n"] += 1
+                else:
+                    agg[key] = {"s": parent, "t": target, "kind": "child", "n": 1}
+        return list(agg.values())
+
+    def _task_node(self, record: dict) -> dict:
+        start, end = record.get("start_time"), record.get("end_time")
+        error = record.get("error_message")
+        if error and len(error) > MAX_ERROR_CHARS:
+            error = error[:MAX_ERROR_CHARS] + "\n… (cut)"
+        tag = record.get("tag") or ""
+        return {
+            "id": record["task_id"], "kind": "task", "label": record.get("name", "?"),
+            "fn": record.get("func_or_class_name") or record.get("name", "?"),
+            "state": record["state"], "type": record.get("type"),
+            "actor": record.get("actor_id") or None,
+            "ev": record.get("events") or {},
+            "args": list(record.get("args") or ()), "returns": list(record.get("returns") or ()),
+            "node": record.get("node_id"), "pid": record.get("worker_pid"),
+            "duration": end - start if start and end else None,
+            "error": error, "attempt": record.get("attempt_number") or 0,
+            "reason": record.get("placement_reason") or record.get("scheduling_reason"),
+            "parent": record.get("parent_task_id"),
+            "cell": self.cell_labels.get(tag) or (tag[:8] if tag else None),
+        }
+
+    def _group_node(self, node_id: str, key: str, count: int, *, more: bool = False) -> dict:
+        counts = self.counts.get(key) or Counter()
+        states = {s: counts[s] for s in STATES if counts[s] > 0}
+        main = max(states, key=lambda s: (states[s], _RANK[s])) if states else "FINISHED"
+        if "FAILED" in states:
+            main = "FAILED"
+        elif "RUNNING" in states:
+            main = "RUNNING"
+        if more:
+            label = f"{count} more {key}"
+        else:
+            parts = " · ".join(f"{n} {SHORT[s]}" for s, n in states.items())
+            label = f"{key} × {count} · {parts}"
+        return {"id": node_id, "kind": "more" if more else "group", "label": label,
+                "key": key, "count": count, "state": main, "states": states}
+
+
+def group_key(record: dict) -> str:
+    """The group a task joins: its function (an actor's methods: ``Class.method``)."""
+    return record.get("name") or record.get("func_or_class_name") or "?"
