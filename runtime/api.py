@@ -168,7 +168,8 @@ def init(
 
     ``address``: None starts a local head (or uses ``CELLFLEET_ADDRESS``); ``"auto"`` finds
     the cluster ``cellfleet start`` made on this machine; ``"host:port"`` is a GCS address.
-    ``gcs_storage``: None keeps control state in memory; ``"redis://host:port"`` in Redis.
+    ``gcs_storage``: None keeps control state in memory; ``"redis://:PASSWORD@host:port"`` in
+    Redis, which must demand a password (``?password_file=PATH`` reads it from a file).
     """
     global _head
     ignored = {"include_dashboard", "dashboard_host", "dashboard_port", "configure_logging",
