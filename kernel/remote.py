@@ -334,8 +334,12 @@ class RemoteRunner:
                                         opts.name or f"cell-{count}") from None
 
     def _cell_number(self) -> int:
-        """The running cell's In[N] (IPython counts the cell before running it, as the
-        execute reply's ``execution_count - 1`` shows)."""
+        """The running cell's In[N]. IPython 9 counts the cell before running it, IPython 8
+        (the newest on Python 3.10) after: the running cell's own result knows its number."""
+        running = getattr(getattr(self.shell, "displayhook", None), "exec_result", None)
+        count = getattr(running, "execution_count", None)
+        if count is not None:
+            return count
         return max(getattr(self.shell, "execution_count", 1) - 1, 0)
 
     def _run(self, opts: RemoteOptions, body: str, *, header: str, line_offset: int,

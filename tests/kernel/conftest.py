@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -44,6 +45,9 @@ def _ensure_kernelspec() -> str:
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
         p for p in (path, os.environ.get("JUPYTER_PATH")) if p)
     return KernelSpecManager().find_kernel_specs()[KERNEL_NAME]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Cell:
@@ -89,8 +93,9 @@ class Cell:
         return self.reply["content"]["status"] == "ok"
 
     def traceback_text(self) -> str:
+        """The traceback shown, without colors (IPython 8 colors each token of a line)."""
         err = self.error or {}
-        return "\n".join(err.get("traceback", []))
+        return _ANSI.sub("", "\n".join(err.get("traceback", [])))
 
 
 class KernelProcess:
