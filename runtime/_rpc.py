@@ -297,6 +297,14 @@ class Connection(asyncio.Protocol):
     def is_open(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued for the peer that it has not taken yet (a stalled peer's backlog)."""
+        queued = sum(map(len, self._out))
+        if self._transport is not None and not self._transport.is_closing():
+            queued += self._transport.get_write_buffer_size()
+        return queued
+
     def close(self) -> None:
         if self._transport is not None:
             if self._out:

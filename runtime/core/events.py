@@ -1,10 +1,11 @@
 """Task events, object events and worker output, buffered and sent to the GCS in batches.
 
 Any thread may record; the core worker's I/O thread flushes every ``FLUSH_INTERVAL_S``, so
-observability never adds a round trip to a task. While the GCS is away (restarting, or
-unreachable) the buffers keep at most ``max_size`` entries of each kind (Ray's
-``task_events_max_buffer_size``): the oldest are dropped and counted, and the counts travel
-with the next batch so that ``cellfleet status`` can show what was lost.
+observability never adds a round trip to a task. While the GCS is away (restarting,
+unreachable, or stalled with ``MAX_UNSENT_BYTES`` not yet taken from its connection) the
+buffers keep at most ``max_size`` entries of each kind (Ray's ``task_events_max_buffer_size``):
+the oldest are dropped and counted, and the counts travel with the next batch so that
+``cellfleet status`` can show what was lost.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = ["EventBuffer"]
 FLUSH_INTERVAL_S = 0.1
 MAX_BUFFERED = 10_000
 MAX_BUFFERED_ENV = "CELLFLEET_EVENT_BUFFER_SIZE"
+MAX_UNSENT_BYTES = 4 * 2**20  # queued for a GCS that does not read: hold further batches
 
 
 def _max_buffered() -> int:
@@ -61,7 +63,7 @@ class EventBuffer:
 
     def flush(self, gcs: Connection | None) -> None:
         """Send everything recorded so far (called on the I/O thread)."""
-        if gcs is None or not gcs.is_open:
+        if gcs is None or not gcs.is_open or gcs.unsent_bytes > MAX_UNSENT_BYTES:
             return
         dropped = None
         if any(self._unreported.values()):

@@ -1,5 +1,6 @@
 """Bounded tables with real processes: dead actors are forgotten by owners and the GCS, and
-task events buffered while the GCS is down are capped; ``cellfleet status`` shows the drops."""
+task events buffered while the GCS is down or stalled are capped; ``cellfleet status`` shows
+the drops."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import cellfleet
 from cellfleet import _context
 from cellfleet import _messages as m
 from cellfleet._session import Session
+from cellfleet.core.events import MAX_UNSENT_BYTES
 from cellfleet.exceptions import ActorDiedError
 
 pytestmark = pytest.mark.integration
@@ -112,3 +114,38 @@ def test_events_buffered_while_the_gcs_is_down_are_capped(fresh_cluster, monkeyp
     finally:
         cellfleet.shutdown()
         stop(new_gcs)
+
+
+def unsent_to_gcs(core) -> int:
+    async def read() -> int:
+        return core.gcs.unsent_bytes
+
+    return core.run(read(), timeout=5)
+
+
+def test_events_for_a_stalled_gcs_are_held_and_capped(fresh_cluster, monkeypatch) -> None:
+    monkeypatch.setenv("CELLFLEET_NODE_TIMEOUT_S", "120")  # the raylet is not what is tested
+    info = fresh_cluster(num_cpus=1, object_store_memory=64 * 2**20)
+    assert cellfleet.get(noop.remote(0), timeout=60) == 0
+    session = Session(Path(info["session_dir"]))
+    core = _context.core
+    gcs_pid = session.info()["pids"][0]
+    os.kill(gcs_pid, signal.SIGSTOP)  # connected, but reading nothing
+    try:
+        for _ in range(60):  # until the backlog is full and the buffer (10,000 events) too
+            assert cellfleet.get([noop.remote(i) for i in range(1000)], timeout=120)[-1] == 999
+            assert unsent_to_gcs(core) < MAX_UNSENT_BYTES + 2**20, "a stalled GCS's backlog grew"
+            if core.events.dropped["task_events"]:
+                break
+        assert core.events.dropped["task_events"] > 0, "the events for a stalled GCS piled up"
+        assert len(core.events.tasks) <= 10_000
+    finally:
+        os.kill(gcs_pid, signal.SIGCONT)
+    dropped = core.events.dropped["task_events"]
+
+    def reported() -> int:
+        (stats,) = ask_gcs(info["gcs_address"], session.token(), m.GetTableStats())
+        return stats["dropped_by_workers"].get("task_events", 0)
+
+    wait_until(lambda: reported() >= dropped, timeout=30,
+               message="the driver to report what it dropped")

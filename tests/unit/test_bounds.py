@@ -6,7 +6,7 @@ import pytest
 
 from cellfleet import _messages as m
 from cellfleet._graveyard import Graveyard, limit_from_env
-from cellfleet.core.events import EventBuffer
+from cellfleet.core.events import MAX_UNSENT_BYTES, EventBuffer
 
 
 def test_the_oldest_deaths_are_forgotten_beyond_the_limit() -> None:
@@ -32,8 +32,9 @@ def test_limits_from_the_environment_are_checked(monkeypatch) -> None:
 class FakeGcs:
     is_open = True
 
-    def __init__(self) -> None:
+    def __init__(self, unsent_bytes: int = 0) -> None:
         self.sent: list[m.Message] = []
+        self.unsent_bytes = unsent_bytes
 
     def send(self, message: m.Message) -> None:
         self.sent.append(message)
@@ -46,6 +47,9 @@ def test_the_event_buffer_keeps_the_newest_and_reports_what_it_dropped() -> None
         events.log([0, "", b"", "f", 1, "stdout", f"line {i}"])
     events.object(b"o", "CREATED")
     events.flush(None)  # the GCS is away: nothing leaves, nothing grows past the bound
+    stalled = FakeGcs(unsent_bytes=MAX_UNSENT_BYTES + 1)
+    events.flush(stalled)  # connected, but not reading: hold the batch
+    assert stalled.sent == []
     assert len(events.tasks) == 3 and len(events.logs) == 3
     gcs = FakeGcs()
     events.flush(gcs)
