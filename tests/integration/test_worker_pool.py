@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from helpers import wait_until
+from helpers import alive, wait_until
 
 import cellfleet
 from cellfleet import _context
@@ -37,31 +38,36 @@ def node_stats() -> dict[str, Any]:
     return _context.core.request("raylet", m.GetNodeStats())
 
 
-def worker_processes() -> list[psutil.Process]:
-    """The raylet's live worker processes."""
-    raylet = psutil.Process(node_stats()["pid"])
-    return [p for p in raylet.children() if p.status() != psutil.STATUS_ZOMBIE]
+def worker_pids() -> set[int]:
+    """The pids of the raylet's workers (its own record)."""
+    return {w["pid"] for w in node_stats()["workers"]}
+
+
+def set_fd_limit(procs: list[psutil.Process], limits: tuple[int, int]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a gone template: the raylet spawns
+            proc.rlimit(psutil.RLIMIT_NOFILE, limits)
 
 
 def test_a_failed_worker_start_does_not_stop_later_starts(fresh_cluster) -> None:
-    info = fresh_cluster(num_cpus=1, object_store_memory=STORE)
-    log = Path(info["session_dir"]) / "logs" / "raylet.log"
-    assert cellfleet.get(nested.remote(0), timeout=60) == 0
+    info = fresh_cluster(num_cpus=0, object_store_memory=STORE)  # no worker is started ahead
+    logs = Path(info["session_dir"]) / "logs"
     raylet = psutil.Process(node_stats()["pid"])
+    starters = [raylet, *raylet.children()]  # the raylet and the template it forks workers from
     limits = raylet.rlimit(psutil.RLIMIT_NOFILE)
-    raylet.rlimit(psutil.RLIMIT_NOFILE, (3, limits[1]))  # every new descriptor: EMFILE
+    set_fd_limit(starters, (3, limits[1]))  # every new descriptor: EMFILE
     try:
         first = Echo.remote()  # needs a worker of its own, which cannot start now
-        wait_until(lambda: node_stats()["load"]["queued"] >= 1, timeout=30,
-                   message="the actor's lease request to reach the raylet")
+        wait_until(lambda: node_stats()["pool"]["failed_starts"] >= 1
+                   if "pool" in node_stats() else node_stats()["load"]["queued"] >= 1,
+                   timeout=30, message="a worker start to fail")
     finally:
-        raylet.rlimit(psutil.RLIMIT_NOFILE, limits)
+        set_fd_limit(starters, limits)
     assert cellfleet.get(first.ping.remote(1), timeout=60) == 1
-    second = Echo.remote()
-    assert cellfleet.get(second.ping.remote(2), timeout=60) == 2
-    assert cellfleet.get([nested.remote(0) for _ in range(4)], timeout=60) == [0] * 4
+    more = [Echo.remote() for _ in range(4)]
+    assert cellfleet.get([a.ping.remote(i) for i, a in enumerate(more)], timeout=60) == [0, 1, 2, 3]
     assert node_stats()["pool"]["failed_starts"] >= 1
-    assert "Too many open files" in log.read_text()
+    assert any("Too many open files" in log.read_text() for log in logs.glob("*.log"))
 
 
 @pytest.mark.timeout(400)
@@ -84,8 +90,12 @@ def test_two_hundred_actors_start_a_few_at_a_time_without_a_failed_start(fresh_c
 def test_idle_workers_beyond_the_pool_size_are_stopped(fresh_cluster) -> None:
     fresh_cluster(num_cpus=1, object_store_memory=STORE)
     assert cellfleet.get(nested.remote(5), timeout=60) == 5  # six levels, six workers
-    wait_until(lambda: len(worker_processes()) == 1, timeout=30,
+    started = worker_pids()
+    assert len(started) >= 6
+    wait_until(lambda: len(worker_pids()) == 1, timeout=30,
                message="idle workers beyond the pool's one to stop")
+    wait_until(lambda: alive(started - worker_pids()) == set(), timeout=10,
+               message="the stopped workers' processes to exit")
     assert cellfleet.get(nested.remote(1), timeout=60) == 1  # the pool serves on
 
 
@@ -98,6 +108,20 @@ def test_nesting_deeper_than_the_worker_cap_fails_saying_which_limit_and_how_to_
         cellfleet.get(nested.remote(6), timeout=60)
     message = str(caught.value)
     assert "limit of 3 task workers" in message and "CELLFLEET_MAX_WORKERS" in message
-    assert len(worker_processes()) <= 3
+    assert len(worker_pids()) <= 3
     assert cellfleet.get(nested.remote(1), timeout=60) == 1
 
+
+
+def test_workers_start_as_new_interpreters_once_the_template_is_gone(fresh_cluster) -> None:
+    fresh_cluster(num_cpus=0, object_store_memory=STORE)
+    raylet = psutil.Process(node_stats()["pid"])
+    (template,) = [p for p in raylet.children() if "forkserver" in " ".join(p.cmdline())]
+    forked = Echo.remote()
+    assert cellfleet.get(forked.ping.remote(1), timeout=60) == 1
+    assert {w["pid"] for w in node_stats()["workers"]} <= {c.pid for c in template.children()}
+    template.kill()
+    spawned = [Echo.remote() for _ in range(3)]
+    assert cellfleet.get([a.ping.remote(i) for i, a in enumerate(spawned)], timeout=60) == [0, 1, 2]
+    assert cellfleet.get(forked.ping.remote(2), timeout=60) == 2  # forked workers live on
+    assert node_stats()["pool"]["failed_starts"] == 0
