@@ -237,6 +237,9 @@ def _print_table_stats(tables: dict) -> None:
     print("  dropped by workers     " + ", ".join(
         f"{by_workers.get(kind, 0)} {kind.replace('_', ' ')}"
         for kind in ("task_events", "object_events", "log_lines")))
+    missed = tables.get("dropped_publications") or {}
+    print("  missed by slow readers " + (", ".join(
+        f"{n} {channel} message(s)" for channel, n in sorted(missed.items())) or "nothing"))
 
 
 # -- stop -----------------------------------------------------------------------------------

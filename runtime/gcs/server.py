@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import msgpack
@@ -29,9 +29,12 @@ __all__ = ["GcsServer"]
 logger = logging.getLogger(__name__)
 
 NODE_TIMEOUT_S = 10.0
-LOG_HISTORY = 10_000
+LOG_HISTORY = 10_000  # recent log lines kept, and at most LOG_HISTORY_BYTES of their text
+LOG_HISTORY_BYTES = 8 * 2**20
 MAX_DEAD_ACTORS = 1000  # as Ray's GCS keeps a bounded number of destroyed actors
 MAX_TASK_EVENTS = 20_000  # task records (and object records) kept, ~1.4 KB each
+MAX_SUBSCRIBER_BACKLOG = 16 * 2**20  # unread bytes after which a subscriber misses logs
+OBSERVABILITY_CHANNELS = frozenset({"logs", "tasks"})
 
 
 def _pack(value: Any) -> bytes:
@@ -57,7 +60,9 @@ class GcsServer:
         self.events = TaskEventStore(max_tasks=max_tasks, max_objects=max_tasks)
         self.dead_actors = Graveyard(limit_from_env("CELLFLEET_MAX_DEAD_ACTORS", MAX_DEAD_ACTORS))
         self.reported_drops: Counter[str] = Counter()  # dropped by core workers' buffers
-        self.logs: list[list] = []
+        self.dropped_publications: Counter[str] = Counter()  # per channel, slow subscribers
+        self.logs: deque[list] = deque()
+        self._log_bytes = 0
         self.subscribers: dict[str, set[Connection]] = {}
         self.actors: dict[bytes, dict[str, Any]] = {}
         self._actor_waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -123,6 +128,7 @@ class GcsServer:
                             "objects": len(events.objects),
                             "dropped_objects": events.dropped_objects},
             "dropped_by_workers": dict(self.reported_drops),
+            "dropped_publications": dict(self.dropped_publications),
         }
 
     # -- connections ----------------------------------------------------------------------
@@ -325,14 +331,24 @@ class GcsServer:
             self.events.add_object_events(msg.objects)
 
     def add_logs(self, conn: Connection, msg: m.AddLogs) -> None:
-        self.logs.extend(msg.lines)
-        if len(self.logs) > LOG_HISTORY:
-            del self.logs[: len(self.logs) - LOG_HISTORY]
+        logs = self.logs
+        for line in msg.lines:
+            logs.append(line)
+            self._log_bytes += len(line[-1])
+        while len(logs) > LOG_HISTORY or self._log_bytes > LOG_HISTORY_BYTES:
+            self._log_bytes -= len(logs.popleft()[-1])
         self.publish("logs", msg.lines)
 
     def subscribe(self, conn: Connection, msg: m.Subscribe) -> None:
         self.subscribers.setdefault(msg.channel, set()).add(conn)
 
     def publish(self, channel: str, data: Any) -> None:
+        """Send to every subscriber of ``channel``. A subscriber that has not read
+        ``MAX_SUBSCRIBER_BACKLOG`` bytes misses what only observes (logs, task events), counted;
+        what keeps the cluster right (exits, actors, nodes) is small and always sent."""
+        observing = channel in OBSERVABILITY_CHANNELS
         for conn in self.subscribers.get(channel, ()):
+            if observing and conn.unsent_bytes > MAX_SUBSCRIBER_BACKLOG:
+                self.dropped_publications[channel] += 1
+                continue
             conn.send(m.Publish(channel, data))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import wait_until
 from test_gcs_redis import ask_gcs, restart_gcs, stop
@@ -149,3 +150,41 @@ def test_events_for_a_stalled_gcs_are_held_and_capped(fresh_cluster, monkeypatch
 
     wait_until(lambda: reported() >= dropped, timeout=30,
                message="the driver to report what it dropped")
+
+
+SUBSCRIBER = """
+import sys, time, cellfleet
+cellfleet.init(address=sys.argv[1], log_to_driver=True)
+print("subscribed", flush=True)
+time.sleep(600)
+"""
+
+
+@cellfleet.remote
+def chatty(lines: int) -> int:
+    for i in range(lines):
+        print(f"{i:06d}" + "x" * 10_000)
+    return lines
+
+
+def test_a_stalled_log_subscriber_does_not_grow_the_gcs(fresh_cluster) -> None:
+    info = fresh_cluster(num_cpus=1, object_store_memory=64 * 2**20, log_to_driver=False)
+    session = Session(Path(info["session_dir"]))
+    gcs = psutil.Process(session.info()["pids"][0])
+    reader = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, info["gcs_address"]],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "subscribed"
+        reader.send_signal(signal.SIGSTOP)  # subscribed to logs, reading nothing
+        before = gcs.memory_info().rss
+        for _ in range(80):  # 80 MB of output, 1 MB a task
+            assert cellfleet.get(chatty.remote(100), timeout=120) == 100
+        (stats,) = ask_gcs(info["gcs_address"], session.token(), m.GetTableStats())
+        assert stats["dropped_publications"].get("logs", 0) > 0, stats
+        growth = (gcs.memory_info().rss - before) / 2**20
+        assert growth < 48, f"the GCS grew by {growth:.0f} MB for a stalled subscriber"
+        assert "logs message(s)" in status(info["gcs_address"], session)
+    finally:
+        reader.send_signal(signal.SIGCONT)
+        reader.kill()
+        reader.wait(10)

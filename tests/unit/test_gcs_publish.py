@@ -1,0 +1,36 @@
+"""The GCS's pub/sub and log history: bounded, even for a subscriber that stops reading."""
+
+from __future__ import annotations
+
+from cellfleet import _messages as m
+from cellfleet.gcs.server import LOG_HISTORY, LOG_HISTORY_BYTES, MAX_SUBSCRIBER_BACKLOG, GcsServer
+from cellfleet.gcs.storage import MemoryStorage
+
+
+class FakeConnection:
+    def __init__(self, unsent_bytes: int) -> None:
+        self.unsent_bytes = unsent_bytes
+        self.sent: list[m.Message] = []
+
+    def send(self, message: m.Message) -> None:
+        self.sent.append(message)
+
+
+def test_a_stalled_subscriber_misses_observability_but_not_state() -> None:
+    gcs = GcsServer(MemoryStorage())
+    reading, stalled = FakeConnection(0), FakeConnection(MAX_SUBSCRIBER_BACKLOG + 1)
+    for channel in ("logs", "tasks", "exits", "actor"):
+        gcs.subscribers[channel] = {reading, stalled}
+        gcs.publish(channel, ["data"])
+    assert [msg.channel for msg in reading.sent] == ["logs", "tasks", "exits", "actor"]
+    assert [msg.channel for msg in stalled.sent] == ["exits", "actor"]
+    assert gcs.table_stats()["dropped_publications"] == {"logs": 1, "tasks": 1}
+
+
+def test_the_log_history_is_bounded_in_lines_and_bytes() -> None:
+    gcs = GcsServer(MemoryStorage())
+    big = "x" * (LOG_HISTORY_BYTES // 4)
+    gcs.add_logs(None, m.AddLogs([[1, "", b"", "f", 1, "stdout", big] for _ in range(10)]))
+    assert len(gcs.logs) == 4
+    gcs.add_logs(None, m.AddLogs([[1, "", b"", "f", 1, "stdout", "y"]] * (LOG_HISTORY + 5)))
+    assert len(gcs.logs) == LOG_HISTORY and all(line[-1] == "y" for line in gcs.logs)
