@@ -36,7 +36,6 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=1000)
     args = parser.parse_args()
     ray.init(object_store_memory=64 * 2**20)
-    raylet = psutil.Process(_context.core.request("raylet", m.GetNodeStats())["pid"])
     most_starting = 0
     done = threading.Event()
 
@@ -56,12 +55,13 @@ def main() -> None:
     watcher.join()
     assert answers == list(range(args.actors))
     stats = pool_stats()
-    uss = sum(p.memory_full_info().uss for p in raylet.children())
+    pids = [w["pid"] for w in _context.core.request("raylet", m.GetNodeStats())["workers"]]
+    uss = sum(psutil.Process(pid).memory_full_info().uss for pid in pids)
     print(f"{args.actors} actors up in {elapsed:.1f} s ({args.actors / elapsed:.1f} /s)")
     print(f"failed worker starts: {stats['failed_starts']}; most starting at once: "
           f"{most_starting} (limit {stats['startup_concurrency']})")
     print(f"workers' memory (USS): {uss / 2**30:.2f} GiB, "
-          f"{uss / max(1, len(raylet.children())) / 2**20:.1f} MiB each")
+          f"{uss / max(1, len(pids)) / 2**20:.1f} MiB each")
     ray.shutdown()
 
 
