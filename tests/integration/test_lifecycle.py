@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,6 +166,26 @@ def test_shutdown_removes_the_arena_of_a_raylet_it_had_to_kill(fresh_cluster) ->
         with contextlib.suppress(psutil.NoSuchProcess):
             raylet.kill()
     assert not arenas_of(info["session_dir"])
+
+
+def listen_backlog(address: str) -> int:
+    """The accept backlog of the socket listening on ``address`` (``ss`` shows it as Send-Q)."""
+    port = address.rpartition(":")[2]
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[2])
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_every_server_listens_with_a_backlog_of_512(fresh_cluster) -> None:
+    info = fresh_cluster(num_cpus=1, object_store_memory=64 * 2**20)
+    assert cellfleet.get(add_one.remote(1), timeout=30) == 2
+    core = cellfleet._context.core
+    workers = core.request("raylet", cellfleet._messages.GetNodeStats())["workers"]
+    addresses = [info["gcs_address"], info["raylet_address"], core.address,
+                 *(w["address"] for w in workers if w["address"])]
+    assert len(addresses) >= 4
+    assert {a: listen_backlog(a) for a in addresses} == {a: 512 for a in addresses}
 
 
 def test_driver_that_just_ends_leaves_nothing() -> None:
