@@ -234,6 +234,7 @@ def _print_table_stats(tables: dict) -> None:
     print(f"  actors                 {actors['total']} ({actors['dead']} dead), "
           f"dead forgotten {actors['dead_forgotten']}")
     print(f"  dead nodes forgotten   {dead_nodes}")
+    print(f"  old jobs forgotten     {tables.get('jobs', {}).get('finished_forgotten', 0)}")
     print("  dropped by workers     " + ", ".join(
         f"{by_workers.get(kind, 0)} {kind.replace('_', ' ')}"
         for kind in ("task_events", "object_events", "log_lines")))

@@ -32,6 +32,7 @@ NODE_TIMEOUT_S = 10.0
 LOG_HISTORY = 10_000  # recent log lines kept, and at most LOG_HISTORY_BYTES of their text
 LOG_HISTORY_BYTES = 8 * 2**20
 MAX_DEAD_ACTORS = 1000  # as Ray's GCS keeps a bounded number of destroyed actors
+MAX_FINISHED_JOBS = 1000
 MAX_TASK_EVENTS = 20_000  # task records (and object records) kept, ~1.4 KB each
 MAX_SUBSCRIBER_BACKLOG = 16 * 2**20  # unread bytes after which a subscriber misses logs
 OBSERVABILITY_CHANNELS = frozenset({"logs", "tasks"})
@@ -54,6 +55,8 @@ class GcsServer:
         self.node_table = NodeTable(node_timeout_s)
         self.nodes = self.node_table.nodes
         self.jobs: dict[int, dict[str, Any]] = {}
+        self.finished_jobs = Graveyard(MAX_FINISHED_JOBS)
+        self._last_job_id = 0  # job ids are never reused, even once forgotten
         self.functions: dict[bytes, bytes] = {}
         self.kv: dict[tuple[str, bytes], bytes] = {}
         max_tasks = limit_from_env("CELLFLEET_MAX_TASK_EVENTS", MAX_TASK_EVENTS)
@@ -75,7 +78,9 @@ class GcsServer:
         for value in (await self.storage.load("nodes")).values():
             self._carry_out(self.node_table.reloaded(_unpack(value), time.time()))
         for key, value in (await self.storage.load("jobs")).items():
-            self.jobs[int(key)] = _unpack(value)
+            self.jobs[int(key)] = job = _unpack(value)
+            if not job["alive"]:
+                self._bury_job(job["job_id"])
         self.functions.update(await self.storage.load("functions"))
         for key, value in (await self.storage.load("actors")).items():
             self.actors[key] = actor = _unpack(value)
@@ -122,6 +127,7 @@ class GcsServer:
         events = self.events
         return {
             "nodes": self.node_table.stats(),
+            "jobs": {"total": len(self.jobs), "finished_forgotten": self.finished_jobs.forgotten},
             "actors": {"total": len(self.actors), "dead": len(self.dead_actors),
                        "dead_forgotten": self.dead_actors.forgotten},
             "task_events": {"tasks": len(events.tasks), "dropped_tasks": events.dropped_tasks,
@@ -204,7 +210,7 @@ class GcsServer:
     # -- jobs -----------------------------------------------------------------------------
 
     async def register_job(self, conn: Connection, msg: m.RegisterJob) -> int:
-        job_id = max(self.jobs, default=0) + 1
+        job_id = self._last_job_id = max(self._last_job_id, *self.jobs, 0) + 1
         job = {
             "job_id": job_id,
             "driver_address": msg.driver_address,
@@ -227,12 +233,18 @@ class GcsServer:
         job["alive"] = False
         job["end_time"] = time.time()
         await self.storage.put("jobs", str(job_id).encode(), _pack(job))
+        self._bury_job(job_id)
         # A job's actors share its fate, unless detached (their processes are already gone).
         for actor_id, actor in list(self.actors.items()):
             if actor.get("job_id") == job_id and not actor.get("detached"):
                 await self.update_actor(None, m.UpdateActor(actor_id, "DEAD", {
                     "death_cause": "process_died",
                     "death_detail": "the job that created it has finished"}))
+
+    def _bury_job(self, job_id: int) -> None:
+        for old in self.finished_jobs.bury(job_id):
+            del self.jobs[old]
+            self._spawn(self.storage.delete("jobs", str(old).encode()))
 
     # -- functions and KV -----------------------------------------------------------------
 

@@ -1,6 +1,8 @@
-"""The GCS's pub/sub and log history: bounded, even for a subscriber that stops reading."""
+"""The GCS server's bounded tables: pub/sub backlogs, the log history, finished jobs."""
 
 from __future__ import annotations
+
+import asyncio
 
 from cellfleet import _messages as m
 from cellfleet.gcs.server import LOG_HISTORY, LOG_HISTORY_BYTES, MAX_SUBSCRIBER_BACKLOG, GcsServer
@@ -34,3 +36,27 @@ def test_the_log_history_is_bounded_in_lines_and_bytes() -> None:
     assert len(gcs.logs) == 4
     gcs.add_logs(None, m.AddLogs([[1, "", b"", "f", 1, "stdout", "y"]] * (LOG_HISTORY + 5)))
     assert len(gcs.logs) == LOG_HISTORY and all(line[-1] == "y" for line in gcs.logs)
+
+
+class FakeDriver:
+    """A job's connection: the GCS only uses it as a key."""
+
+
+def test_finished_jobs_beyond_the_bound_are_forgotten_and_ids_never_reused() -> None:
+    async def scenario() -> tuple[list[int], int, dict]:
+        gcs = GcsServer(MemoryStorage())
+        gcs.finished_jobs.limit = 2
+        ids = []
+        for _ in range(4):
+            ids.append(await gcs.register_job(FakeDriver(), m.RegisterJob("a", 1, "", "x")))
+            await gcs._finish_job(ids[-1])
+        await asyncio.sleep(0)  # the storage deletions
+        next_id = await gcs.register_job(FakeDriver(), m.RegisterJob("a", 1, "", "x"))
+        stored = await gcs.storage.load("jobs")
+        return ids + [next_id], sorted(gcs.jobs), {"stored": sorted(stored),
+                                                   "stats": gcs.table_stats()["jobs"]}
+
+    ids, kept, rest = asyncio.run(scenario())
+    assert ids == [1, 2, 3, 4, 5]
+    assert kept == [3, 4, 5]
+    assert rest == {"stored": [b"3", b"4", b"5"], "stats": {"total": 3, "finished_forgotten": 2}}
