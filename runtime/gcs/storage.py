@@ -162,7 +162,6 @@ class RedisStorage:
         self._redis = aioredis.Redis.from_url(url, **({"password": password} if password else {}))
         self._prefix = f"cellfleet:{cluster}:"
         self._sealer = RecordSealer(token, cluster)
-        self.refused = 0  # records refused on load because their MAC did not match
 
     async def check(self) -> None:
         """Fail early, saying what to do, when the server is absent, open or refuses us."""
@@ -170,7 +169,6 @@ class RedisStorage:
         from redis.exceptions import AuthenticationError, ResponseError
 
         refused = (AuthenticationError, ResponseError)
-
         where = redact_url(self._url)
         anonymous = aioredis.Redis.from_url(where)
         try:
@@ -207,7 +205,6 @@ class RedisStorage:
         for key, record in (await self._redis.hgetall(self._prefix + table)).items():
             value = self._sealer.open(table, key, record)
             if value is None:
-                self.refused += 1
                 logger.error("refused record %r of the %s table in Redis: it was not written "
                              "by this cluster (no valid MAC under the cluster token); someone "
                              "with access to Redis may have altered it", key[:64], table)
