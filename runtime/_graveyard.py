@@ -1,4 +1,5 @@
-"""A bound on how many dead entries a table remembers (dead nodes, dead actors).
+"""Bounds on tables: how many dead entries a table remembers (dead nodes, actors, jobs), and
+the bounds' values from the environment.
 
 Tables keep dead entries so that late questions get a precise answer ("the actor died: its
 worker was killed"), but not forever: beyond ``limit`` the oldest deaths are forgotten and

@@ -10,12 +10,12 @@ the oldest are dropped and counted, and the counts travel with the next batch so
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from typing import Any
 
 from .. import _messages as m
+from .._graveyard import limit_from_env
 from .._rpc import Connection
 
 __all__ = ["EventBuffer"]
@@ -26,20 +26,11 @@ MAX_BUFFERED_ENV = "CELLFLEET_EVENT_BUFFER_SIZE"
 MAX_UNSENT_BYTES = 4 * 2**20  # queued for a GCS that does not read: hold further batches
 
 
-def _max_buffered() -> int:
-    value = os.environ.get(MAX_BUFFERED_ENV, "")
-    try:
-        return max(1, int(value)) if value else MAX_BUFFERED
-    except ValueError:
-        raise ValueError(f"{MAX_BUFFERED_ENV}={value!r} is not a number of events; unset it "
-                         f"(default {MAX_BUFFERED}) or give one") from None
-
-
 class EventBuffer:
     """Thread-safe bounded queues of events and log lines for one core worker."""
 
     def __init__(self, max_size: int | None = None) -> None:
-        size = max_size or _max_buffered()
+        size = max_size or max(1, limit_from_env(MAX_BUFFERED_ENV, MAX_BUFFERED))
         self.tasks: deque[list] = deque(maxlen=size)
         self.objects: deque[list] = deque(maxlen=size)
         self.logs: deque[list] = deque(maxlen=size)
