@@ -1,13 +1,16 @@
 """What the API and the pages show: GCS answers turned into plain JSON data.
 
 Every call opens a short-lived authenticated connection to the cluster's GCS on the running
-event loop (Jupyter's own loop inside the server), asks, and closes it.
+event loop (Jupyter's own loop inside the server), asks, and closes it. Task views (``view``,
+``timeline``, ``overview``, the actors' pending calls) read only what changed since the last
+request, through the cluster's ``live.ClusterState`` (the GCS's incremental cursor).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from cellfleet import _messages as m
 from cellfleet._rpc import connect
 
 from .discovery import ClusterInfo
+from .live import state_of
 
 __all__ = [
     "actors",
@@ -24,8 +28,10 @@ __all__ = [
     "logs",
     "nodes",
     "objects",
+    "overview",
     "tasks",
     "timeline",
+    "view",
 ]
 
 MAX_TASKS = 1_000_000
@@ -146,12 +152,10 @@ async def graph(cluster: ClusterInfo, *, since: float = 0.0, max_tasks: int = 20
 
 
 async def actors(cluster: ClusterInfo) -> list[dict]:
-    raw_actors, raw_tasks = await ask(cluster, m.ListActors(),
-                                      m.ListTasks({"type": "ACTOR_TASK"}, WINDOW))
-    pending: Counter = Counter()
-    for task in raw_tasks:
-        if task.get("type") == "ACTOR_TASK" and task.get("state") not in ("FINISHED", "FAILED"):
-            pending[task.get("actor_id")] += 1
+    state = state_of(cluster)
+    await state.refresh(lambda *msgs: ask(cluster, *msgs))
+    (raw_actors,) = await ask(cluster, m.ListActors())
+    pending = state.pending_calls()
     out = []
     for actor in raw_actors:
         actor = plain(actor)
@@ -180,27 +184,60 @@ async def objects(cluster: ClusterInfo, *, largest: int = 20) -> dict:
             entry["live_objects"] += 1
             entry["live_bytes"] += obj.get("size") or 0
     top = sorted(raw_objects, key=lambda o: o.get("size") or 0, reverse=True)[:largest]
-    return {"nodes": list(per_node.values()), "total": len(raw_objects), "largest": plain(top)}
+    state = state_of(cluster)
+    state.sample_usage(list(per_node.values()))
+    history = {nid: [list(p) for p in points] for nid, points in state.usage.items()}
+    return {"nodes": list(per_node.values()), "total": len(raw_objects), "largest": plain(top),
+            "history": history}
 
 
 async def timeline(cluster: ClusterInfo, *, since: float = 0.0, limit: int = 5000) -> dict:
-    """Per-worker spans of the newest ``limit`` tasks that started and ended after ``since``
-    (or still run)."""
-    (raw,) = await ask(cluster, m.ListTasks({}, limit))
-    workers: dict[str, list] = {}
-    for task in raw:
-        start = task.get("start_time")
-        if not start:
-            continue
-        end = task.get("end_time")
-        if end is not None and end < since:
-            continue
-        key = f"{(task.get('node_id') or '')[:8]}:{task.get('worker_pid') or '?'}"
-        workers.setdefault(key, []).append({
-            "task_id": task["task_id"], "name": task.get("name", "?"),
-            "state": task.get("state"), "start": start, "end": end,
+    """Spans of the newest ``limit`` tasks that ran and ended after ``since`` (or still run),
+    each with its worker as ``node:pid``."""
+    state = state_of(cluster)
+    await state.refresh(lambda *msgs: ask(cluster, *msgs))
+    return state.spans(since, limit)
+
+
+async def view(cluster: ClusterInfo, *, expanded: set[str], version: int = -1) -> dict:
+    """The task graph as the widget draws it (``GraphModel.view``), or ``{"version"}`` alone
+    when nothing changed since ``version``."""
+    state = state_of(cluster)
+    await state.refresh(lambda *msgs: ask(cluster, *msgs))
+    current = state.model.version
+    if current == version:
+        return {"version": current, "unchanged": True}
+    result = state.model.view(expanded)
+    result["version"] = current
+    return result
+
+
+async def overview(cluster: ClusterInfo) -> dict:
+    """The cluster's status page: progress per function, nodes, actors, recent task stream."""
+    state = state_of(cluster)
+    await state.refresh(lambda *msgs: ask(cluster, *msgs))
+    raw_nodes, raw_actors = await ask(cluster, m.GetNodes(), m.ListActors())
+    model = state.model
+    functions = sorted(
+        ({"name": key, "total": len(model.members[key]),
+          "states": {s: n for s, n in model.counts[key].items() if n > 0}}
+         for key in model.members if model.members[key]),
+        key=lambda f: -f["total"])[:30]
+    node_rows = []
+    for node in raw_nodes:
+        total, avail = node.get("resources") or {}, node.get("available") or {}
+        store = node.get("store") or {}
+        node_rows.append({
+            "node_id": node["node_id"].hex(), "alive": node.get("alive", True),
+            "address": node.get("raylet_address"),
+            "cpu_used": total.get("CPU", 0) - avail.get("CPU", 0), "cpu": total.get("CPU", 0),
+            "store_used": store.get("used", 0),
+            "store_capacity": store.get("capacity", node.get("store_capacity", 0)),
         })
-    return {"workers": workers}
+    actor_states = Counter(a.get("state") for a in raw_actors)
+    return {"total_tasks": model.total(), "legend": model.legend(), "functions": functions,
+            "nodes": node_rows, "actors": dict(actor_states),
+            "stream": state.spans(time.time() - 60, 1000)["spans"]}
 
 
 async def logs(cluster: ClusterInfo, *, wait: float = 0.0, tail: int = 200) -> dict:

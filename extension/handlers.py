@@ -5,11 +5,12 @@ authentication and authorization) and ``cellfleet dashboard`` (a token of its ow
 relative to a base URL::
 
     cellfleet/api/clusters
-    cellfleet/api/clusters/<id>/(nodes|tasks|graph|actors|objects|timeline|logs)
+    cellfleet/api/clusters/<id>/(nodes|tasks|graph|view|overview|actors|objects|timeline|logs)
     cellfleet/dashboard/                  clusters, with links
-    cellfleet/dashboard/<id>/             a cluster's index
+    cellfleet/dashboard/<id>/             a cluster's overview
     cellfleet/dashboard/<id>/<page>       graph, timeline, actors, objects, nodes
     cellfleet/static/bokeh/<file>         BokehJS, served from the installed bokeh package
+    cellfleet/static/taskgraph.(js|css)   the task-graph component (the widget's ES module)
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .discovery import ClusterInfo, find_cluster, list_clusters
 
 __all__ = ["API_ENDPOINTS", "routes"]
 
-API_ENDPOINTS = ("nodes", "tasks", "graph", "actors", "objects", "timeline", "logs")
+API_ENDPOINTS = ("nodes", "tasks", "graph", "view", "overview", "actors", "objects", "timeline",
+                 "logs")
 
 
 def _float(value: str | None, default: float) -> float:
@@ -75,7 +77,20 @@ class _Logic:
         self.finish(json.dumps(value, default=str))
 
     async def clusters_body(self) -> None:
-        self._json({"clusters": [c.to_json() for c in self._clusters()]})
+        """Every cluster; those of this server's kernels carry their notebook's path."""
+        notebooks = {}
+        sessions = self.settings.get("session_manager")
+        if sessions is not None:
+            for session in await sessions.list_sessions():
+                kernel = session.get("kernel") or {}
+                notebooks[kernel.get("id")] = session.get("path")
+        out = []
+        for cluster in self._clusters():
+            entry = cluster.to_json()
+            entry["notebook"] = notebooks.get(cluster.kernel_id) if cluster.kernel_id else None
+            entry["this_server"] = bool(cluster.kernel_id) and cluster.kernel_id in notebooks
+            out.append(entry)
+        self._json({"clusters": out})
 
     async def api_body(self, cid: str, endpoint: str) -> None:
         cluster = self._cluster(cid)
@@ -91,6 +106,12 @@ class _Logic:
             elif endpoint == "graph":
                 result = await data.graph(cluster, since=_float(q("since", None), 0.0),
                                           max_tasks=_int(q("max_tasks", None), 2000))
+            elif endpoint == "view":
+                expanded = {k for k in (q("expanded", None) or "").split(",") if k}
+                result = await data.view(cluster, expanded=expanded,
+                                         version=_int(q("version", None), -1, -1, 2**62))
+            elif endpoint == "overview":
+                result = await data.overview(cluster)
             elif endpoint == "actors":
                 result = {"actors": await data.actors(cluster)}
             elif endpoint == "objects":
@@ -108,14 +129,25 @@ class _Logic:
 
     async def page_body(self, cid: str | None, page: str | None) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
+        theme = "dark" if self.get_query_argument("theme", "light") == "dark" else "light"
         if not cid:
-            self.finish(pages.cluster_list(self.base_path, self._clusters()))
+            self.finish(pages.cluster_list(self.base_path, self._clusters(), theme))
             return
         cluster = self._cluster(cid)
         page = page or "index"
         if page not in pages.PAGES and page != "index":
             raise tornado.web.HTTPError(404, f"no dashboard page {page}")
-        self.finish(pages.render(page, self.base_path, cluster))
+        self.finish(pages.render(page, self.base_path, cluster, theme))
+
+    async def component_body(self, kind: str) -> None:
+        from cellfleet.widgets.assets import css_source, esm_source
+
+        if kind == "js":
+            self.set_header("Content-Type", "text/javascript; charset=utf-8")
+            self.finish(esm_source())
+        else:
+            self.set_header("Content-Type", "text/css; charset=utf-8")
+            self.finish(css_source())
 
 
 def routes(base_url: str, api_base: type, page_base: type,
@@ -140,6 +172,9 @@ def routes(base_url: str, api_base: type, page_base: type,
     async def page(self, cid=None, name=None):
         await self.page_body(cid, name)
 
+    async def component(self, kind):
+        await self.component_body(kind)
+
     endpoints = "|".join(API_ENDPOINTS)
     pages_re = "|".join(pages.PAGES)
     return [
@@ -148,6 +183,8 @@ def routes(base_url: str, api_base: type, page_base: type,
         (rf"{root}cellfleet/dashboard/?", handler("ListPage", page, page_base)),
         (rf"{root}cellfleet/dashboard/(\w+)/?()", handler("IndexPage", page, page_base)),
         (rf"{root}cellfleet/dashboard/(\w+)/({pages_re})/?", handler("Page", page, page_base)),
+        (rf"{root}cellfleet/static/taskgraph\.(js|css)", handler("Component", component,
+                                                                page_base)),
         (rf"{root}cellfleet/static/bokeh/(.*)", static_base,
          {"path": str(bokehjs_path() / "js")}),
     ]

@@ -12,32 +12,19 @@ from __future__ import annotations
 
 import base64
 import struct
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import anywidget
 import traitlets
 from IPython.display import display
 
+from .assets import css_source, esm_source
 from .feed import CELL_LABELS, NoClusterError, current_job_id, feed
 from .model import SCOPES, GraphModel
 
-__all__ = ["NoClusterError", "TaskGraph", "css_source", "esm_source"]
+__all__ = ["NoClusterError", "TaskGraph"]
 
-STATIC = Path(__file__).with_name("static")
 PICTURE_RATIO = 1.5  # as in static/taskgraph.js
-
-
-@cache
-def esm_source() -> str:
-    """The graph's ES module: dagre (MIT, ``static/dagre.LICENSE``), then the drawing code."""
-    return (STATIC / "dagre.min.js").read_text() + "\n" + (STATIC / "taskgraph.js").read_text()
-
-
-@cache
-def css_source() -> str:
-    return (STATIC / "taskgraph.css").read_text()
 
 
 class TaskGraph(anywidget.AnyWidget):

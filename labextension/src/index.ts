@@ -1,7 +1,9 @@
 /**
  * cellfleet's JupyterLab extension: a left sidebar listing the running cellfleet clusters (from
- * the server extension's `cellfleet/api/clusters`) with buttons that open a cluster's live
- * dashboard pages in an IFrame split to the right of the current notebook.
+ * the server extension's `cellfleet/api/clusters`): this server's notebooks' clusters first,
+ * each named by its notebook, then clusters started with the CLI, then other servers' kernels.
+ * Its buttons open a cluster's live dashboard pages as tabs of one dock area beside the
+ * notebook (the first one splits it off; the next ones join it), in JupyterLab's theme.
  */
 
 import {
@@ -9,7 +11,12 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, IFrame, MainAreaWidget } from '@jupyterlab/apputils';
+import {
+  ICommandPalette,
+  IFrame,
+  IThemeManager,
+  MainAreaWidget
+} from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
@@ -18,6 +25,7 @@ import { Widget } from '@lumino/widgets';
 
 /** The dashboard pages of a cluster, in the order their buttons appear. */
 export const PAGES: [string, string][] = [
+  ['', 'Overview'],
   ['graph', 'Task graph'],
   ['timeline', 'Timeline'],
   ['actors', 'Actors'],
@@ -38,6 +46,26 @@ export interface ICluster {
   pid?: number | null;
   source?: string | null;
   session_dir?: string | null;
+  notebook?: string | null;
+  this_server?: boolean;
+}
+
+/** How the sidebar and the tabs name a cluster: by its notebook when it has one. */
+export function clusterName(cluster: ICluster): string {
+  if (cluster.notebook) {
+    return cluster.notebook.split('/').pop() ?? cluster.notebook;
+  }
+  return cluster.source === 'session' ? `CLI cluster ${cluster.address}` : cluster.address;
+}
+
+/** The sidebar's sections: this server's notebooks, the CLI's clusters, the others. */
+export function sections(clusters: ICluster[], kernelId: string | null): [string, ICluster[]][] {
+  const sorted = sortClusters(clusters, kernelId);
+  return [
+    ['Notebooks on this server', sorted.filter(c => c.this_server)],
+    ['Started with the CLI', sorted.filter(c => !c.this_server && !c.kernel_id)],
+    ['Other clusters on this machine', sorted.filter(c => !c.this_server && c.kernel_id)]
+  ];
 }
 
 const ICON = new LabIcon({
@@ -133,34 +161,50 @@ class ClusterPanel extends Widget {
       this._list.append(empty);
       return;
     }
-    for (const cluster of sortClusters(this._clusters, kernelId)) {
-      const item = document.createElement('li');
-      item.className = 'jp-cellfleet-cluster';
-      item.dataset.clusterId = cluster.id;
-      const title = document.createElement('div');
-      title.className = 'jp-cellfleet-title';
-      title.textContent = cluster.address;
-      title.title = `cluster ${cluster.id}` + (cluster.pid ? `, pid ${cluster.pid}` : '');
-      if (kernelId && cluster.kernel_id === kernelId) {
-        item.classList.add('jp-mod-current');
-        const badge = document.createElement('span');
-        badge.className = 'jp-cellfleet-badge';
-        badge.textContent = 'this notebook';
-        title.append(' ', badge);
+    for (const [heading, members] of sections(this._clusters, kernelId)) {
+      if (members.length === 0) {
+        continue;
       }
-      const buttons = document.createElement('div');
-      buttons.className = 'jp-cellfleet-pages';
-      for (const [page, label] of PAGES) {
-        const button = document.createElement('button');
-        button.className = 'jp-Button jp-mod-styled jp-mod-reject jp-cellfleet-page';
-        button.dataset.page = page;
-        button.textContent = label;
-        button.addEventListener('click', () => this._open(cluster, page));
-        buttons.append(button);
+      const head = document.createElement('li');
+      head.className = 'jp-cellfleet-section';
+      head.textContent = heading;
+      this._list.append(head);
+      for (const cluster of members) {
+        this._list.append(this._entry(cluster, kernelId));
       }
-      item.append(title, buttons);
-      this._list.append(item);
     }
+  }
+
+  _entry(cluster: ICluster, kernelId: string | null): HTMLLIElement {
+    const item = document.createElement('li');
+    item.className = 'jp-cellfleet-cluster';
+    item.dataset.clusterId = cluster.id;
+    const title = document.createElement('div');
+    title.className = 'jp-cellfleet-title';
+    title.textContent = clusterName(cluster);
+    title.title = `cluster ${cluster.id}` + (cluster.pid ? `, pid ${cluster.pid}` : '');
+    if (kernelId && cluster.kernel_id === kernelId) {
+      item.classList.add('jp-mod-current');
+      const badge = document.createElement('span');
+      badge.className = 'jp-cellfleet-badge';
+      badge.textContent = 'this notebook';
+      title.append(' ', badge);
+    }
+    const address = document.createElement('div');
+    address.className = 'jp-cellfleet-address';
+    address.textContent = cluster.address;
+    const buttons = document.createElement('div');
+    buttons.className = 'jp-cellfleet-pages';
+    for (const [page, label] of PAGES) {
+      const button = document.createElement('button');
+      button.className = 'jp-Button jp-mod-styled jp-mod-reject jp-cellfleet-page';
+      button.dataset.page = page || 'overview';
+      button.textContent = label;
+      button.addEventListener('click', () => this._open(cluster, page));
+      buttons.append(button);
+    }
+    item.append(title, address, buttons);
+    return item;
   }
 
   private _status: HTMLDivElement;
@@ -183,19 +227,27 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: 'cellfleet:sidebar',
   description: 'Lists cellfleet clusters and opens their dashboard pages.',
   autoStart: true,
-  optional: [INotebookTracker, ICommandPalette, ILayoutRestorer],
+  optional: [INotebookTracker, ICommandPalette, ILayoutRestorer, IThemeManager],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker | null,
     palette: ICommandPalette | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    themes: IThemeManager | null
   ) => {
     const settings = ServerConnection.makeSettings();
     const kernelId = (): string | null =>
       tracker?.currentWidget?.sessionContext.session?.kernel?.id ?? null;
 
+    const theme = (): string =>
+      themes && themes.theme && !themes.isLight(themes.theme) ? 'dark' : 'light';
+    const frames = new Map<string, [IFrame, string]>(); // widget id -> frame, page url
+    const pageUrl = (cluster: ICluster, page: string): string =>
+      URLExt.join(settings.baseUrl, 'cellfleet/dashboard', cluster.id, page) +
+      `?theme=${theme()}`;
+
     const open = (cluster: ICluster, page: string): void => {
-      const id = `cellfleet-${cluster.id}-${page}`;
+      const id = `cellfleet-${cluster.id}-${page || 'overview'}`;
       const existing = Array.from(app.shell.widgets('main')).find(w => w.id === id);
       if (existing) {
         app.shell.activateById(id);
@@ -205,22 +257,41 @@ const plugin: JupyterFrontEndPlugin<void> = {
         sandbox: ['allow-scripts', 'allow-same-origin', 'allow-popups'],
         referrerPolicy: 'same-origin'
       });
-      frame.url = URLExt.join(settings.baseUrl, 'cellfleet/dashboard', cluster.id, page);
+      frame.url = pageUrl(cluster, page);
       frame.addClass('jp-cellfleet-frame');
       const widget = new MainAreaWidget({ content: frame });
       widget.id = id;
+      widget.addClass('jp-cellfleet-dashboard');
       const label = PAGES.find(([name]) => name === page)?.[1] ?? page;
-      widget.title.label = `${label} · ${cluster.address}`;
+      widget.title.label = `${label} · ${clusterName(cluster)}`;
+      widget.title.caption = `cellfleet ${label} of ${clusterName(cluster)} (${cluster.address})`;
       widget.title.icon = ICON;
       widget.title.closable = true;
+      frames.set(id, [frame, page]);
+      widget.disposed.connect(() => frames.delete(id));
+      // one dock area for every dashboard page: join the open one, else split one off
+      const sibling = Array.from(app.shell.widgets('main'))
+        .filter(w => w.hasClass('jp-cellfleet-dashboard') && w.isAttached)
+        .pop();
       const notebook = tracker?.currentWidget;
-      if (notebook && notebook.isAttached) {
+      if (sibling) {
+        app.shell.add(widget, 'main', { mode: 'tab-after', ref: sibling.id });
+      } else if (notebook && notebook.isAttached) {
         app.shell.add(widget, 'main', { mode: 'split-right', ref: notebook.id });
       } else {
         app.shell.add(widget, 'main');
       }
       app.shell.activateById(id);
     };
+
+    // The pages follow JupyterLab's theme.
+    themes?.themeChanged.connect(() => {
+      for (const [, [frame]] of frames) {
+        const url = new URL(frame.url, window.location.href);
+        url.searchParams.set('theme', theme());
+        frame.url = url.toString();
+      }
+    });
 
     const panel = new ClusterPanel(settings, kernelId, open);
     app.shell.add(panel, 'left', { rank: 850 });
@@ -242,7 +313,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           type: 'object',
           properties: {
             id: { type: 'string', description: 'cluster id (default: the notebook\'s)' },
-            page: { type: 'string', enum: PAGES.map(([name]) => name) }
+            page: { type: 'string', enum: PAGES.map(([name]) => name || 'overview') }
           }
         }
       },
@@ -255,7 +326,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (!cluster) {
           throw new Error(wanted ? `no running cellfleet cluster ${wanted}` : 'no running cellfleet cluster');
         }
-        open(cluster, (args.page as string | undefined) ?? 'graph');
+        const page = (args.page as string | undefined) ?? 'graph';
+        open(cluster, page === 'overview' ? '' : page);
       }
     });
     palette?.addItem({ command: COMMAND, category: 'cellfleet' });

@@ -173,7 +173,8 @@ async def test_actors_objects_timeline_logs(jp_fetch, cluster):
     big = cellfleet.put(b"x" * 300_000)
     actors = (await get(jp_fetch, "clusters", cid, "actors"))["actors"]
     mine = [x for x in actors if x["class_name"] == "Counter"]
-    assert mine and mine[0]["state"] == "ALIVE" and "pending_calls" in mine[0]
+    assert mine and mine[0]["state"] == "ALIVE" and mine[0]["pending_calls"] == 0
+    actor_pid = mine[0]["pid"]
 
     async def big_listed():
         objects = await get(jp_fetch, "clusters", cid, "objects")
@@ -183,10 +184,9 @@ async def test_actors_objects_timeline_logs(jp_fetch, cluster):
     await until(big_listed)
 
     async def span_listed():
-        timeline = (await get(jp_fetch, "clusters", cid, "timeline"))["workers"]
-        spans = [s for spans in timeline.values() for s in spans]
+        spans = (await get(jp_fetch, "clusters", cid, "timeline"))["spans"]
         return any(s["name"] == "Counter.add" and s["end"] and s["end"] >= s["start"]
-                   for s in spans)
+                   and s["worker"].endswith(f":{actor_pid}") for s in spans)
 
     await until(span_listed)
     assert cellfleet.get(inc.remote(41)) == 42
@@ -218,10 +218,37 @@ async def test_pages_render(jp_fetch, cluster):
     for page in ("graph", "timeline", "actors", "objects", "nodes"):
         assert f"/user/alice/cellfleet/dashboard/{cid}/{page}" in body
         html = (await jp_fetch("cellfleet", "dashboard", cid, page)).body.decode()
-        assert "/user/alice/cellfleet/static/bokeh/bokeh.min.js" in html
         assert f"/user/alice/cellfleet/api/clusters/{cid}/" in html
+        uses_bokeh = "/user/alice/cellfleet/static/bokeh/bokeh.min.js" in html
+        assert uses_bokeh == (page in ("timeline", "objects")), page
     js = await jp_fetch("cellfleet", "static", "bokeh", "bokeh.min.js")
     assert js.code == 200 and len(js.body) > 100_000
+    graph = await jp_fetch("cellfleet", "static", "taskgraph.js")
+    assert b"export function createGraph" in graph.body and b"dagre" in graph.body
+    dark = (await jp_fetch("cellfleet", "dashboard", cid, "nodes", params={"theme": "dark"}))
+    assert b"--bg: #111111" in dark.body
+
+
+async def test_view_overview_and_cursor(jp_fetch, cluster):
+    cid = await cluster_id(jp_fetch, cluster)
+    refs = [inc.remote(i) for i in range(3)]
+    assert cellfleet.get(refs) == [1, 2, 3]
+
+    views = []
+
+    async def drawn():
+        views.append(await get(jp_fetch, "clusters", cid, "view"))
+        done = [n for n in views[-1]["nodes"] if n["label"] == "inc" and n["state"] == "FINISHED"]
+        return len(done) >= 3
+
+    await until(drawn)
+    view = views[-1]
+    again = await get(jp_fetch, "clusters", cid, "view", version=view["version"])
+    assert again == {"version": view["version"], "unchanged": True}
+    overview = await get(jp_fetch, "clusters", cid, "overview")
+    inc_row = next(f for f in overview["functions"] if f["name"] == "inc")
+    assert inc_row["states"]["FINISHED"] >= 3
+    assert overview["nodes"][0]["cpu"] == 2
 
 
 # -- standalone ------------------------------------------------------------------------------
@@ -252,6 +279,8 @@ async def test_standalone_dashboard_requires_its_token(cluster, jp_asyncio_loop)
                                    headers={"Authorization": "token sekret"})
         assert json.loads(nodes.body)["nodes"][0]["node_id"] == cluster["node_id"]
         page = await client.fetch(base + f"dashboard/{cid}/graph?token=sekret")
-        assert b"/cellfleet/static/bokeh/bokeh.min.js" in page.body
+        assert b"/cellfleet/static/taskgraph.js" in page.body
+        module = await client.fetch(base + "static/taskgraph.js?token=sekret")
+        assert b"export function createGraph" in module.body
     finally:
         server.stop()

@@ -1,4 +1,8 @@
-"""The dashboard pages in headless Chromium (Debian's, via Playwright's executable_path)."""
+"""The dashboard pages in headless Chromium (Debian's, via Playwright's executable_path).
+
+Every page, in JupyterLab's light and dark colours, with a workload that has fan-out, fan-in,
+an actor and a failing task; no JavaScript error; screenshots kept in ``tests/artifacts/``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import contextlib
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 import cellfleet
 
 CHROMIUM = os.environ.get("CELLFLEET_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,7 +39,22 @@ def total(*xs):
     return sum(xs)
 
 
-async def _open(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, cluster, page_name):
+@cellfleet.remote
+def fails():
+    raise ValueError("this task fails on purpose")
+
+
+@cellfleet.remote
+class Account:
+    def __init__(self):
+        self.balance = 0
+
+    def deposit(self, n):
+        self.balance += n
+        return self.balance
+
+
+async def _url(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, cluster, page_name):
     clusters = json.loads((await jp_fetch("cellfleet", "api", "clusters")).body)["clusters"]
     cid = next(c["id"] for c in clusters if c["address"] == cluster["gcs_address"])
     token = jp_serverapp.identity_provider.token
@@ -48,7 +69,7 @@ async def _browser_page(errors: list[str]):
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                            args=["--no-sandbox"])
         try:
-            page = await browser.new_page()
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
             page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
             page.on("console", lambda msg: errors.append(f"console: {msg.text}")
                     if msg.type == "error" else None)
@@ -64,34 +85,59 @@ async def _until(page, expression, timeout=15.0):
         await asyncio.sleep(0.1)
 
 
-async def test_task_graph_updates_live(jp_fetch, jp_serverapp, jp_http_port, jp_base_url,
-                                       cluster):
-    url = await _open(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, cluster, "graph")
+def _workload() -> list[str]:
+    refs = [square.remote(i) for i in range(6)]
+    result = total.remote(*refs)
+    account = Account.remote()
+    calls = [account.deposit.remote(n) for n in range(3)]
+    bad = fails.remote()
+    assert cellfleet.get(result) == sum(i * i for i in range(6))
+    assert cellfleet.get(calls)[-1] == 3
+    with pytest.raises(ValueError):
+        cellfleet.get(bad)
+    return [r.task_id() for r in refs] + [result.task_id()]
+
+
+async def test_every_page_in_light_and_dark(jp_fetch, jp_serverapp, jp_http_port, jp_base_url,
+                                           cluster):
+    base = await _url(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, cluster, "graph")
     errors: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
     async with _browser_page(errors) as page:
-        await page.goto(url)
+        await page.goto(base)
         await _until(page, "(window.CELLFLEET_UPDATES || 0) >= 1")
-        # run tasks now: they appear without a reload
-        refs = [square.remote(i) for i in range(6)]
-        result = total.remote(*refs)
-        assert await asyncio.to_thread(cellfleet.get, result) == sum(i * i for i in range(6))
-        task_ids = [r.task_id() for r in refs] + [result.task_id()]
-        check = (
-            "(() => { const m = Bokeh.documents[0].get_model_by_name('tasks');"
-            " const ids = m.data.id, states = m.data.state;"
-            f" return {json.dumps(task_ids)}.every(t => {{ const i = ids.indexOf(t);"
-            " return i >= 0 && states[i] === 'FINISHED'; }); })()"
-        )
+        # run tasks now: they appear without a reload, in the widget's own component
+        task_ids = await asyncio.to_thread(_workload)
+        check = (f"{json.dumps(task_ids)}.every(t => {{ const n = document.querySelector("
+                 "`.cf-node[data-id='${t}']`); return n && n.dataset.state === 'FINISHED'; })")
         await _until(page, check)
-        edges = await page.evaluate(
-            "Bokeh.documents[0].get_model_by_name('edges').data.x0.length")
-        assert edges >= 12  # 6 returns + 6 arguments of total
-        status = await page.text_content("#status")
-        assert status.startswith("live")
-        # the other pages render and update too
-        for other in ("timeline", "actors", "objects", "nodes"):
-            await page.goto(url.replace("/graph?", f"/{other}?"))
-            await _until(page, "(window.CELLFLEET_UPDATES || 0) >= 1")
+        assert await page.locator(".cf-edge.cf-data").count() >= 6
+        assert await page.locator(".cf-actor").count() == 1
+        await page.locator(".cf-node[data-state=FAILED]").click()
+        assert "this task fails on purpose" in await page.locator(".cf-details").inner_text()
+        for theme in ("light", "dark"):
+            for name in ("", "graph", "timeline", "actors", "objects", "nodes"):
+                url = base.replace("/graph?", f"/{name}?") + f"&theme={theme}"
+                await page.goto(url)
+                await _until(page, "(window.CELLFLEET_UPDATES || 0) >= 2")
+                status = await page.text_content("#status")
+                assert status.startswith("live"), (name, status)
+                if name == "timeline":  # rows are labelled node:pid, functions have a key
+                    await _until(page, "document.querySelectorAll('#keys .chip').length >= 4")
+                    keys = await page.text_content("#keys")
+                    assert "square" in keys and "failed" in keys
+                if name == "objects":
+                    text = await page.text_content("#stores")
+                    assert "MiB" in text or "GiB" in text, text
+                if name == "":
+                    await _until(page, "document.querySelector('#functions table') !== null")
+                    assert "square" in await page.text_content("#functions")
+                background = await page.evaluate(
+                    "getComputedStyle(document.body).backgroundColor")
+                assert background == ("rgb(17, 17, 17)" if theme == "dark"
+                                      else "rgb(255, 255, 255)")
+                await page.screenshot(path=str(ARTIFACTS / f"page-{name or 'overview'}-"
+                                                            f"{theme}.png"))
     assert errors == []
 
 
@@ -134,11 +180,9 @@ async def test_task_graph_follows_a_cellfleet_kernel(jp_fetch, jp_serverapp, jp_
             await _until(page, "(window.CELLFLEET_UPDATES || 0) >= 1")
             kc.execute("@cellfleet.remote\ndef from_the_kernel(x):\n    return x * x\n"
                        "cellfleet.get([from_the_kernel.remote(i) for i in range(4)])")
-            await _until(page, "(() => { const m = Bokeh.documents[0]"
-                               ".get_model_by_name('tasks').data;"
-                               " return m.name.filter((n, i) => n === 'from_the_kernel'"
-                               " && m.state[i] === 'FINISHED').length >= 4; })()",
-                         timeout=30)
+            await _until(page, "[...document.querySelectorAll('.cf-node.cf-task')].filter(n =>"
+                               " n.textContent.startsWith('from_the_kernel')"
+                               " && n.dataset.state === 'FINISHED').length >= 4", timeout=30)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -4,7 +4,7 @@ JupyterLab runs as a subprocess with the tree's build (``extension/labextension`
 ``extra_labextensions_path`` (ahead of any installed copy), the cellfleet server extension
 enabled, the cellfleet kernelspec on its path, widget state saved with notebooks, and the app
 exposed as ``window.jupyterapp`` so a test can run Lab commands. Screenshots go to
-``tests/lab/artifacts/`` (ignored by git), for a person to look at.
+``tests/artifacts/`` (ignored by git), for a person to look at.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from helpers import free_port, wait_until
 CHROMIUM = os.environ.get("CELLFLEET_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 BUILT = ROOT / "extension" / "labextension"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = ROOT / "tests" / "artifacts"
 TOKEN = "cellfleet-lab-test"
 
 

@@ -1,10 +1,9 @@
 """The prebuilt JupyterLab extension in a real JupyterLab, driven by headless Chromium.
 
-JupyterLab runs as a subprocess with the tree's build (``extension/labextension``) on its
-``extra_labextensions_path`` (ahead of any installed copy) and the cellfleet server extension
-enabled. The test process starts a cluster and registers it with the open notebook's kernel id;
-the sidebar must list it as "this notebook", and a page button must open the dashboard page in
-an IFrame split next to the notebook.
+The test process starts a cluster and registers it with the open notebook's kernel id; the
+sidebar must list it under this server's notebooks, named by the notebook and marked "this
+notebook"; page buttons open dashboard pages as tabs of one dock area split beside the
+notebook, and the pages follow JupyterLab's theme.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import Lab, notebook_json
+from conftest import Lab, notebook_json, screenshot
 from helpers import wait_until
 
 import cellfleet
@@ -51,21 +50,45 @@ def test_sidebar_lists_cluster_and_opens_page(lab: Lab, browser):
         assert first.get_attribute("data-cluster-id") == cluster["id"]
         assert "this notebook" in first.inner_text()
 
+        assert "demo.ipynb" in entry.locator(".jp-cellfleet-title").inner_text()
+        section = page.locator("#cellfleet-sidebar li.jp-cellfleet-section").first
+        assert section.inner_text().lower() == "notebooks on this server"
+
         entry.locator('button[data-page="timeline"]').click()
         frame = page.locator(
             f'#jp-main-dock-panel #cellfleet-{cluster["id"]}-timeline iframe')
         frame.wait_for(timeout=15_000)
         src = frame.get_attribute("src")
-        assert "/cellfleet/dashboard/" in src and src.endswith("/timeline")
+        assert "/cellfleet/dashboard/" in src and "/timeline?theme=light" in src
         # split next to the notebook: two tab bars in the main area
         tab_bars = page.locator("#jp-main-dock-panel > .lm-TabBar")
-        wait_until(lambda: tab_bars.count() >= 2, timeout=5,
+        wait_until(lambda: tab_bars.count() == 2, timeout=5,
                    message="the dashboard split beside the notebook")
         # the dashboard page loads inside the frame (authenticated by the cookie)
         inner = page.frame_locator(
-            f'#cellfleet-{cluster["id"]}-timeline iframe').locator("body")
-        inner.wait_for(timeout=15_000)
-        assert "Timeline" in inner.inner_text()
+            f'#cellfleet-{cluster["id"]}-timeline iframe').locator("#status")
+        wait_until(lambda: inner.inner_text().startswith("live"), timeout=15,
+                   message="the timeline page live in its frame")
+        # more pages join the same dock area as tabs: no further split
+        entry.locator('button[data-page="overview"]').click()
+        entry.locator('button[data-page="graph"]').click()
+        page.locator(f'#cellfleet-{cluster["id"]}-graph iframe').wait_for(timeout=15_000)
+        assert tab_bars.count() == 2
+        bar = tab_bars.filter(has_text="Timeline")
+        labels = bar.locator(".lm-TabBar-tabLabel").all_inner_texts()
+        assert labels == ["Timeline · demo.ipynb", "Overview · demo.ipynb",
+                          "Task graph · demo.ipynb"], labels
+        # JupyterLab's dark theme: the pages are drawn again in it
+        page.evaluate("jupyterapp.commands.execute('apputils:change-theme',"
+                      " {theme: 'JupyterLab Dark'})")
+        graph = page.locator(f'#cellfleet-{cluster["id"]}-graph iframe')
+        wait_until(lambda: "theme=dark" in (graph.get_attribute("src") or ""), timeout=15,
+                   message="the pages in the dark theme")
+        status = page.frame_locator(f'#cellfleet-{cluster["id"]}-graph iframe').locator(
+            "#status")
+        wait_until(lambda: status.inner_text().startswith("live"), timeout=15,
+                   message="the graph page live in its frame")
+        screenshot(page, "lab-sidebar-dark")
     finally:
         unregister_cluster(address)
     ours = [e for e in errors if "cellfleet" in e.lower()]

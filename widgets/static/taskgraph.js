@@ -63,7 +63,7 @@ function fit(text, width) {
 }
 
 /** Draws `view` into `el`; `send(msg)` talks to the kernel, `expand(keys)` opens groups. */
-export function createGraph(el, { send, expand, live, memory }) {
+export function createGraph(el, { send, expand, live, memory, cancel }) {
   const mem = memory || {};  // what the user did, kept when the output is drawn again
   el.classList.add("cf-graph");
   const title = h("span", { class: "cf-title" });
@@ -233,7 +233,7 @@ export function createGraph(el, { send, expand, live, memory }) {
     const history = Object.entries(n.ev || {}).sort((a, b) => a[1] - b[1]).map(([st, ts]) =>
       h("tr", {}, h("td", {}, h("span", { class: "cf-chip", style: `--c:${COLORS[st]}` }), " " + SHORT[st]),
         h("td", { class: "cf-num" }, "+" + seconds(ts - t0))));
-    const cancel = (n.state !== "FINISHED" && n.state !== "FAILED" && live())
+    const stop = (cancel !== false && n.state !== "FINISHED" && n.state !== "FAILED" && live())
       ? h("button", { class: "cf-btn cf-cancel", onclick: () => send({ type: "cancel", task: n.id }) },
           "Cancel task") : null;
     details.replaceChildren(...[
@@ -255,7 +255,7 @@ export function createGraph(el, { send, expand, live, memory }) {
       h("table", { class: "cf-kv" }, ...history),
       n.error ? h("h4", {}, "error") : null,
       n.error ? h("pre", { class: "cf-error" }, n.error) : null,
-      cancel].filter((c) => c != null));
+      stop].filter((c) => c != null));
   }
 
   function draw(next) {

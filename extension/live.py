@@ -1,0 +1,112 @@
+"""What the dashboard keeps per cluster between requests, refreshed through incremental cursors.
+
+One ``ClusterState`` per cluster in the server process: a ``GraphModel`` of every task the GCS
+keeps, advanced with ``ListTaskChanges(cursor)`` (only what changed since the last request is
+read, however many tasks the cluster holds), and the object store's usage per node sampled on
+each request (the history the objects page draws, kept from the first request on, bounded).
+Every open page and every viewer share it; a refresh happens at most every ``MIN_REFRESH_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from cellfleet import _messages as m
+from cellfleet.widgets.model import DONE_STATES, GraphModel
+
+from .discovery import ClusterInfo
+
+__all__ = ["ClusterState", "state_of"]
+
+MAX_CHANGES = 100_000  # per refresh (the GCS keeps 100,000 tasks)
+MIN_REFRESH_S = 0.2
+HISTORY = 3600  # store usage samples kept per node
+MAX_CLUSTERS = 32
+MAX_SPANS = 5000  # timeline spans per answer
+
+
+class ClusterState:
+    """A cluster's tasks and store history as the pages show them."""
+
+    def __init__(self, cluster_id: str) -> None:
+        self.cluster_id = cluster_id
+        self.model = GraphModel("all", max_nodes=300)
+        self.cursor = 0
+        self.refreshed = 0.0
+        self.usage: dict[str, deque] = {}  # node id -> (time, used bytes)
+        self.lock = asyncio.Lock()
+        self.last_changes = 0  # records read by the last refresh
+
+    async def refresh(self, ask: Any) -> None:
+        """Read what changed since the cursor (``ask(*messages)`` answers GCS requests)."""
+        async with self.lock:
+            now = time.monotonic()
+            if now - self.refreshed < MIN_REFRESH_S:
+                return
+            (changes,) = await ask(m.ListTaskChanges(self.cursor, MAX_CHANGES))
+            if changes["cursor"] < self.cursor:  # a new GCS (restarted without storage)
+                self.model = GraphModel("all", max_nodes=300)
+                (changes,) = await ask(m.ListTaskChanges(0, MAX_CHANGES))
+            self.model.add_records(changes["tasks"])
+            self.cursor = changes["cursor"]
+            self.last_changes = len(changes["tasks"])
+            self.refreshed = now
+
+    def sample_usage(self, nodes: list[dict]) -> None:
+        now = time.time()
+        for node in nodes:
+            history = self.usage.setdefault(node["node_id"], deque(maxlen=HISTORY))
+            if not history or now - history[-1][0] >= 1.0:
+                history.append((now, node["used"]))
+
+    def pending_calls(self) -> dict[str, int]:
+        """Actor id -> calls submitted and not ended."""
+        out: dict[str, int] = {}
+        model = self.model
+        for key, members in model.members.items():
+            counts = model.counts[key]
+            if sum(counts[s] for s in DONE_STATES) == len(members):
+                continue  # every call of this method ended: nothing to count
+            for tid in members:
+                record = model.records[tid]
+                if record.get("type") == "ACTOR_TASK" and record["state"] not in DONE_STATES:
+                    actor = record.get("actor_id") or ""
+                    out[actor] = out.get(actor, 0) + 1
+        return out
+
+    def spans(self, since: float, limit: int = MAX_SPANS) -> dict[str, Any]:
+        """Timeline spans of the newest ``limit`` tasks that ran, ending after ``since``."""
+        out = []
+        for record in reversed(self.model.records.values()):
+            start = record.get("start_time") or (record.get("events") or {}).get("RUNNING")
+            if not start:
+                continue
+            end = record.get("end_time")
+            if end is not None and end < since:
+                continue
+            out.append({
+                "task_id": record["task_id"], "name": record.get("name", "?"),
+                "state": record["state"], "start": start, "end": end,
+                "worker": f"{(record.get('node_id') or '?')[:8]}:"
+                          f"{record.get('worker_pid') or '?'}",
+                "error": (record.get("error_message") or "")[:300] or None,
+            })
+            if len(out) >= limit:
+                break
+        out.reverse()
+        return {"spans": out}
+
+
+_states: dict[str, ClusterState] = {}
+
+
+def state_of(cluster: ClusterInfo) -> ClusterState:
+    state = _states.get(cluster.id)
+    if state is None:
+        if len(_states) >= MAX_CLUSTERS:
+            del _states[next(iter(_states))]
+        state = _states[cluster.id] = ClusterState(cluster.id)
+    return state

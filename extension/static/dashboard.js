@@ -1,0 +1,243 @@
+// The dashboard pages' client side: poll the cluster's API once a second, redraw.
+// Served inline by cellfleet.extension.pages; window.CELLFLEET holds the page's settings.
+const C = window.CELLFLEET;
+const token = new URLSearchParams(window.location.search).get("token");
+function url(path, params) {
+  const u = new URL(path.startsWith("/") ? path : C.api + path, window.location.href);
+  for (const [k, v] of Object.entries(params || {})) u.searchParams.set(k, v);
+  if (token) u.searchParams.set("token", token);
+  return u.toString();
+}
+const $ = (id) => document.getElementById(id);
+function esc(s) {
+  return String(s == null ? "" : s).replace(/[&<>"]/g, (c) => (
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+}
+function bytes(n) {
+  if (n == null) return "";
+  const u = ["B", "KiB", "MiB", "GiB", "TiB"]; let i = 0; let x = n;
+  while (x >= 1024 && i < u.length - 1) { x /= 1024; i++; }
+  return (i ? x.toFixed(x < 10 ? 1 : 0) : String(x)) + " " + u[i];
+}
+function secs(x) {
+  if (x == null) return "";
+  return x < 1 ? (x * 1000).toFixed(x < 0.01 ? 2 : 0) + " ms" : x.toFixed(2) + " s";
+}
+function short(id, n) { return id ? `<code title="${esc(id)}">${esc(id.slice(0, n || 12))}</code>` : ""; }
+function bar(parts, total) {
+  return '<span class="bar">' + parts.filter(([n]) => n > 0).map(([n, color, tip]) =>
+    `<span style="width:${(100 * n / Math.max(total, 1)).toFixed(2)}%;background:${color}" ` +
+    `title="${esc(tip)}"></span>`).join("") + "</span>";
+}
+function meter(used, total, text, color) {
+  return `<div class="meter">${bar([[used, color || "var(--accent)", text]], total)}` +
+    `<span class="txt">${esc(text)}</span></div>`;
+}
+function table(cols, rows, empty) {
+  if (!rows.length) return `<div class="empty">${esc(empty || "nothing yet")}</div>`;
+  const head = cols.map(([title, , cls, width]) =>
+    `<th class="${cls || ""}" style="${width ? "width:" + width : ""}">${esc(title)}</th>`).join("");
+  const body = rows.map((r) => "<tr>" + cols.map(([, cell, cls]) => {
+    const v = cell(r);
+    const tip = typeof v === "string" && !v.startsWith("<") ? ` title="${esc(v)}"` : "";
+    return `<td class="${cls || ""}"${tip}>${typeof v === "string" && !v.startsWith("<") ? esc(v) : v}</td>`;
+  }).join("") + "</tr>").join("");
+  return `<table class="cf"><tr>${head}</tr>${body}</table>`;
+}
+function pill(state) {
+  const color = {ALIVE: "#2f9e44", PENDING: "#e0a800", RESTARTING: "#f0700a", DEAD: "#e03131"}[state]
+    || C.colors[state] || "#8c8c8c";
+  return `<span class="pill" style="background:${color}">${esc(C.short[state] || state)}</span>`;
+}
+const ORDER = Object.keys(C.colors);
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                 "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94"];
+const fnColor = new Map();
+function colorOf(name) {
+  if (!fnColor.has(name)) fnColor.set(name, PALETTE[fnColor.size % PALETTE.length]);
+  return fnColor.get(name);
+}
+function doc() { return (window.Bokeh && Bokeh.documents.length) ? Bokeh.documents[0] : null; }
+function model(name) { const d = doc(); return d ? d.get_model_by_name(name) : null; }
+
+function stateBar(states, total) {
+  return bar(ORDER.map((s) => [states[s] || 0, C.colors[s], `${states[s] || 0} ${C.short[s]}`]), total);
+}
+function legend(counts) {
+  return ORDER.filter((s) => counts[s]).map((s) =>
+    `<span><span class="chip" style="background:${C.colors[s]}"></span>${C.short[s]} ${counts[s]}</span>`).join("");
+}
+function workerRows(spans) {
+  const rows = [...new Set(spans.map((s) => s.worker))].sort();
+  return new Map(rows.map((w, i) => [w, i]));
+}
+function streamSvg(spans) {
+  if (!spans.length) return '<div class="empty">no task ran in the last minute</div>';
+  const rows = workerRows(spans);
+  const now = Date.now() / 1000, t0 = now - 60;
+  const lanes = [...rows.keys()].map((w) => {
+    const bars = spans.filter((s) => s.worker === w).map((s) => {
+      const x0 = Math.max(s.start, t0), x1 = s.end || now;
+      const x = 100 * (x0 - t0) / 60, width = Math.max(0.3, 100 * (x1 - x0) / 60);
+      const edge = s.state === "FAILED" ? ' stroke="#e03131" stroke-width="2"' : "";
+      return `<rect x="${x.toFixed(2)}%" y="1" width="${width.toFixed(2)}%" height="14"` +
+        ` fill="${colorOf(s.name)}"${edge}><title>${esc(s.name)}</title></rect>`;
+    }).join("");
+    return `<div class="lane"><code>${esc(w)}</code><svg height="16">${bars}</svg></div>`;
+  }).join("");
+  const keys = [...new Set(spans.map((s) => s.name))].map((n) =>
+    `<span><span class="chip" style="background:${colorOf(n)}"></span>${esc(n)}</span>`);
+  return lanes + `<div class="keys">${keys.join("")}</div>`;
+}
+
+function overview(d) {
+  $("total").textContent = `· ${d.total_tasks}`;
+  $("legend").innerHTML = legend(d.legend);
+  $("functions").innerHTML = table([
+    ["function", (f) => f.name, "", "35%"],
+    ["progress", (f) => stateBar(f.states, f.total)],
+    ["tasks", (f) => String(f.total), "num", "70px"],
+  ], d.functions, "no task yet");
+  $("stream").innerHTML = streamSvg(d.stream);
+  $("nodes").innerHTML = table([
+    ["node", (n) => short(n.node_id), "", "110px"],
+    ["CPU", (n) => meter(n.cpu_used, n.cpu, `${n.cpu_used} / ${n.cpu} CPU`)],
+    ["object store", (n) => meter(n.store_used, n.store_capacity,
+      `${bytes(n.store_used)} / ${bytes(n.store_capacity)}`, "#7048e8")],
+  ], d.nodes);
+  const actors = Object.entries(d.actors);
+  $("actors").innerHTML = actors.length ? `<div class="keys">${actors.map(([s, n]) =>
+    `${pill(s)} ${n}`).join(" ")}</div>` : '<div class="empty">no actor</div>';
+}
+
+let t0 = null;
+const spansSeen = new Map();
+function timeline(d) {
+  for (const s of d.spans) spansSeen.set(s.task_id, s);
+  while (spansSeen.size > 5000) spansSeen.delete(spansSeen.keys().next().value);
+  const spans = [...spansSeen.values()];
+  const rows = workerRows(spans);
+  const now = Date.now() / 1000;
+  for (const s of spans) if (t0 === null || s.start < t0) t0 = s.start;
+  const S = {left: [], right: [], bottom: [], top: [], color: [], line: [], name: [], state: [],
+             worker: [], duration: [], error: []};
+  for (const s of spans) {
+    const i = rows.get(s.worker);
+    S.left.push(s.start - t0); S.right.push((s.end || now) - t0);
+    S.bottom.push(i + 0.12); S.top.push(i + 0.88);
+    S.color.push(colorOf(s.name)); S.line.push(s.state === "FAILED" ? "#e03131" : null);
+    S.name.push(s.name); S.state.push(C.short[s.state] || s.state); S.worker.push(s.worker);
+    S.duration.push(s.end ? secs(s.end - s.start) : "running"); S.error.push(s.error || "");
+  }
+  const src = model("spans"); if (src) src.data = S;
+  const ticker = model("rows_ticker"), axis = model("rows_axis"), range = model("rows_range");
+  if (ticker && axis && range) {
+    ticker.ticks = [...rows.values()].map((i) => i + 0.5);
+    axis.major_label_overrides = new Map([...rows].map(([w, i]) => [i + 0.5, w]));
+    range.start = 0; range.end = Math.max(1, rows.size);
+  }
+  const failed = spans.some((s) => s.state === "FAILED");
+  $("keys").innerHTML = [...new Set(spans.map((s) => s.name))].sort().map((n) =>
+    `<span><span class="chip" style="background:${colorOf(n)}"></span>${esc(n)}</span>`).join("") +
+    (failed ? '<span><span class="chip" style="border:2px solid #e03131"></span>failed</span>' : "") ||
+    '<span>no task ran yet</span>';
+}
+
+function objects(d) {
+  const U = {xs: [], ys: [], node: [], color: []};
+  let i = 0, top = 1;
+  for (const [nid, points] of Object.entries(d.history)) {
+    U.xs.push(points.map((p) => p[0] * 1000)); U.ys.push(points.map((p) => p[1]));
+    U.node.push(nid); U.color.push(PALETTE[i++ % PALETTE.length]);
+  }
+  for (const n of d.nodes) top = Math.max(top, n.capacity || 0, n.used || 0);
+  const src = model("usage"); if (src) src.data = U;
+  const range = model("usage_range"); if (range) { range.start = 0; range.end = top; }
+  $("stores").innerHTML = table([
+    ["node", (n) => short(n.node_id), "", "110px"],
+    ["used / capacity", (n) => meter(n.used, n.capacity, `${bytes(n.used)} / ${bytes(n.capacity)}`, "#7048e8")],
+    ["objects", (n) => String(n.count), "num", "80px"],
+    ["live objects", (n) => `${n.live_objects} · ${bytes(n.live_bytes)}`, "num", "150px"],
+    ["spilled", (n) => bytes(n.spilled), "num", "90px"],
+  ], d.nodes);
+  $("largest").innerHTML = table([
+    ["object", (o) => short(o.object_id, 16), "", "150px"],
+    ["size", (o) => bytes(o.size), "num", "90px"],
+    ["where", (o) => o.where || "", "", "110px"],
+    ["node", (o) => short(o.node_id), "", "110px"],
+    ["made by", (o) => o.source || "", "", "80px"],
+    ["owner (keeps it alive)", (o) => o.owner || ""],
+    ["cell", (o) => o.tag ? short(o.tag, 8) : "", "", "90px"],
+  ], d.largest, "no object in the store");
+}
+
+function nodes(d) {
+  const now = Date.now() / 1000;
+  $("nodes").innerHTML = table([
+    ["node", (n) => short(n.node_id), "", "110px"],
+    ["address", (n) => n.raylet_address || "", "", "150px"],
+    ["state", (n) => n.alive ? pill("ALIVE") : pill("DEAD") + " " + esc(n.death_reason || ""), "", "160px"],
+    ["CPU used / total", (n) => meter((n.resources_used || {}).CPU || 0, (n.resources || {}).CPU || 0,
+      `${(n.resources_used || {}).CPU || 0} / ${(n.resources || {}).CPU || 0}`)],
+    ["memory", (n) => bytes((n.resources || {}).memory || 0), "num", "90px"],
+    ["object store", (n) => meter((n.store || {}).used || 0, (n.store || {}).capacity || 0,
+      `${bytes((n.store || {}).used || 0)} / ${bytes((n.store || {}).capacity || 0)}`, "#7048e8")],
+    ["workers", (n) => `${(n.load || {}).leased || 0} leased · ${(n.load || {}).idle_workers || 0} idle`, "", "140px"],
+    ["queued", (n) => String((n.load || {}).queued || 0), "num", "70px"],
+    ["heartbeat", (n) => n.alive ? secs(now - n.last_heartbeat) + " ago" : "", "num", "100px"],
+  ], d.nodes, "no node");
+}
+
+function actors(d) {
+  $("actors").innerHTML = table([
+    ["class", (a) => a.class_name || "", "", "16%"],
+    ["actor", (a) => short(a.actor_id), "", "110px"],
+    ["name", (a) => a.name || "", "", "12%"],
+    ["state", (a) => pill(a.state), "", "100px"],
+    ["node", (a) => short(a.node_id), "", "110px"],
+    ["pid", (a) => String(a.pid || ""), "num", "70px"],
+    ["restarts", (a) => String(a.num_restarts || 0), "num", "70px"],
+    ["pending calls", (a) => String(a.pending_calls || 0), "num", "100px"],
+    ["death cause", (a) => a.death_cause || ""],
+  ], d.actors, "no actor");
+}
+
+let graph = null, version = -1, expanded = [];
+async function graphPage(d) {
+  if (d.unchanged) return;
+  version = d.version;
+  if (!graph) {
+    const mod = await import(url(C.module));
+    graph = mod.createGraph($("graph"), {
+      send: () => {}, live: () => true, cancel: false,
+      expand: (keys) => { expanded = keys; version = -1; tick(true); },
+    });
+  }
+  graph.draw(d);
+}
+
+const PAGES = {
+  index: [() => url("overview"), overview],
+  graph: [() => url("view", {version, expanded: expanded.join(",")}), graphPage],
+  timeline: [() => url("timeline", {since: Date.now() / 1000 - 600}), timeline],
+  objects: [() => url("objects"), objects],
+  nodes: [() => url("nodes"), nodes],
+  actors: [() => url("actors"), actors],
+};
+const [target, apply] = PAGES[C.page];
+let timer = null;
+async function tick(once) {
+  if (["timeline", "objects"].includes(C.page) && !doc()) { setTimeout(tick, 100); return; }
+  clearTimeout(timer);
+  try {
+    const r = await fetch(target(), {credentials: "same-origin"});
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    await apply(await r.json());
+    $("status").textContent = "live · " + new Date().toLocaleTimeString();
+    window.CELLFLEET_UPDATES = (window.CELLFLEET_UPDATES || 0) + 1;
+  } catch (err) {
+    $("status").textContent = "cannot update: " + err.message;
+  }
+  timer = setTimeout(tick, C.interval);
+}
+tick();
