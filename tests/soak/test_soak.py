@@ -13,12 +13,16 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 from helpers import runtime_processes
 
 import cellfleet
+from cellfleet import _context
+from cellfleet import _messages as m
+from cellfleet._session import Session
 
 pytestmark = pytest.mark.integration
 
@@ -76,15 +80,21 @@ def small_value(i: int) -> bytes:
     return i.to_bytes(8, "big") * 1000
 
 
-def rss_by_process() -> dict[int, tuple[str, int]]:
-    """pid -> (role, resident bytes) for this driver and every runtime process."""
-    out = {os.getpid(): ("driver", psutil.Process().memory_info().rss)}
-    for proc in runtime_processes():
+def rss_by_process(session: Session) -> dict[int, tuple[str, int]]:
+    """pid -> (role, resident bytes) for this driver and every runtime process: the GCS, the
+    raylet, the workers it reports, and any other helper (a worker template) by module name."""
+    gcs, raylet = session.info()["pids"][:2]
+    stats = _context.core.request("raylet", m.GetNodeStats(), timeout=30)
+    roles = {gcs: "gcs", raylet: "raylet", os.getpid(): "driver"}
+    roles.update({worker["pid"]: "worker" for worker in stats["workers"]})
+    procs = {proc.pid: proc for proc in runtime_processes()}
+    procs[os.getpid()] = psutil.Process()
+    out = {}
+    for pid, proc in procs.items():
         try:
-            cmdline = proc.info["cmdline"] or []
-            role = next((a.rpartition(".")[2] for a in cmdline if a.startswith("cellfleet.")),
-                        "?")
-            out[proc.pid] = (role, proc.memory_info().rss)
+            cmdline = proc.cmdline()
+            module = next((a for a in cmdline if a.startswith("cellfleet.")), "?")
+            out[pid] = (roles.get(pid, module), proc.memory_info().rss)
         except psutil.NoSuchProcess:
             pass
     return out
@@ -93,7 +103,8 @@ def rss_by_process() -> dict[int, tuple[str, int]]:
 def test_memory_stays_flat_under_a_steady_mixed_workload(fresh_cluster, monkeypatch) -> None:
     for name, value in SMALL_BOUNDS.items():
         monkeypatch.setenv(name, value)
-    fresh_cluster(num_cpus=2, object_store_memory=128 * 2**20)
+    info = fresh_cluster(num_cpus=2, object_store_memory=128 * 2**20)
+    session = Session(Path(info["session_dir"]))
     ticks: list[tuple[float, dict[int, tuple[str, int]]]] = []  # (time, pid -> (role, rss))
     start = last_sample = time.monotonic()
     rounds = 0
@@ -103,7 +114,7 @@ def test_memory_stays_flat_under_a_steady_mixed_workload(fresh_cluster, monkeypa
         now = time.monotonic()
         if now - last_sample >= SAMPLE_EVERY_S:
             last_sample = now
-            ticks.append((now - start, rss_by_process()))
+            ticks.append((now - start, rss_by_process(session)))
     measured = [sample for t, sample in ticks if t >= WARMUP_S]
     assert rounds > 10 and len(measured) >= 6, f"{rounds} rounds, {len(measured)} samples"
 
@@ -111,11 +122,14 @@ def test_memory_stays_flat_under_a_steady_mixed_workload(fresh_cluster, monkeypa
     # (driver, GCS, raylet, a pooled worker) shows its own growth; workers that come and go
     # are new processes and must not get larger either. The count of processes stays put.
     report, grown = [], []
-    for role in ("driver", "gcs", "raylet", "worker"):
+    required = {"driver", "gcs", "raylet", "worker"}  # and helpers such as a worker template
+    for role in sorted(required | {r for sample in measured for r, _ in sample.values()}):
         largest = [max((rss for r, rss in sample.values() if r == role), default=0) / 2**20
                    for sample in measured]
         counts = [sum(r == role for r, _ in sample.values()) for sample in measured]
         first, last = statistics.median(largest[:3]), statistics.median(largest[-3:])
+        if role not in required and not all(largest):
+            continue  # a helper that came or went during the run (a worker starting up)
         report.append(f"{role}: {first:.1f} -> {last:.1f} MB, {counts[0]} -> {counts[-1]} "
                       f"process(es)")
         assert first > 0, f"no {role} process measured: {report}"
