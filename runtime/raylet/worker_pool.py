@@ -200,6 +200,8 @@ class WorkerPool:
 
     def exited_unregistered(self) -> list[bytes]:
         """Workers that exited before registering (their connection never existed)."""
+        if self._template is not None and not self._template.alive:
+            self._template.process.poll()  # reap it: it may not have been a zombie yet at EOF
         exited = []
         for worker_id, worker in self.workers.items():
             if worker.conn is None and worker.process.poll() is not None:

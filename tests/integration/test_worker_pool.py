@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -121,7 +125,32 @@ def test_workers_start_as_new_interpreters_once_the_template_is_gone(fresh_clust
     assert cellfleet.get(forked.ping.remote(1), timeout=60) == 1
     assert {w["pid"] for w in node_stats()["workers"]} <= {c.pid for c in template.children()}
     template.kill()
+    wait_until(lambda: not psutil.pid_exists(template.pid), timeout=10,  # reaped: noticed
+               message="the raylet to notice its template is gone")
     spawned = [Echo.remote() for _ in range(3)]
     assert cellfleet.get([a.ping.remote(i) for i, a in enumerate(spawned)], timeout=60) == [0, 1, 2]
     assert cellfleet.get(forked.ping.remote(2), timeout=60) == 2  # forked workers live on
     assert node_stats()["pool"]["failed_starts"] == 0
+
+
+def test_the_template_forks_on_request_reports_exits_and_ends_with_the_raylet(tmp_path) -> None:
+    ours, theirs = socket.socketpair()
+    template = subprocess.Popen(
+        [sys.executable, "-m", "cellfleet.raylet.forkserver", "--control-fd",
+         str(theirs.fileno()), "--session-dir", str(tmp_path)], pass_fds=(theirs.fileno(),))
+    theirs.close()
+    try:
+        log = tmp_path / "worker.log"
+        ours.sendall(json.dumps([str(log), ["--no-such-flag"]]).encode() + b"\n")
+        reader = ours.makefile("r")
+        ours.settimeout(60)
+        kind, pid = reader.readline().split()
+        assert kind == "pid"
+        assert reader.readline().split() == ["exit", pid, "2"]  # argparse refused the flag
+        assert "usage: cellfleet.worker" in log.read_text()  # its output went to its log
+        reader.close()
+        ours.close()  # as when the raylet exits
+        assert template.wait(30) == 0
+    finally:
+        template.kill()
+        template.wait()
