@@ -1,27 +1,41 @@
-"""What an open task-graph page costs the runtime.
+"""What the live views cost, with 10,000 tasks in the cluster.
 
-Runs bursts of no-op tasks alternately with and without a poller that does what the page
-does (``graph`` with the cursor, once a second, on its own event loop thread), and prints the
-task throughput of both and the poll latency::
+1. Dashboard polls: with ``--tasks`` tasks in the GCS, the latency of each request an open
+   page makes once a second (``view``, ``overview``, ``timeline``, ``actors``), measured as the
+   server extension runs them (GCS round trips through the incremental cursor plus the
+   extension's work), while more tasks keep finishing. Median and p99.
+2. The widget's feed: task throughput of bursts of no-op tasks with and without a
+   ``TaskGraph``-style listener in the driver (the GCS pushes every task event to it), and the
+   CPU time the feed's thread used per second.
+3. 100,000 tasks: the time to build a grouped view and its size (the widget stays fluid
+   because what it draws is bounded).
 
-    python benchmarks/dashboard_cost.py [--tasks 10000] [--rounds 5]
+    python benchmarks/dashboard_cost.py [--tasks 10000] [--polls 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import threading
 import time
 
 import cellfleet as ray
-from cellfleet.extension import data, discovery
+from cellfleet.extension import data, discovery, live
+from cellfleet.widgets.feed import feed
+from cellfleet.widgets.model import GraphModel
 
 
 @ray.remote
 def noop():
     return None
+
+
+@ray.remote
+def stage(x):
+    return x
 
 
 def burst(n: int) -> float:
@@ -30,48 +44,120 @@ def burst(n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-class Poller:
-    def __init__(self, cluster: discovery.ClusterInfo) -> None:
-        self.cluster = cluster
-        self.latencies: list[float] = []
-        self.running = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._loop()), daemon=True)
-        self.stop = False
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    async def _loop(self) -> None:
-        since = 0.0
-        while not self.stop:
-            if self.running.is_set():
-                start = time.perf_counter()
-                since = (await data.graph(self.cluster, since=since))["cursor"]
-                self.latencies.append(time.perf_counter() - start)
-            await asyncio.sleep(1.0)
+
+async def _polls(cluster: discovery.ClusterInfo, polls: int) -> dict[str, list[float]]:
+    requests = {
+        "view": lambda: data.view(cluster, expanded=set()),
+        "overview": lambda: data.overview(cluster),
+        "timeline": lambda: data.timeline(cluster, since=time.time() - 600),
+        "actors": lambda: data.actors(cluster),
+    }
+    out: dict[str, list[float]] = {name: [] for name in requests}
+    for _ in range(polls):
+        for name, request in requests.items():
+            live.state_of(cluster).refreshed = 0.0  # every request reads through the cursor
+            start = time.perf_counter()
+            await request()
+            out[name].append(time.perf_counter() - start)
+        await asyncio.sleep(0.02)
+    return out
+
+
+def dashboard_polls(cluster: discovery.ClusterInfo, tasks: int, polls: int) -> None:
+    ray.get([noop.remote() for _ in range(tasks)])
+    first = time.perf_counter()
+    asyncio.run(data.view(cluster, expanded=set()))
+    print(f"first view of {tasks:,} tasks (the whole table once): "
+          f"{(time.perf_counter() - first) * 1000:.0f} ms")
+    stop = threading.Event()
+
+    def more_work() -> None:  # tasks keep finishing while the page polls
+        while not stop.is_set():
+            ray.get([stage.remote(i) for i in range(50)])
+            time.sleep(0.05)
+
+    worker = threading.Thread(target=more_work, daemon=True)
+    worker.start()
+    try:
+        latencies = asyncio.run(_polls(cluster, polls))
+    finally:
+        stop.set()
+        worker.join()
+    for name, values in latencies.items():
+        print(f"  {name:9s} poll: median {statistics.median(values) * 1000:5.1f} ms, "
+              f"p99 {percentile(values, 0.99) * 1000:5.1f} ms over {len(values)} polls")
+
+
+def feed_cost(tasks: int, rounds: int) -> None:
+    burst(2000)
+    without = [burst(tasks) for _ in range(rounds)]
+    model = GraphModel("all")
+    source = feed()
+    views = []
+    listener = source.add(model, lambda: views.append(model.view()), interval=0.5)
+    thread = source._thread
+    wall = time.perf_counter()
+    cpu0 = _thread_cpu(thread)
+    with_feed = [burst(tasks) for _ in range(rounds)]
+    cpu = _thread_cpu(thread) - cpu0
+    elapsed = time.perf_counter() - wall
+    source.remove(listener)
+    a, b = statistics.median(without), statistics.median(with_feed)
+    print(f"tasks/s without a widget: {a:,.0f}  with one (GCS pushes every event): {b:,.0f}  "
+          f"({100 * (a - b) / a:+.1f}% slower); the feed's thread used "
+          f"{100 * cpu / elapsed:.1f}% of one core, {len(views)} views drawn")
+
+
+def _thread_cpu(thread: threading.Thread | None) -> float:
+    """CPU seconds a thread has used (Linux: /proc/self/task/<tid>/stat)."""
+    if thread is None or thread.native_id is None:
+        return 0.0
+    import os
+
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def grouped_view(n: int) -> None:
+    model = GraphModel("all", max_tasks=n)
+    start = time.perf_counter()
+    events = []
+    for i in range(n):
+        tid = i.to_bytes(16, "big")
+        events.append([tid, "PENDING_ARGS_AVAIL", 1.0, {
+            "name": f"stage{i % 4}",
+            "args": [(i - 1).to_bytes(16, "big").hex() + "01"] if i else [],
+            "returns": [tid.hex() + "01"], "job_id": 1, "tag": "t"}])
+        events.append([tid, "FINISHED", 2.0, {"start_time": 1.5, "end_time": 2.0}])
+    model.add_events(events)
+    ingest = time.perf_counter() - start
+    start = time.perf_counter()
+    view = model.view()
+    build = time.perf_counter() - start
+    size = len(json.dumps(view))
+    print(f"{n:,} tasks: ingest {ingest:.2f} s ({2 * n / ingest:,.0f} events/s), grouped view "
+          f"in {build * 1000:.0f} ms: {len(view['nodes'])} nodes, {len(view['edges'])} edges, "
+          f"{size / 1024:.1f} KiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--polls", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     info = ray.init(num_cpus=2)
     cluster = next(c for c in discovery.list_clusters() if c.address == info["gcs_address"])
-    poller = Poller(cluster)
-    poller.thread.start()
-    burst(2000)
-    without, with_page = [], []
-    for _ in range(args.rounds):
-        poller.running.clear()
-        without.append(burst(args.tasks))
-        poller.running.set()
-        with_page.append(burst(args.tasks))
-    poller.stop = True
-    a, b = statistics.median(without), statistics.median(with_page)
-    print(f"tasks/s without a page: {a:,.0f}  with a task-graph page polling: {b:,.0f}  "
-          f"({100 * (a - b) / a:+.1f}% slower)")
-    lat = sorted(poller.latencies)
-    print(f"graph poll latency: median {statistics.median(lat) * 1000:.0f} ms, "
-          f"max {lat[-1] * 1000:.0f} ms over {len(lat)} polls")
+    print(f"dashboard polls with {args.tasks:,} tasks in the cluster:")
+    dashboard_polls(cluster, args.tasks, args.polls)
+    feed_cost(args.tasks, args.rounds)
     ray.shutdown()
+    grouped_view(100_000)
 
 
 if __name__ == "__main__":

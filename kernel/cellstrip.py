@@ -6,12 +6,14 @@ when the work ends.
 strip follows the cell's tasks (its tag, which nested tasks inherit) through the process's
 task feed (``cellfleet.widgets.feed``: events pushed by the GCS), and publishes
 ``display_data`` / ``update_display_data`` with the cell's request as parent, so it stays
-under its cell. ``render_strip`` and ``render_summary`` are pure functions of the model.
+under its cell. A cell is watched only once it has run ``after`` seconds: a quick cell costs a
+timer, nothing more. ``render_strip`` and ``render_summary`` are pure functions of the model.
 """
 
 from __future__ import annotations
 
 import html
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -117,6 +119,7 @@ class _Strip:
         self.display_id: str | None = None
         self.listener: Any = None
         self.model: Any = None
+        self.timer: threading.Timer | None = None
 
 
 class CellStrips:
@@ -135,7 +138,7 @@ class CellStrips:
         core = _context.core
         if not tag or core is None or core.kind != "driver":
             return
-        from cellfleet.widgets.feed import NoClusterError, feed, label_cell
+        from cellfleet.widgets.feed import label_cell
         from cellfleet.widgets.model import GraphModel
 
         if label:
@@ -144,19 +147,35 @@ class CellStrips:
             return
         strip = _Strip(tag, parent)
         strip.model = GraphModel("cell", tag=tag)
+        # Watched only once the cell has run for ``after`` seconds: quick cells cost nothing.
+        strip.timer = threading.Timer(self.after, self._watch, (strip, core.gcs_address))
+        strip.timer.daemon = True
+        self._strips[tag] = strip
+        strip.timer.start()
+
+    def _watch(self, strip: _Strip, address: str) -> None:
+        """On the timer's thread: the cell still runs after ``after`` s, follow its tasks."""
+        from cellfleet.widgets.feed import NoClusterError, feed
+
+        if strip.ended is not None:
+            self._strips.pop(strip.tag, None)
+            return
         try:
             source = feed()
             strip.listener = source.add(strip.model, lambda: self._refresh(source, strip),
-                                        interval=0.5, tick=True, history=False)
+                                        interval=0.5, tick=True, history=True)
         except NoClusterError:
-            self._unreachable = core.gcs_address
-            return
-        self._strips[tag] = strip
+            self._unreachable = address
+            self._strips.pop(strip.tag, None)
 
     def cell_finished(self, tag: str) -> None:
         strip = self._strips.get(tag)
-        if strip is not None:
-            strip.ended = time.time()
+        if strip is None:
+            return
+        strip.ended = time.time()
+        if strip.listener is None and strip.timer is not None:
+            strip.timer.cancel()
+            self._strips.pop(tag, None)
 
     def _refresh(self, source: Any, strip: _Strip) -> None:
         """On the feed's thread, every half second while the cell's strip lives."""

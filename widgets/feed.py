@@ -1,11 +1,12 @@
-"""Task events pushed from the GCS to this process's views.
+"""Task records pushed from the GCS to this process's views.
 
-One ``TaskFeed`` per process (``feed()``): a thread with its own event loop holds a connection
-to the cluster's GCS, subscribes to the ``tasks`` channel (every batch of task events the GCS
-receives is pushed to it), and takes one snapshot with the incremental cursor
-(``ListTaskChanges``) to start from. Each listener (a widget, a cell's strip) gets the events
-for its model and a ``refresh`` call at most ``interval`` seconds apart while its model
-changes: nothing polls the GCS per frame, and nothing runs while no view is open.
+One ``TaskFeed`` per process (``feed()``): while at least one view listens, a thread with its
+own event loop holds a connection to the cluster's GCS subscribed to the ``tasks`` channel (the
+GCS pushes, every second, the records of the tasks that changed: one per task however
+many events it had). A new view first reads its history once with the incremental cursor
+(``ListTaskChanges``; a cell's view only that cell's tasks), then lives on what is pushed.
+Each listener's ``refresh`` is called at most ``interval`` seconds apart while its model
+changes: nothing polls the GCS per frame, and with no view open there is no connection.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from .model import GraphModel
 
 __all__ = ["NoClusterError", "TaskFeed", "feed", "label_cell"]
 
-SNAPSHOT_LIMIT = 100_000
+HISTORY_LIMIT = 100_000
+CONNECT_TIMEOUT_S = 5.0
+IDLE_S = 5.0  # the connection closes this long after the last view went
 MAX_CELL_LABELS = 10_000
 CELL_LABELS: dict[str, str] = {}  # a cell's tag (msg_id) -> "In [3]", for the details panel
 
@@ -33,7 +36,6 @@ def label_cell(tag: str, label: str) -> None:
     CELL_LABELS[tag] = label
     while len(CELL_LABELS) > MAX_CELL_LABELS:
         del CELL_LABELS[next(iter(CELL_LABELS))]
-CONNECT_TIMEOUT_S = 5.0
 
 
 class NoClusterError(RuntimeError):
@@ -55,7 +57,7 @@ class _Listener:
 
 
 class TaskFeed:
-    """The GCS's task events, fanned out to listeners' models (see the module docstring)."""
+    """The GCS's task records, fanned out to listeners' models (see the module docstring)."""
 
     def __init__(self, address: str, token: bytes) -> None:
         self.address = address
@@ -63,26 +65,30 @@ class TaskFeed:
         self._listeners: list[_Listener] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: Any = None
         self._thread: threading.Thread | None = None
-        self._all = GraphModel("all", max_nodes=0)  # every record: where a new view starts
         self._ready = threading.Event()
         self.error: BaseException | None = None
-        self.closed = False
 
     # -- listeners --------------------------------------------------------------------------
 
     def add(self, model: GraphModel, refresh: Callable[[], None], *,
             interval: float = 0.5, tick: bool = False, history: bool = True) -> _Listener:
-        """Feed ``model`` (the tasks seen so far unless not ``history``, then live) and call
+        """Feed ``model`` (its tasks so far unless not ``history``, then live) and call
         ``refresh`` when it moved (``tick``: every ``interval`` even when it did not)."""
-        self._start()
         listener = _Listener(model, refresh, interval, tick)
-        self._wait_ready()
-        with self._lock, listener.lock:
-            if history:
-                model.add_records([r for r in self._all.records.values()
-                                   if "name" not in r or model.in_scope(r)])
+        with self._lock:
             self._listeners.append(listener)
+            self._start()
+        try:
+            self._wait_ready()
+            if history:
+                records = self._history(model)
+                with listener.lock:
+                    model.add_records(records)
+        except BaseException:
+            self.remove(listener)
+            raise
         self.poke(listener)
         return listener
 
@@ -95,9 +101,20 @@ class TaskFeed:
         """Refresh ``listener`` soon even if its model did not change (e.g. a group opened)."""
         listener.seen = -1
         listener.due = 0.0
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(lambda: None)
+
+    def _history(self, model: GraphModel) -> list[dict]:
+        if model.scope == "cell":
+            request: m.Message = m.ListTasks({"tag": model.tag}, HISTORY_LIMIT)
+        else:
+            request = m.ListTaskChanges(0, HISTORY_LIMIT)
+        loop, conn = self._loop, self._conn
+        if loop is None or conn is None:
+            raise NoClusterError(f"the cluster's GCS at {self.address} went away")
+        answer = asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(conn.request(request), CONNECT_TIMEOUT_S), loop,
+        ).result(CONNECT_TIMEOUT_S + 1)
+        records = answer if isinstance(answer, list) else answer["tasks"]
+        return [r for r in records if "name" not in r or model.in_scope(r)]
 
     def _wait_ready(self) -> None:
         if not self._ready.wait(CONNECT_TIMEOUT_S + 1):
@@ -108,22 +125,31 @@ class TaskFeed:
     # -- the thread -------------------------------------------------------------------------
 
     def _start(self) -> None:
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="cellfleet-task-feed",
-                                            daemon=True)
-            self._thread.start()
+        """Start the thread if it is not running (``_lock`` held)."""
+        if self._thread is not None:
+            return
+        self._ready.clear()
+        self.error = None
+        self._thread = threading.Thread(target=self._run, name="cellfleet-task-feed",
+                                        daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
-        loop = self._loop = asyncio.new_event_loop()
+        loop = asyncio.new_event_loop()
+        self._loop = loop
         try:
             loop.run_until_complete(self._main())
         except BaseException as exc:  # noqa: BLE001 - reported to whoever asks
             self.error = self.error or exc
         finally:
-            self._ready.set()
+            self._loop = self._conn = None
             loop.close()
+            with self._lock:
+                self._thread = None
+                if self._listeners and self.error is None:
+                    self._start()  # a view came as the idle connection closed
+                else:
+                    self._ready.set()  # wake whoever waits: they see the error
 
     async def _main(self) -> None:
         from cellfleet._rpc import connect
@@ -138,31 +164,36 @@ class TaskFeed:
             conn = await connect(self.address, self.token, {m.Publish: on_publish},
                                  timeout=CONNECT_TIMEOUT_S, on_close=lambda c: closed.set())
             conn.send(m.Subscribe("tasks"))
-            snapshot = await asyncio.wait_for(conn.request(m.ListTaskChanges(0, SNAPSHOT_LIMIT)),
-                                              CONNECT_TIMEOUT_S)
         except BaseException as exc:
             self.error = exc
             raise
-        with self._lock:
-            self._all.add_records(snapshot["tasks"])
+        self._conn = conn
         self._ready.set()
+        idle_since = None
         try:
-            while not self.closed and not closed.is_set():
+            while not closed.is_set():
                 self._refresh_due()
+                with self._lock:
+                    if self._listeners:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > IDLE_S:
+                        self._ready.clear()  # new views wait for the next connection
+                        return
                 try:
                     await asyncio.wait_for(closed.wait(), 0.1)
                 except asyncio.TimeoutError:
                     pass
         finally:
             conn.close()
-            self.closed = True
 
-    def _deliver(self, events: list) -> None:
+    def _deliver(self, records: list) -> None:
         with self._lock:
-            self._all.add_events(events)
-            for listener in self._listeners:
-                with listener.lock:
-                    listener.model.add_events(events)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            with listener.lock:
+                listener.model.add_records(records)
 
     def _refresh_due(self) -> None:
         now = time.monotonic()
@@ -183,9 +214,6 @@ class TaskFeed:
             cost = time.monotonic() - start
             listener.due = now + max(listener.interval, 10 * cost)
 
-    def close(self) -> None:
-        self.closed = True
-
 
 _feed: TaskFeed | None = None
 _feed_lock = threading.Lock()
@@ -201,10 +229,7 @@ def feed() -> TaskFeed:
             "kernel the runtime starts by itself; '%cluster' shows it, '%cluster start' "
             "starts one)")
     with _feed_lock:
-        if _feed is None or _feed.address != core.gcs_address or _feed.closed or \
-                (_feed.error is not None):
-            if _feed is not None:
-                _feed.close()
+        if _feed is None or _feed.address != core.gcs_address:
             _feed = TaskFeed(core.gcs_address, core.token)
         return _feed
 

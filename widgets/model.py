@@ -98,9 +98,13 @@ class GraphModel:
 
     def add_records(self, records: list[dict]) -> None:
         """Merged records (``ListTaskChanges``): every field, every state's timestamp."""
+        skip = ("task_id", "state", "events")
         for record in records:
-            info = {k: v for k, v in record.items() if k not in ("task_id", "state", "events")}
-            self._merge(record["task_id"], record["state"], record.get("events") or {}, info)
+            tid = record["task_id"]
+            if tid in self._ignored:
+                continue
+            info = {k: v for k, v in record.items() if k not in skip}
+            self._merge(tid, record["state"], record.get("events") or {}, info)
 
     def _merge(self, tid: str, state: str, events: dict, info: dict | None) -> None:
         if tid in self._ignored:

@@ -36,6 +36,7 @@ MAX_FINISHED_JOBS = 1000
 MAX_TASK_EVENTS = 20_000  # task records (and object records) kept, ~1.4 KB each
 MAX_SUBSCRIBER_BACKLOG = 16 * 2**20  # unread bytes after which a subscriber misses logs
 OBSERVABILITY_CHANNELS = frozenset({"logs", "tasks"})
+TASKS_PUBLISH_S = 1.0  # the "tasks" channel sends changed task records at most this often
 
 
 def _pack(value: Any) -> bytes:
@@ -67,6 +68,8 @@ class GcsServer:
         self.logs: deque[list] = deque()
         self._log_bytes = 0
         self.subscribers: dict[str, set[Connection]] = {}
+        self._tasks_published = 0  # the task-event cursor the "tasks" channel has sent up to
+        self._tasks_publish: asyncio.TimerHandle | None = None
         self.actors: dict[bytes, dict[str, Any]] = {}
         self._actor_waiters: dict[bytes, list[asyncio.Future]] = {}
         self._background: set[asyncio.Task] = set()  # storage writes under way
@@ -337,8 +340,9 @@ class GcsServer:
             self.reported_drops.update(msg.dropped)
         if msg.tasks:
             self.events.add_task_events(msg.tasks)
-            if self.subscribers.get("tasks"):
-                self.publish("tasks", msg.tasks)
+            if self.subscribers.get("tasks") and self._tasks_publish is None:
+                self._tasks_publish = asyncio.get_running_loop().call_later(
+                    TASKS_PUBLISH_S, self._publish_task_changes)
         if msg.objects:
             self.events.add_object_events(msg.objects)
 
@@ -351,7 +355,18 @@ class GcsServer:
             self._log_bytes -= len(logs.popleft()[-1])
         self.publish("logs", msg.lines)
 
+    def _publish_task_changes(self) -> None:
+        """The ``tasks`` channel: every ``TASKS_PUBLISH_S``, the records changed since the last
+        publish (one per task however many events it had meanwhile)."""
+        self._tasks_publish = None
+        changes = self.events.changes_since(self._tasks_published, max(1, len(self.events.tasks)))
+        self._tasks_published = changes["cursor"]
+        if changes["tasks"]:
+            self.publish("tasks", changes["tasks"])
+
     def subscribe(self, conn: Connection, msg: m.Subscribe) -> None:
+        if msg.channel == "tasks" and not self.subscribers.get("tasks"):
+            self._tasks_published = self.events.seq  # from now on (history: ListTaskChanges)
         self.subscribers.setdefault(msg.channel, set()).add(conn)
 
     def publish(self, channel: str, data: Any) -> None:

@@ -1,8 +1,9 @@
 """The task-graph widget in a real JupyterLab with the cellfleet kernel, driven by Chromium.
 
-A notebook runs a real workload (fan-out, fan-in, nested tasks, an actor, a failing task),
-shows ``%taskgraph`` and a grouped ``TaskGraph``; the test clicks through them, saves the
-notebook, and reopens it with no kernel: the graph is still drawn from the saved widget state.
+A notebook runs a real workload (fan-out, fan-in, nested tasks, an actor, a failing task) in a
+cell long enough for its live strip, shows ``%taskgraph`` and a grouped ``TaskGraph``; the
+test clicks through them, saves the notebook, and reopens it with no kernel: the outputs still
+show the graphs (the pictures the widgets kept).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def outer(n):
     return cellfleet.get([stage1.remote(list(range(k))) for k in range(n)])
 
 @cellfleet.remote
+def nap(seconds):
+    time.sleep(seconds)
+
+@cellfleet.remote
 def boom(x):
     raise ValueError(f"bad input {x}")
 
@@ -49,7 +54,8 @@ class Counter:
     def incr(self, k):
         self.n += k
         return self.n""",
-    """parts = [stage1.remote(load.remote(i)) for i in range(6)]
+    """cellfleet.get(nap.remote(1.5))  # long enough for the cell's live strip
+parts = [stage1.remote(load.remote(i)) for i in range(6)]
 total = combine.remote(*parts)
 nested = outer.remote(3)
 counter = Counter.remote()
@@ -84,13 +90,21 @@ def test_widget_draws_clicks_expands_and_survives_without_kernel(lab: Lab, brows
     page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')",
                            timeout=30_000)
     page.evaluate("jupyterapp.commands.execute('notebook:run-all-cells')")
-    # load ×6, stage1 ×6 + 3 nested, combine, outer, the actor and 3 calls, boom: 22 tasks
-    wait_until(lambda: _settled(page, FIRST, 22), timeout=60,
+    # the long cell shows its live strip, then a one-line summary in its place
+    work = page.locator(f"{SHOWN} .jp-Cell:nth-child(2)")
+    work.locator(".cellfleet-strip").wait_for(timeout=30_000)
+    assert "nap × 1" in work.locator(".cellfleet-strip").inner_text()
+    summary = work.locator(".cellfleet-strip-summary")
+    summary.wait_for(timeout=30_000)
+    assert work.locator(".cellfleet-strip").count() == 0
+    assert "cellfleet: 23 tasks" in summary.inner_text() and "1 failed" in summary.inner_text()
+    # nap, load ×6, stage1 ×6 + 3 nested, combine, outer, the actor and 3 calls, boom: 23
+    wait_until(lambda: _settled(page, FIRST, 23), timeout=60,
                message="the graph of the workload, every task ended")
     graph = page.locator(FIRST)
     screenshot(page, "widget-graph")
     labels = graph.locator(".cf-node.cf-task text").all_text_contents()
-    for name in ("load", "stage1", "combine", "outer", "boom", "Counter.incr"):
+    for name in ("nap", "load", "stage1", "combine", "outer", "boom", "Counter.incr"):
         assert name in labels, labels
     assert graph.locator(".cf-actor").count() == 1  # the actor's box holds its calls
     assert graph.locator(".cf-edge.cf-data").count() >= 12

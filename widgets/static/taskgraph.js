@@ -224,7 +224,8 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
     for (const m of view.nodes) for (const r of m.returns || []) producer.set(r, m);
     const args = (n.args || []).map((oid) => {
       const p = producer.get(oid);
-      const ref = h("code", { title: oid }, "…" + oid.slice(-8));
+      // an object id is its task's id and the return's index: show the tail of both
+      const ref = h("code", { title: oid }, `…${oid.slice(-14, -8)}:${parseInt(oid.slice(-8), 16)}`);
       return h("li", {}, p
         ? h("a", { href: "#", onclick: (e) => { e.preventDefault(); select(p.id); } }, p.label)
         : "put or outside the view", " ", ref);
