@@ -84,8 +84,7 @@ class WorkerTemplate:
             )
         finally:
             theirs.close()
-        ours.setblocking(False)
-        self._sock = ours
+        self._sock = ours  # blocking: a request is a short line, at most a few are unanswered
         self._on_lost = on_lost
         self._awaiting_pid: deque[ForkedProcess] = deque()
         self._by_pid: dict[int, ForkedProcess] = {}
@@ -96,16 +95,14 @@ class WorkerTemplate:
 
     def fork(self, log_path: Path, argv: list[str]) -> ForkedProcess:
         """Ask for a worker; OSError when the template cannot take the request."""
-        self._sock.send(json.dumps([str(log_path), argv]).encode() + b"\n")
+        self._sock.sendall(json.dumps([str(log_path), argv]).encode() + b"\n")
         proc = ForkedProcess()
         self._awaiting_pid.append(proc)
         return proc
 
     def _readable(self) -> None:
         try:
-            data = self._sock.recv(65536)
-        except BlockingIOError:
-            return
+            data = self._sock.recv(65536)  # readable: returns at once
         except OSError:
             data = b""
         if not data:
