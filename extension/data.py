@@ -191,12 +191,14 @@ async def objects(cluster: ClusterInfo, *, largest: int = 20) -> dict:
             "history": history}
 
 
-async def timeline(cluster: ClusterInfo, *, since: float = 0.0, limit: int = 5000) -> dict:
+async def timeline(cluster: ClusterInfo, *, since: float = 0.0, limit: int = 5000,
+                   cursor: int = 0) -> dict:
     """Spans of the newest ``limit`` tasks that ran and ended after ``since`` (or still run),
-    each with its worker as ``node:pid``."""
+    each with its worker as ``node:pid``; pass the answer's ``cursor`` back to get only the
+    spans that changed."""
     state = state_of(cluster)
     await state.refresh(lambda *msgs: ask(cluster, *msgs))
-    return state.spans(since, limit)
+    return state.spans(since, limit, cursor)
 
 
 async def view(cluster: ClusterInfo, *, expanded: set[str], version: int = -1) -> dict:

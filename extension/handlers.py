@@ -117,7 +117,8 @@ class _Logic:
             elif endpoint == "objects":
                 result = await data.objects(cluster, largest=_int(q("largest", None), 20))
             elif endpoint == "timeline":
-                result = await data.timeline(cluster, since=_float(q("since", None), 0.0))
+                result = await data.timeline(cluster, since=_float(q("since", None), 0.0),
+                                             cursor=_int(q("cursor", None), 0, 0, 2**62))
             elif endpoint == "logs":
                 result = await data.logs(cluster, wait=_float(q("wait", None), 0.0),
                                          tail=_int(q("tail", None), 200))

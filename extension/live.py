@@ -26,6 +26,7 @@ MIN_REFRESH_S = 0.2
 HISTORY = 3600  # store usage samples kept per node
 MAX_CLUSTERS = 32
 MAX_SPANS = 5000  # timeline spans per answer
+CHANGE_LOG = 600  # refreshes remembered: which tasks each one changed (the timeline's cursor)
 
 
 class ClusterState:
@@ -39,6 +40,7 @@ class ClusterState:
         self.usage: dict[str, deque] = {}  # node id -> (time, used bytes)
         self.lock = asyncio.Lock()
         self.last_changes = 0  # records read by the last refresh
+        self.changed: deque[tuple[int, list[str]]] = deque(maxlen=CHANGE_LOG)  # cursor, tasks
 
     async def refresh(self, ask: Any) -> None:
         """Read what changed since the cursor (``ask(*messages)`` answers GCS requests)."""
@@ -49,9 +51,12 @@ class ClusterState:
             (changes,) = await ask(m.ListTaskChanges(self.cursor, MAX_CHANGES))
             if changes["cursor"] < self.cursor:  # a new GCS (restarted without storage)
                 self.model = GraphModel("all", max_nodes=300)
+                self.changed.clear()
                 (changes,) = await ask(m.ListTaskChanges(0, MAX_CHANGES))
             self.model.add_records(changes["tasks"])
             self.cursor = changes["cursor"]
+            if changes["tasks"]:
+                self.changed.append((self.cursor, [r["task_id"] for r in changes["tasks"]]))
             self.last_changes = len(changes["tasks"])
             self.refreshed = now
 
@@ -77,10 +82,17 @@ class ClusterState:
                     out[actor] = out.get(actor, 0) + 1
         return out
 
-    def spans(self, since: float, limit: int = MAX_SPANS) -> dict[str, Any]:
-        """Timeline spans of the newest ``limit`` tasks that ran, ending after ``since``."""
+    def spans(self, since: float, limit: int = MAX_SPANS, cursor: int = 0) -> dict[str, Any]:
+        """Timeline spans of the newest ``limit`` tasks that ran, ending after ``since``; with
+        the ``cursor`` of an earlier answer, only those of the tasks changed after it."""
+        records = self.model.records
+        if cursor and self.changed and self.changed[0][0] <= cursor:
+            ids = dict.fromkeys(tid for seq, tids in self.changed if seq > cursor for tid in tids)
+            candidates = (records[t] for t in reversed(ids) if t in records)
+        else:
+            candidates = reversed(records.values())
         out = []
-        for record in reversed(self.model.records.values()):
+        for record in candidates:
             start = record.get("start_time") or (record.get("events") or {}).get("RUNNING")
             if not start:
                 continue
@@ -97,7 +109,7 @@ class ClusterState:
             if len(out) >= limit:
                 break
         out.reverse()
-        return {"spans": out}
+        return {"spans": out, "cursor": self.cursor}
 
 
 _states: dict[str, ClusterState] = {}

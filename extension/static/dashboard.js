@@ -111,9 +111,11 @@ function overview(d) {
 }
 
 let t0 = null;
+let spanCursor = 0;
 const spansSeen = new Map();
 function timeline(d) {
-  for (const s of d.spans) spansSeen.set(s.task_id, s);
+  spanCursor = d.cursor;
+  for (const s of d.spans) { spansSeen.delete(s.task_id); spansSeen.set(s.task_id, s); }
   while (spansSeen.size > 5000) spansSeen.delete(spansSeen.keys().next().value);
   const spans = [...spansSeen.values()];
   const rows = workerRows(spans);
@@ -219,7 +221,7 @@ async function graphPage(d) {
 const PAGES = {
   index: [() => url("overview"), overview],
   graph: [() => url("view", {version, expanded: expanded.join(",")}), graphPage],
-  timeline: [() => url("timeline", {since: Date.now() / 1000 - 600}), timeline],
+  timeline: [() => url("timeline", {since: Date.now() / 1000 - 600, cursor: spanCursor}), timeline],
   objects: [() => url("objects"), objects],
   nodes: [() => url("nodes"), nodes],
   actors: [() => url("actors"), actors],

@@ -151,3 +151,19 @@ def test_records_from_the_gcs_cursor_merge_like_events():
     (node,) = model.view()["nodes"]
     assert node["state"] == "FINISHED" and node["ev"] == {"PENDING_ARGS_AVAIL": 1.0,
                                                           "FINISHED": 2.0}
+
+
+def test_cell_strip_and_summary_render_counts_and_a_timeline():
+    from cellfleet.kernel.cellstrip import render_strip, render_summary
+
+    model = GraphModel("cell", tag="cell-a")
+    ids = _fan(model, 3)
+    model.add_events([[bytes.fromhex(t), "FINISHED", 5.0, {
+        "start_time": 2.0, "end_time": 5.0, "node_id": "ab" * 14, "worker_pid": 42}]
+        for t in ids[:3]])
+    model.add_events([[bytes.fromhex(ids[3]), "FAILED", 6.0, {}]])
+    strip = render_strip(model, started=1.0, now=7.0)
+    assert "<b>stage1</b> × 3" in strip and "3 done" in strip and "1 failed" in strip
+    assert "<svg" in strip and "abababab" not in strip  # one lane: abab..:42
+    assert render_summary(model, 6.0) == ("cellfleet: 4 tasks (stage1 ×3, combine ×1) in 6.0 s"
+                                          " · 1 failed")
