@@ -161,8 +161,12 @@ class WorkerPool:
         self.workers: dict[bytes, WorkerProcess] = {}
         self._template: WorkerTemplate | None = None
         if os.environ.get("CELLFLEET_WORKER_TEMPLATE", "1") != "0":
-            self._template = WorkerTemplate(session_dir=session_dir, lifeline=self._lifeline,
-                                            on_lost=self._template_lost)
+            try:
+                self._template = WorkerTemplate(session_dir=session_dir,
+                                                lifeline=self._lifeline,
+                                                on_lost=self._template_lost)
+            except OSError as exc:
+                logger.warning("no worker template (%s): workers start as new interpreters", exc)
 
     def start(self, worker_id: bytes) -> WorkerProcess:
         """Start the process of a worker that will register as ``worker_id``."""
