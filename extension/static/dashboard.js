@@ -182,6 +182,9 @@ function nodes(d) {
     ["CPU used / total", (n) => meter((n.resources_used || {}).CPU || 0, (n.resources || {}).CPU || 0,
       `${(n.resources_used || {}).CPU || 0} / ${(n.resources || {}).CPU || 0}`)],
     ["memory", (n) => bytes((n.resources || {}).memory || 0), "num", "90px"],
+    ["other resources", (n) => Object.keys(n.resources || {}).filter((k) =>
+      !["CPU", "memory", "object_store_memory"].includes(k) && !k.startsWith("node:")).map((k) =>
+      `${k} ${(n.resources_used || {})[k] || 0} / ${n.resources[k]}`).join(" · ") || "none", "", "14%"],
     ["object store", (n) => meter((n.store || {}).used || 0, (n.store || {}).capacity || 0,
       `${bytes((n.store || {}).used || 0)} / ${bytes((n.store || {}).capacity || 0)}`, "#7048e8")],
     ["workers", (n) => `${(n.load || {}).leased || 0} leased · ${(n.load || {}).idle_workers || 0} idle`, "", "140px"],

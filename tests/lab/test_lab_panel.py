@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import Lab, notebook_json, screenshot
 from helpers import wait_until
+from lab_helpers import Lab, notebook_json, screenshot
 
 import cellfleet
 from cellfleet.extension.discovery import register_cluster, unregister_cluster

@@ -12,8 +12,8 @@ import base64
 import json
 
 import pytest
-from conftest import Lab, notebook_json, screenshot
 from helpers import wait_until
+from lab_helpers import Lab, notebook_json, screenshot
 
 pytestmark = pytest.mark.integration
 
