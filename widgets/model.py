@@ -97,14 +97,35 @@ class GraphModel:
             self._merge(tid, state, {state: ts}, info)
 
     def add_records(self, records: list[dict]) -> None:
-        """Merged records (``ListTaskChanges``): every field, every state's timestamp."""
-        skip = ("task_id", "state", "events")
-        for record in records:
-            tid = record["task_id"]
+        """Merged records (``ListTaskChanges``, the ``tasks`` channel): every field, every
+        state's timestamp, the furthest state (a copy is kept; the events are merged)."""
+        for incoming in records:
+            tid = incoming["task_id"]
             if tid in self._ignored:
                 continue
-            info = {k: v for k, v in record.items() if k not in skip}
-            self._merge(tid, record["state"], record.get("events") or {}, info)
+            events = incoming.get("events") or {}
+            record = self.records.get(tid)
+            if record is None:
+                before = None
+                record = self.records[tid] = dict(incoming)
+                record["events"] = dict(events)
+                if len(self.records) > self.max_tasks:
+                    self._drop(*self.records.popitem(last=False))
+            else:
+                before = self._slot(record)
+                kept, state = record["events"], record["state"]
+                record.update(incoming)
+                kept.update(events)
+                record["events"] = kept
+                if _RANK.get(state, 0) > _RANK.get(record["state"], 0):
+                    record["state"] = state
+            if events:
+                low, high = min(events.values()), max(events.values())
+                self.t0 = low if self.t0 is None or low < self.t0 else self.t0
+                self.t1 = high if self.t1 is None or high > self.t1 else self.t1
+            for oid in incoming.get("returns") or ():
+                self.producer[oid] = tid
+            self._account(tid, record, before)
 
     def _merge(self, tid: str, state: str, events: dict, info: dict | None) -> None:
         if tid in self._ignored:
@@ -127,6 +148,10 @@ class GraphModel:
             record.update(info)
             for oid in info.get("returns") or ():
                 self.producer[oid] = tid
+        self._account(tid, record, before)
+
+    def _account(self, tid: str, record: dict, before: tuple[str | None, str] | None) -> None:
+        """Move a changed record between the groups' members and counts."""
         after = self._slot(record)
         if after[0] is None and "name" in record:  # submitted from elsewhere: forget it
             self._forget(tid, record, before)

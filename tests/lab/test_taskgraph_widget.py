@@ -130,6 +130,15 @@ def test_widget_draws_clicks_expands_and_survives_without_kernel(lab: Lab, brows
     assert "combine" in details.inner_text()
     screenshot(page, "widget-details")
 
+    # the slider replays: at the start nothing was submitted yet, at the end all is live again
+    slider = graph.locator(".cf-slider")
+    slider.fill("0")
+    assert graph.locator(".cf-node.cf-task:not(.cf-future)").count() <= 1  # the first one
+    assert graph.locator(".cf-clock").inner_text().startswith("+")
+    slider.fill("1000")
+    assert graph.locator(".cf-node.cf-task.cf-future").count() == 0
+    assert graph.locator(".cf-clock").inner_text() == "live"
+
     # the grouped graph: a group node opens on click
     second = page.locator(SECOND)
     group = second.locator('.cf-node.cf-group[data-id="g:stage1"]')
