@@ -7,7 +7,8 @@
 2. The widget's feed: task throughput of bursts of no-op tasks with and without a
    ``TaskGraph``-style listener in the driver (the GCS pushes every task event to it), and the
    CPU time the feed's thread used per second.
-3. 100,000 tasks: the time to build a grouped view and its size (the widget stays fluid
+3. The same for a cell's live strip (on by default in the kernel).
+4. 100,000 tasks: the time to build a grouped view and its size (the widget stays fluid
    because what it draws is bounded).
 
     python benchmarks/dashboard_cost.py [--tasks 10000] [--polls 200]
@@ -116,6 +117,36 @@ def feed_cost(tasks: int, rounds: int) -> None:
           f"{100 * cpu / elapsed:.1f}% of one core, {len(views)} views drawn")
 
 
+def strip_cost(tasks: int, rounds: int) -> None:
+    """A cell's live strip (on by default in the kernel) while the cell runs the bursts."""
+    from cellfleet.core.core_worker import submission_tag
+    from cellfleet.kernel.cellstrip import CellStrips
+
+    shown = []
+    strips = CellStrips(lambda kind, content, parent: shown.append(kind), after=0.0)
+    without = [burst(tasks) for _ in range(rounds)]
+    token = submission_tag.set("benchmark-cell")
+    try:
+        strips.cell_started("benchmark-cell", {"header": {}})
+        wall = time.perf_counter()
+        strip = strips._strips["benchmark-cell"]
+        deadline = time.monotonic() + 5
+        while strip.listener is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        thread = feed()._thread
+        cpu0 = _thread_cpu(thread)
+        with_strip = [burst(tasks) for _ in range(rounds)]
+        cpu = _thread_cpu(thread) - cpu0
+        elapsed = time.perf_counter() - wall
+        strips.cell_finished("benchmark-cell")
+    finally:
+        submission_tag.reset(token)
+    a, b = statistics.median(without), statistics.median(with_strip)
+    print(f"tasks/s in a cell without its strip: {a:,.0f}  with it: {b:,.0f}  "
+          f"({100 * (a - b) / a:+.1f}% slower); the feed's thread used "
+          f"{100 * cpu / elapsed:.1f}% of one core, {shown.count('update_display_data')} updates")
+
+
 def _thread_cpu(thread: threading.Thread | None) -> float:
     """CPU seconds a thread has used (Linux: /proc/self/task/<tid>/stat)."""
     if thread is None or thread.native_id is None:
@@ -160,6 +191,8 @@ def main() -> None:
     print(f"dashboard polls with {args.tasks:,} tasks in the cluster:")
     dashboard_polls(cluster, args.tasks, args.polls)
     feed_cost(args.tasks, args.rounds)
+    time.sleep(6)  # the feed's connection closes when idle (IDLE_S)
+    strip_cost(args.tasks, args.rounds)
     ray.shutdown()
     grouped_view(100_000)
 

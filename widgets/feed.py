@@ -27,6 +27,7 @@ __all__ = ["NoClusterError", "TaskFeed", "feed", "label_cell"]
 HISTORY_LIMIT = 100_000
 CONNECT_TIMEOUT_S = 5.0
 IDLE_S = 5.0  # the connection closes this long after the last view went
+DELIVER_SLICE = 200  # records merged before letting the other threads run
 MAX_CELL_LABELS = 10_000
 CELL_LABELS: dict[str, str] = {}  # a cell's tag (msg_id) -> "In [3]", for the details panel
 
@@ -189,11 +190,17 @@ class TaskFeed:
             conn.close()
 
     def _deliver(self, records: list) -> None:
+        """Merge pushed records, a slice at a time: between slices the driver's other threads
+        (its core worker's I/O, the cell) get the interpreter, so a big batch never stalls
+        the work it watches."""
         with self._lock:
             listeners = list(self._listeners)
-        for listener in listeners:
-            with listener.lock:
-                listener.model.add_records(records)
+        for start in range(0, len(records), DELIVER_SLICE):
+            part = records[start:start + DELIVER_SLICE]
+            for listener in listeners:
+                with listener.lock:
+                    listener.model.add_records(part)
+            time.sleep(0)
 
     def _refresh_due(self) -> None:
         now = time.monotonic()
