@@ -76,14 +76,19 @@ class _Logic:
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(value, default=str))
 
-    async def clusters_body(self) -> None:
-        """Every cluster; those of this server's kernels carry their notebook's path."""
+    async def _notebooks(self) -> dict[str, str]:
+        """Kernel id -> notebook path, for this server's kernels."""
         notebooks = {}
         sessions = self.settings.get("session_manager")
         if sessions is not None:
             for session in await sessions.list_sessions():
                 kernel = session.get("kernel") or {}
                 notebooks[kernel.get("id")] = session.get("path")
+        return notebooks
+
+    async def clusters_body(self) -> None:
+        """Every cluster; those of this server's kernels carry their notebook's path."""
+        notebooks = await self._notebooks()
         out = []
         for cluster in self._clusters():
             entry = cluster.to_json()
@@ -138,7 +143,8 @@ class _Logic:
         page = page or "index"
         if page not in pages.PAGES and page != "index":
             raise tornado.web.HTTPError(404, f"no dashboard page {page}")
-        self.finish(pages.render(page, self.base_path, cluster, theme))
+        notebook = (await self._notebooks()).get(cluster.kernel_id) if cluster.kernel_id else None
+        self.finish(pages.render(page, self.base_path, cluster, theme, notebook=notebook))
 
     async def component_body(self, kind: str) -> None:
         from cellfleet.widgets.assets import css_source, esm_source

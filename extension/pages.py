@@ -142,11 +142,13 @@ def _page(title: str, base: str, body: str, *, theme: str, script: str = "",
 </body></html>"""
 
 
-def _name(cluster: ClusterInfo) -> str:
-    return f"cluster {cluster.id}"
+def _name(cluster: ClusterInfo, notebook: str | None = None) -> str:
+    """A cluster as people know it: by its notebook when a notebook's kernel started it."""
+    return notebook.rsplit("/", 1)[-1] if notebook else f"cluster {cluster.id}"
 
 
-def _header(base: str, cluster: ClusterInfo, current: str, theme: str) -> str:
+def _header(base: str, cluster: ClusterInfo, current: str, theme: str,
+            notebook: str | None = None) -> str:
     suffix = "?theme=dark" if theme == "dark" else ""
     links = [f'<a class="{"current" if current == "index" else ""}" '
              f'href="{base}cellfleet/dashboard/{cluster.id}/{suffix}">Overview</a>']
@@ -155,7 +157,7 @@ def _header(base: str, cluster: ClusterInfo, current: str, theme: str) -> str:
                      f'href="{base}cellfleet/dashboard/{cluster.id}/{page}{suffix}">'
                      f"{html.escape(title)}</a>")
     return (f'<header><span class="name" title="GCS at {html.escape(cluster.address)}">'
-            f"cellfleet · {html.escape(_name(cluster))}</span><nav>{''.join(links)}</nav>"
+            f"cellfleet · {html.escape(_name(cluster, notebook))}</span><nav>{''.join(links)}</nav>"
             '<span id="status">connecting…</span></header>')
 
 
@@ -227,8 +229,9 @@ _BODIES = {
 }
 
 
-def render(page: str, base: str, cluster: ClusterInfo, theme: str = "light") -> str:
-    """A cluster's page (``index`` is the overview)."""
+def render(page: str, base: str, cluster: ClusterInfo, theme: str = "light",
+           notebook: str | None = None) -> str:
+    """A cluster's page (``index`` is the overview); ``notebook`` names the cluster."""
     title = "Overview" if page == "index" else PAGES[page]
     body = _BODIES[page]
     script = ""
@@ -241,8 +244,8 @@ def render(page: str, base: str, cluster: ClusterInfo, theme: str = "light") -> 
     config = {"api": f"{base}cellfleet/api/clusters/{cluster.id}/", "page": page,
               "colors": STATE_COLORS, "short": SHORT, "interval": 1000,
               "module": f"{base}cellfleet/static/taskgraph.js", "theme": theme}
-    return _page(f"{title} · {_name(cluster)}", base,
-                 _header(base, cluster, page, theme) + body, theme=theme,
+    return _page(f"{title} · {_name(cluster, notebook)}", base,
+                 _header(base, cluster, page, theme, notebook) + body, theme=theme,
                  script=script + f"<script type='module'>{_live_js()}</script>", config=config,
                  bokeh=page in _LAYOUTS, head=head)
 

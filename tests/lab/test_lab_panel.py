@@ -69,6 +69,9 @@ def test_sidebar_lists_cluster_and_opens_page(lab: Lab, browser):
             f'#cellfleet-{cluster["id"]}-timeline iframe').locator("#status")
         wait_until(lambda: inner.inner_text().startswith("live"), timeout=15,
                    message="the timeline page live in its frame")
+        name = page.frame_locator(
+            f'#cellfleet-{cluster["id"]}-timeline iframe').locator("header .name")
+        assert name.inner_text() == "cellfleet · demo.ipynb"
         # more pages join the same dock area as tabs: no further split
         entry.locator('button[data-page="overview"]').click()
         entry.locator('button[data-page="graph"]').click()
