@@ -16,18 +16,71 @@ import html
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from cellfleet import _context
-from cellfleet.widgets.model import COLORS, SHORT
+from cellfleet.widgets.model import COLORS, SHORT, STATES
 
-__all__ = ["CellStrips", "render_strip", "render_summary"]
+__all__ = ["CellStrips", "StripModel", "render_strip", "render_summary"]
 
 MAX_FUNCTIONS = 8
 MAX_SPANS = 300
 MAX_ROWS = 8
 SETTLE_S = 2.0  # after the cell ends, wait this long at most for its tasks' last events
+
+
+_RANK = {state: i for i, state in enumerate(STATES)}
+MAX_TASKS = 100_000  # a cell's tasks the strip follows (beyond, it counts what it has)
+
+
+class StripModel:
+    """A cell's tasks as the strip shows them: per function the state counts, and each task's
+    name, state, times and worker. Lighter than the graph model (the strip runs by default):
+    records pushed by the GCS are merged into a few fields, other cells' are skipped at once."""
+
+    scope = "cell"
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.records: dict[str, dict] = {}
+        self.members: dict[str, dict[str, None]] = {}
+        self.counts: dict[str, Counter] = {}
+        self.version = 0
+
+    def in_scope(self, record: dict) -> bool:
+        return record.get("tag") == self.tag
+
+    def total(self) -> int:
+        return len(self.records)
+
+    def add_records(self, records: list[dict]) -> None:
+        tag, mine = self.tag, self.records
+        for record in records:
+            tid = record["task_id"]
+            kept = mine.get(tid)
+            state = record["state"]
+            if kept is None:
+                # a record without the cell's tag is another cell's, or has only its worker's
+                # events so far (the GCS pushes it again, tagged, with the submission's)
+                if record.get("tag") != tag or len(mine) >= MAX_TASKS:
+                    continue
+                name = record.get("name") or "?"
+                kept = mine[tid] = {"task_id": tid, "name": name, "state": state}
+                self.counts.setdefault(name, Counter())[state] += 1
+                self.members.setdefault(name, {})[tid] = None
+            elif state != kept["state"] and _RANK.get(state, 0) > _RANK.get(kept["state"], 0):
+                counts = self.counts[kept["name"]]
+                counts[kept["state"]] -= 1
+                counts[state] += 1
+                kept["state"] = state
+            kept["start_time"] = record.get("start_time") or \
+                (record.get("events") or {}).get("RUNNING")
+            kept["end_time"] = record.get("end_time")
+            kept["node_id"] = record.get("node_id")
+            kept["worker_pid"] = record.get("worker_pid")
+            self.version += 1
 
 
 def _seconds(x: float) -> str:
@@ -70,8 +123,7 @@ def _timeline(model: Any, started: float, now: float) -> str:
     for members in model.members.values():
         for tid in list(members)[-MAX_SPANS:]:
             record = model.records[tid]
-            events = record.get("events") or {}
-            start = record.get("start_time") or events.get("RUNNING")
+            start = record.get("start_time")
             if not start:
                 continue
             end = record.get("end_time") or now
@@ -139,14 +191,13 @@ class CellStrips:
         if not tag or core is None or core.kind != "driver":
             return
         from cellfleet.widgets.feed import label_cell
-        from cellfleet.widgets.model import GraphModel
 
         if label:
             label_cell(tag, label)
         if not self.enabled or core.gcs_address == self._unreachable:
             return
         strip = _Strip(tag, parent)
-        strip.model = GraphModel("cell", tag=tag)
+        strip.model = StripModel(tag)
         # Watched only once the cell has run for ``after`` seconds: quick cells cost nothing.
         strip.timer = threading.Timer(self.after, self._watch, (strip, core.gcs_address))
         strip.timer.daemon = True

@@ -153,17 +153,24 @@ def test_records_from_the_gcs_cursor_merge_like_events():
                                                           "FINISHED": 2.0}
 
 
-def test_cell_strip_and_summary_render_counts_and_a_timeline():
-    from cellfleet.kernel.cellstrip import render_strip, render_summary
+def test_cell_strip_model_and_render_counts_and_a_timeline():
+    from cellfleet.kernel.cellstrip import StripModel, render_strip, render_summary
 
-    model = GraphModel("cell", tag="cell-a")
-    ids = _fan(model, 3)
-    model.add_events([[bytes.fromhex(t), "FINISHED", 5.0, {
+    store = TaskEventStore()  # the records the GCS pushes
+    model = StripModel("cell-a")
+    events = [_submit(_tid(i), "stage1") for i in range(3)] + [
+        _submit(_tid(9), "other", tag="cell-b"), _submit(_tid(4), "combine")]
+    store.add_task_events(events)
+    model.add_records(store.changes_since(0, 100)["tasks"])
+    cursor = store.seq
+    store.add_task_events([[bytes.fromhex(_tid(i)), "FINISHED", 5.0, {
         "start_time": 2.0, "end_time": 5.0, "node_id": "ab" * 14, "worker_pid": 42}]
-        for t in ids[:3]])
-    model.add_events([[bytes.fromhex(ids[3]), "FAILED", 6.0, {}]])
+        for i in range(3)] + [[bytes.fromhex(_tid(4)), "FAILED", 6.0, {}]])
+    model.add_records(store.changes_since(cursor, 100)["tasks"])
+    assert model.total() == 4 and dict(model.counts["stage1"]) == {
+        "PENDING_ARGS_AVAIL": 0, "FINISHED": 3}
     strip = render_strip(model, started=1.0, now=7.0)
     assert "<b>stage1</b> × 3" in strip and "3 done" in strip and "1 failed" in strip
-    assert "<svg" in strip and "abababab" not in strip  # one lane: abab..:42
+    assert "<svg" in strip and "other" not in strip
     assert render_summary(model, 6.0) == ("cellfleet: 4 tasks (stage1 ×3, combine ×1) in 6.0 s"
                                           " · 1 failed")
