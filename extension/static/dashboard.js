@@ -215,7 +215,7 @@ async function graphPage(d) {
     const mod = await import(url(C.module));
     graph = mod.createGraph($("graph"), {
       send: () => {}, live: () => true, cancel: false,
-      expand: (keys) => { expanded = keys; version = -1; tick(true); },
+      expand: (keys) => { expanded = keys; version = -1; tick(); },
     });
   }
   graph.draw(d);
@@ -231,7 +231,7 @@ const PAGES = {
 };
 const [target, apply] = PAGES[C.page];
 let timer = null;
-async function tick(once) {
+async function tick() {
   if (["timeline", "objects"].includes(C.page) && !doc()) { setTimeout(tick, 100); return; }
   clearTimeout(timer);
   try {
