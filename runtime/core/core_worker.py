@@ -429,7 +429,10 @@ class CoreWorker:
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         entries = [self._entry_for(ref) for ref in refs]
-        self._wait_for(entries, len(entries), deadline, refs)
+        if not self._wait_for(entries, len(entries), deadline, refs, stop_on_error=True):
+            for ref, entry in zip(refs, entries):  # one failed: raise it, as Ray does, at once
+                if entry.payload is not None and _is_error(entry.payload):
+                    self._value(ref, entry)
         return [self._value(ref, entry) for ref, entry in zip(refs, entries)]
 
     def wait(self, refs: list[ObjectRef], num_returns: int,
@@ -463,18 +466,22 @@ class CoreWorker:
         return entry
 
     def _wait_for(self, entries: list[ObjectEntry], count: int, deadline: float | None,
-                  refs: list[ObjectRef]) -> None:
+                  refs: list[ObjectRef], stop_on_error: bool = False) -> bool:
         """Block until ``count`` entries are ready; GetTimeoutError at the deadline.
 
-        One waiter counts down as the entries become ready and wakes this thread once, so a
+        With ``stop_on_error`` it returns False as soon as one entry holds an error. One
+        waiter counts down as the entries become ready and wakes this thread once, so a
         ``get`` of n pending refs costs O(n), however the results trickle in.
         """
         with self.refs.lock:
             pending = [e for e in entries if e.payload is None]
             needed = min(count, len(entries)) - (len(entries) - len(pending))
             if needed <= 0:
-                return
-            waiter = _Waiter(needed)
+                return True
+            if stop_on_error and any(
+                    e.payload is not None and _is_error(e.payload) for e in entries):
+                return False
+            waiter = _Waiter(needed, stop_on_error)
             for entry in pending:
                 entry.waiters.append(waiter)
         blocked = self.current_task is not None
@@ -482,14 +489,17 @@ class CoreWorker:
             self._call_soon(lambda: self.raylet.send(m.NotifyBlocked()))
         try:
             remaining = None if deadline is None else deadline - time.monotonic()
-            if waiter.wait(remaining):
-                return
+            woke = waiter.wait(remaining)
             with self.refs.lock:
-                if waiter.needed <= 0:
-                    return
+                if woke and waiter.needed <= 0:
+                    return True
                 for entry in pending:
                     if entry.payload is None:
                         entry.waiters.remove(waiter)
+                if waiter.failed:
+                    return False
+                if waiter.needed <= 0:
+                    return True
                 late = [i for i, e in enumerate(entries) if e.payload is None]
             raise exceptions.GetTimeoutError(
                 f"Get timed out: {len(late)} of {len(entries)} object(s) not ready "
@@ -573,8 +583,10 @@ class CoreWorker:
             entry.payload = payload
             waiters, entry.waiters = entry.waiters, []
             callbacks, entry.callbacks = entry.callbacks, []
-            for waiter in waiters:
-                waiter.one_ready()
+            if waiters:
+                failed = _is_error(payload)
+                for waiter in waiters:
+                    waiter.one_ready(failed)
         for callback in callbacks:
             callback(entry)
 
@@ -875,23 +887,30 @@ _payload = operator.attrgetter("payload")
 
 
 class _Waiter:
-    """Wakes a thread waiting on objects once ``needed`` of them are ready.
+    """Wakes a thread waiting on objects once ``needed`` of them are ready (or, with
+    ``stop_on_error``, once one of them holds an error).
 
     A held lock the I/O thread releases: lighter than ``threading.Event`` (no Condition),
     which matters on the ``get`` hot path. ``one_ready`` is called under the reference
     table's lock, once per entry the waiter was added to.
     """
 
-    __slots__ = ("_lock", "needed")
+    __slots__ = ("_lock", "_woken", "needed", "failed", "_stop_on_error")
 
-    def __init__(self, needed: int) -> None:
+    def __init__(self, needed: int, stop_on_error: bool = False) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
+        self._woken = False
         self.needed = needed
+        self.failed = False
+        self._stop_on_error = stop_on_error
 
-    def one_ready(self) -> None:
+    def one_ready(self, error: bool = False) -> None:
         self.needed -= 1
-        if self.needed == 0:
+        if error and self._stop_on_error:
+            self.failed = True
+        if not self._woken and (self.needed <= 0 or self.failed):
+            self._woken = True
             self._lock.release()
 
     def wait(self, timeout: float | None) -> bool:

@@ -32,9 +32,9 @@ def counted_waiters(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     class Counted(core_worker._Waiter):
         __slots__ = ()
 
-        def __init__(self, needed: int) -> None:
+        def __init__(self, needed: int, *args: bool) -> None:
             created.append(needed)
-            super().__init__(needed)
+            super().__init__(needed, *args)
 
     monkeypatch.setattr(core_worker, "_Waiter", Counted)
     return created
@@ -96,3 +96,29 @@ def test_a_large_argument_by_value_is_copied_once(cluster, monkeypatch: pytest.M
 @cellfleet.remote
 def total(array) -> float:
     return float(array.sum())
+
+
+@cellfleet.remote
+def fails() -> None:
+    raise ValueError("boom")
+
+
+def test_get_raises_a_failed_ref_at_once_while_others_are_pending(cluster) -> None:
+    pending = forever.remote()
+    failed = fails.remote()
+    with pytest.raises(ValueError, match="boom"):
+        cellfleet.get([pending, failed], timeout=60)
+    entries = _context.core.refs.entries
+    assert not entries[pending.binary()].waiters
+    with pytest.raises(ValueError, match="boom"):
+        cellfleet.get([failed, pending], timeout=60)  # already failed: no wait at all
+    cellfleet.cancel(pending, force=True)
+    with pytest.raises(cellfleet.exceptions.TaskCancelledError):
+        cellfleet.get(pending, timeout=30)
+
+
+def test_wait_counts_a_failed_ref_as_ready(cluster) -> None:
+    failed = fails.remote()
+    ok = slow.remote(1)
+    ready, rest = cellfleet.wait([failed, ok], num_returns=2, timeout=60)
+    assert set(ready) == {failed, ok} and not rest
