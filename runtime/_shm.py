@@ -39,6 +39,7 @@ def _path(name: str) -> str:
 
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
 _PREFAULT_BYTES = 8 << 20
+_MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
 
 
 def _prefault(mm: mmap.mmap, offset: int, size: int) -> None:
@@ -193,6 +194,24 @@ class SharedArena:
             if n:
                 mm[pos:pos + n] = v
                 pos += n
+
+    def discard(self, offset: int, size: int) -> None:
+        """Give the pages wholly inside ``[offset, offset + size)`` back to the system.
+
+        For freed space: the file keeps its size, but the range no longer holds memory
+        (``MADV_REMOVE`` punches a hole in the ``/dev/shm`` file) and reads back as zeros.
+        Pages only partly inside the range are kept. Where the kernel refuses, a no-op.
+        """
+        mm = self._check(offset, size)
+        page = mmap.PAGESIZE
+        start = -(-offset // page) * page
+        end = (offset + size) // page * page
+        if end <= start:
+            return
+        try:
+            mm.madvise(_MADV_REMOVE, start, end - start)
+        except (OSError, ValueError):
+            pass
 
     def writable_view(self, offset: int, size: int) -> memoryview:
         """Return a writable memoryview of ``[offset, offset + size)`` (zero-copy).

@@ -98,7 +98,7 @@ def main() -> None:
         prestart = args.prestart if args.prestart is not None else cpus
         raylet = Raylet(node_id=node_id, resources=resources,
                         store=ObjectStore(args.object_store_memory), store_name=store_name,
-                        pool=pool, prestart=prestart, limits=limits)
+                        pool=pool, prestart=prestart, limits=limits, arena=arena)
         server, _ = await serve(raylet.handlers(), token, sock=sock,
                                 on_close=raylet.connection_closed)
         registration = m.RegisterNode(node_id, address, resources, store_name,

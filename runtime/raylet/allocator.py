@@ -128,7 +128,17 @@ class ArenaAllocator:
 
         :raises KeyError: if ``offset`` is not the offset of a live allocation.
         """
-        size = self._allocated.pop(offset)  # KeyError for unknown offsets
+        size = self._allocated[offset]  # KeyError for unknown offsets
+        self.free_merged(offset)
+        return size
+
+    def free_merged(self, offset: int) -> tuple[int, int]:
+        """Release the block at ``offset`` like :meth:`free`; return the ``(start, size)`` of
+        the free block it became part of (for giving that memory back to the system).
+
+        :raises KeyError: if ``offset`` is not the offset of a live allocation.
+        """
+        size = self._allocated.pop(offset)
         self._used -= size
         start, end = offset, offset + size
         right = self._by_start.get(end)
@@ -140,7 +150,7 @@ class ArenaAllocator:
             self._remove_free(left, start - left)
             start = left
         self._add_free(start, end - start)
-        return size
+        return start, end - start
 
     def size_of(self, offset: int) -> int:
         """Return the (rounded) size of the live allocation at ``offset``.

@@ -4,6 +4,11 @@ Processes on the node map the arena themselves and copy object bytes in and out 
 the store only hands out space, remembers each object's owner and readers, and frees space
 once the owner has released the object and no reader still maps it. Objects are immutable once
 their creator has written them and reported their location to the owner.
+
+Freeing space answers with the ranges whose memory to give back to the system (a freed block of
+at least ``RECLAIM_MIN_BYTES``, or the free extent it joined once that reaches it): the raylet
+punches them out of the arena file, so deleting a 2 GB object makes the node 2 GB lighter
+instead of leaving the pages committed until a later object reuses them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any
 from ..exceptions import ObjectStoreFullError
 from .allocator import ArenaAllocator
 
-__all__ = ["ObjectStore", "StoredObject"]
+__all__ = ["RECLAIM_MIN_BYTES", "ObjectStore", "StoredObject"]
+
+RECLAIM_MIN_BYTES = 1 << 20  # smaller frees keep their pages: the next small object reuses them
 
 
 def _mib(n: int) -> str:
@@ -36,6 +43,7 @@ class ObjectStore:
     def __init__(self, capacity: int) -> None:
         self.allocator = ArenaAllocator(capacity)
         self.objects: dict[bytes, StoredObject] = {}
+        self._reclaim: list[tuple[int, int]] = []  # (offset, size) freed since the last answer
 
     @property
     def capacity(self) -> int:
@@ -59,13 +67,15 @@ class ObjectStore:
         self.objects[object_id] = StoredObject(offset, size, owner)
         return offset
 
-    def release(self, object_ids: list[bytes]) -> None:
-        """The owner is done with these objects: free them once no reader maps them."""
+    def release(self, object_ids: list[bytes]) -> list[tuple[int, int]]:
+        """The owner is done with these objects: free them once no reader maps them.
+        Returns the ``(offset, size)`` ranges to give back to the system."""
         for object_id in object_ids:
             obj = self.objects.get(object_id)
             if obj is not None:
                 obj.released = True
                 self._free_if_unused(object_id, obj)
+        return self._take_reclaim()
 
     def pin(self, reader: Any, object_ids: list[bytes]) -> None:
         for object_id in object_ids:
@@ -73,7 +83,7 @@ class ObjectStore:
             if obj is not None:
                 obj.readers[reader] = obj.readers.get(reader, 0) + 1
 
-    def unpin(self, reader: Any, object_ids: list[bytes]) -> None:
+    def unpin(self, reader: Any, object_ids: list[bytes]) -> list[tuple[int, int]]:
         for object_id in object_ids:
             obj = self.objects.get(object_id)
             if obj is None:
@@ -84,15 +94,17 @@ class ObjectStore:
             else:
                 obj.readers.pop(reader, None)
             self._free_if_unused(object_id, obj)
+        return self._take_reclaim()
 
-    def reader_gone(self, reader: Any) -> None:
+    def reader_gone(self, reader: Any) -> list[tuple[int, int]]:
         for object_id, obj in list(self.objects.items()):
             if obj.readers.pop(reader, None) is not None:
                 self._free_if_unused(object_id, obj)
+        return self._take_reclaim()
 
-    def owner_gone(self, owner: str) -> None:
+    def owner_gone(self, owner: str) -> list[tuple[int, int]]:
         """An owner process exited: nobody can reach its objects any more."""
-        self.release([oid for oid, obj in self.objects.items() if obj.owner == owner])
+        return self.release([oid for oid, obj in self.objects.items() if obj.owner == owner])
 
     def stats(self) -> dict[str, Any]:
         largest = sorted(self.objects.items(), key=lambda kv: kv[1].size, reverse=True)[:10]
@@ -107,4 +119,10 @@ class ObjectStore:
     def _free_if_unused(self, object_id: bytes, obj: StoredObject) -> None:
         if obj.released and not obj.readers:
             del self.objects[object_id]
-            self.allocator.free(obj.offset)
+            start, extent = self.allocator.free_merged(obj.offset)
+            if extent >= RECLAIM_MIN_BYTES:  # small frees next to it go back with it
+                self._reclaim.append((start, extent))
+
+    def _take_reclaim(self) -> list[tuple[int, int]]:
+        ranges, self._reclaim = self._reclaim, []
+        return ranges

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from .. import _messages as m
+from .._shm import SharedArena
 from .._rpc import Connection, HandlerTable
 from ..exceptions import TaskUnschedulableError
 from .object_store import ObjectStore
@@ -47,8 +48,10 @@ class Raylet:
     """State and handlers of one node's raylet; ``raylet.__main__`` runs it."""
 
     def __init__(self, *, node_id: bytes, resources: dict[str, float], store: ObjectStore,
-                 store_name: str, pool: WorkerPool, prestart: int, limits: PoolLimits) -> None:
+                 store_name: str, pool: WorkerPool, prestart: int, limits: PoolLimits,
+                 arena: SharedArena | None = None) -> None:
         self.node_id = node_id
+        self.arena = arena
         self.scheduler = LocalScheduler(dict(resources), limits, prestart)
         self.store = store
         self.store_name = store_name
@@ -68,9 +71,10 @@ class Raylet:
             m.NotifyBlocked: self.notify_blocked,
             m.NotifyUnblocked: self.notify_unblocked,
             m.AllocateObject: self.allocate_object,
-            m.FreeObjects: lambda conn, msg: self.store.release(msg.object_ids),
+            m.FreeObjects: lambda conn, msg: self._reclaim(self.store.release(msg.object_ids)),
             m.PinObjects: lambda conn, msg: self.store.pin(conn, msg.object_ids),
-            m.UnpinObjects: lambda conn, msg: self.store.unpin(conn, msg.object_ids),
+            m.UnpinObjects: lambda conn, msg: self._reclaim(
+                self.store.unpin(conn, msg.object_ids)),
             m.GetNodeStats: lambda conn, msg: self.stats(),
         }
 
@@ -92,13 +96,13 @@ class Raylet:
 
     def connection_closed(self, conn: Connection) -> None:
         client: _Client | None = conn.state
-        self.store.reader_gone(conn)
+        self._reclaim(self.store.reader_gone(conn))
         if client is None:
             return
         if client.kind == "worker":
             self.pool.remove(client.worker_id)
             self.worker_exited(client.worker_id)
-        self.store.owner_gone(client.address)
+        self._reclaim(self.store.owner_gone(client.address))
         if self.gcs is not None and self.gcs.is_open:
             self.gcs.send(m.ProcessExited(client.address))  # its borrows end with it
         self.scheduler.cancel_requests(conn)
@@ -181,6 +185,12 @@ class Raylet:
             self._carry_out(self.scheduler.tick())
 
     # -- objects --------------------------------------------------------------------------
+
+    def _reclaim(self, ranges: list[tuple[int, int]]) -> None:
+        """Give the memory of freed arena ranges back to the system."""
+        if self.arena is not None:
+            for offset, size in ranges:
+                self.arena.discard(offset, size)
 
     def allocate_object(self, conn: Connection, msg: m.AllocateObject) -> int:
         return self.store.allocate(msg.object_id, msg.size, msg.owner_address)

@@ -392,3 +392,16 @@ def test_released_views_do_not_leak_fds_or_mappings(arena: SharedArena) -> None:
     views = [arena.read_view(i * PAGE, PAGE) for i in range(200)]
     del views
     assert wait_for(lambda: open_fds() == before)
+
+
+def test_discard_gives_written_pages_back_to_the_system(name: str) -> None:
+    size = 8 << 20
+    with SharedArena.create(name, size) as a:
+        a.write(0, [b"\x01" * size])
+        path = os.path.join(SHM_DIR, name)
+        full = os.stat(path).st_blocks
+        a.discard(PAGE + 1, size - PAGE - 1)  # the partial first page is kept
+        assert os.stat(path).st_blocks <= full // 4
+        assert bytes(a.read_view(PAGE - 1, 1)) == b"\x01"
+        assert bytes(a.read_view(2 * PAGE, 4)) == b"\0\0\0\0"
+        assert os.stat(path).st_size == size

@@ -1,0 +1,35 @@
+"""The raylet's object store as a state class: which freed ranges go back to the system."""
+
+from __future__ import annotations
+
+from cellfleet.raylet.object_store import RECLAIM_MIN_BYTES, ObjectStore
+
+MiB = 2**20
+
+
+def test_freeing_a_large_object_answers_its_range_to_give_back() -> None:
+    store = ObjectStore(64 * MiB)
+    offset = store.allocate(b"big", 8 * MiB, "owner")
+    store.pin("reader", [b"big"])
+    assert store.release([b"big"]) == []  # still mapped by a reader: nothing freed yet
+    ((start, size),) = store.unpin("reader", [b"big"])
+    assert start <= offset and size >= 8 * MiB and store.allocator.used == 0
+
+
+def test_small_frees_keep_their_pages_until_their_free_extent_is_large() -> None:
+    store = ObjectStore(4 * RECLAIM_MIN_BYTES)
+    store.allocate(b"a", RECLAIM_MIN_BYTES // 4, "o")
+    store.allocate(b"b", RECLAIM_MIN_BYTES // 4, "o")
+    store.allocate(b"rest", 3 * RECLAIM_MIN_BYTES, "o")  # no free space left after these
+    store.allocate(b"tail", store.allocator.available, "o")
+    assert store.release([b"a"]) == []
+    assert store.release([b"b"]) == []  # a and b together: half the threshold
+    assert store.release([b"rest"]) == [(0, RECLAIM_MIN_BYTES // 2 + 3 * RECLAIM_MIN_BYTES)]
+
+
+def test_an_exiting_owner_frees_its_objects_and_answers_their_ranges() -> None:
+    store = ObjectStore(64 * MiB)
+    store.allocate(b"x", 4 * MiB, "dead-owner")
+    store.allocate(b"y", 4 * MiB, "live-owner")
+    ranges = store.owner_gone("dead-owner")
+    assert len(ranges) == 1 and list(store.objects) == [b"y"]
