@@ -15,8 +15,8 @@ import os
 from typing import Any
 
 from .. import _messages as m
-from .._shm import SharedArena
 from .._rpc import Connection, HandlerTable
+from .._shm import SharedArena
 from ..exceptions import TaskUnschedulableError
 from .object_store import ObjectStore
 from .pool_state import PoolLimits
