@@ -71,8 +71,14 @@ _HOMES = {
 }
 
 
+# Modules reachable as attributes of the package, as Ray's are (``ray.util.ActorPool``).
+_SUBMODULES = {"actor", "job_config", "remote_function", "runtime_context", "util"}
+
+
 def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
+    if home is None and name in _SUBMODULES:
+        home = name
     if home is None:
         raise AttributeError(f"module 'cellfleet' has no attribute {name!r}")
     module = importlib.import_module(f".{home}", __name__)

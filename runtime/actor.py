@@ -9,25 +9,43 @@ non-detached actor, the way an unreachable object is freed.
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
+from . import _context
 from . import _messages as m
 from ._ids import random_id
 from .core.object_ref import ObjectRef
-from .remote_function import ExportedCode, check_options, resources_from_options
+from .exceptions import ActorExitRequest
+from .remote_function import (
+    ExportedCode,
+    check_arguments,
+    check_options,
+    check_options_call,
+    resources_from_options,
+    signature_of,
+)
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "actor_method", "exit_actor", "method"]
 
 ACTOR_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "memory", "name", "namespace", "get_if_exists",
     "lifetime", "max_concurrency", "max_restarts", "max_task_retries", "scheduling_strategy",
-    "max_pending_calls",
+    "max_pending_calls", "concurrency_groups", "runtime_env", "_metadata", "accelerator_type",
+    "object_store_memory", "placement_group", "placement_group_bundle_index",
+    "placement_group_capture_child_tasks", "label_selector", "enable_task_events",
+    "allow_out_of_order_execution", "_labels",
 }
-METHOD_OPTIONS = {"num_returns", "name", "max_task_retries"}
+METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "concurrency_group",
+                  "retry_exceptions", "enable_task_events"}
+# Methods every actor has (Ray's): ready once constructed, a call of any function on the
+# instance, and a graceful exit queued behind the calls before it.
+BUILTIN_METHODS = ("__ray_ready__", "__ray_call__", "__ray_terminate__")
 
 
-def method(*, num_returns: int = 1) -> Callable:
+def method(*, num_returns: int = 1, concurrency_group: str | None = None,
+           **_ignored: Any) -> Callable:
     """``@method(num_returns=2)`` on an actor method sets its default number of returns."""
 
     def mark(fn: Callable) -> Callable:
@@ -35,6 +53,39 @@ def method(*, num_returns: int = 1) -> Callable:
         return fn
 
     return mark
+
+
+def exit_actor() -> None:
+    """End the current actor from inside one of its methods: the call fails with
+    ActorDiedError, the worker runs its ``atexit`` handlers and exits."""
+    core = _context.core
+    if core is None or not getattr(core, "actor_id", b""):
+        raise TypeError("exit_actor API is called on a non-actor worker.")
+    raise ActorExitRequest("exit_actor() was called")
+
+
+def actor_method(instance: Any, name: str) -> Callable:
+    """What a call of ``name`` runs on the actor ``instance`` (on its worker).
+
+    Methods are looked up on the class, so an instance attribute of the same name does not
+    hide one; the built-in methods (``__ray_ready__``...) come first.
+    """
+    if name == "__ray_ready__":
+        return lambda: True
+    if name == "__ray_call__":
+        return lambda fn, *args, **kwargs: fn(instance, *args, **kwargs)
+    if name == "__ray_terminate__":
+        return exit_actor
+    cls = type(instance)
+    try:
+        static = inspect.getattr_static(cls, name)
+    except AttributeError:
+        return getattr(instance, name)  # a class that makes its methods in __getattr__
+    if isinstance(static, (staticmethod, classmethod)):
+        return getattr(cls, name)
+    if inspect.isfunction(static):
+        return types.MethodType(static, instance)
+    return getattr(instance, name)
 
 
 def _core():
@@ -55,15 +106,25 @@ class ActorClass(ExportedCode):
         concurrency = options.get("max_concurrency")
         if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
             raise ValueError(f"max_concurrency must be an int >= 1, got {concurrency!r}")
+        groups = options.get("concurrency_groups")
+        if groups is not None and (not isinstance(groups, dict) or not all(
+                isinstance(n, int) and n >= 1 for n in groups.values())):
+            raise ValueError("concurrency_groups must map group names to ints >= 1, "
+                             f"got {groups!r}")
         self._cls = cls
         self._options = options
-        self._name = cls.__qualname__
+        self._name = cls.__name__
         self._registered: tuple[Any, bytes] | None = None
-        self._methods = {
-            name: getattr(fn, "__cellfleet_num_returns__", 1)
-            for name, fn in inspect.getmembers(cls, callable)
-            if not name.startswith("__") or name == "__call__"
+        members = [(name, fn) for name, fn in inspect.getmembers(cls, callable)
+                   if not name.startswith("__") or name == "__call__"]
+        self._methods = {name: getattr(fn, "__cellfleet_num_returns__", 1)
+                         for name, fn in members}
+        self._signatures = {
+            name: signature_of(fn, drop_self=inspect.isfunction(
+                inspect.getattr_static(cls, name)))
+            for name, fn in members
         }
+        self._init_signature = signature_of(cls)
         self._is_async = any(
             inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
             for _, fn in inspect.getmembers(cls, callable)
@@ -73,14 +134,32 @@ class ActorClass(ExportedCode):
         raise TypeError(f"Actors cannot be instantiated directly. Instead of "
                         f"'{self._name}()', use '{self._name}.remote()'.")
 
+    def __getattr__(self, name: str) -> Any:
+        # The class's own attributes, class methods and static methods, as on Ray's.
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)
+        return getattr(cls, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self._cls)) | {"options", "remote"})
+
     def options(self, **options: Any) -> ActorClass:
         """A copy with these options changed (``name``, ``num_cpus``, ``lifetime``...)."""
+        check_options_call(options)
         copy = ActorClass(self._cls, {**self._options, **options})
         copy._registered = self._registered
         return copy
 
+    def _remote(self, args: tuple | None = None, kwargs: dict | None = None,
+                **options: Any) -> ActorHandle:
+        """Ray's ``Cls._remote(args, kwargs, **options)``: ``Cls.options(**options).remote()``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         core = _core()
+        check_arguments(self._init_signature, self._name, args, kwargs)
         function_id = self._function_id(core, self._cls)
         opts = self._options
         detached = opts.get("lifetime") == "detached"
@@ -88,6 +167,8 @@ class ActorClass(ExportedCode):
         namespace = core.namespace if namespace is None else namespace
         actor_id = random_id()
         max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
+        # Each concurrency group gets threads of its own, on top of the default group's.
+        max_concurrency += sum((opts.get("concurrency_groups") or {}).values())
         info = {
             "name": opts.get("name") or "", "namespace": namespace,
             "class_name": self._name, "owner": core.address, "detached": detached,
@@ -110,7 +191,9 @@ class ActorClass(ExportedCode):
             actor_options={"max_concurrency": max_concurrency, "is_async": self._is_async,
                            "detached": detached, "run_resources": run},
         )
-        return ActorHandle(actor_id, self._name, self._methods, refs[0])
+        handle = ActorHandle(actor_id, self._name, self._methods, refs[0])
+        handle._signatures = self._signatures
+        return handle
 
     def __repr__(self) -> str:
         return f"ActorClass({self._name})"
@@ -125,6 +208,7 @@ class ActorHandle:
         self._class_name = class_name
         self._methods = methods
         self._creation_ref = creation_ref
+        self._signatures: dict[str, Any] = {}  # known where the handle was made
 
     @classmethod
     def _from_record(cls, record: dict) -> ActorHandle:
@@ -132,10 +216,15 @@ class ActorHandle:
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
+        if name in BUILTIN_METHODS:
+            return ActorMethod(self, name, {"num_returns": 1})
         if name not in methods:
             raise AttributeError(f"'{self.__dict__.get('_class_name', 'Actor')}' actor has no "
                                  f"method '{name}'")
         return ActorMethod(self, name, {"num_returns": methods[name]})
+
+    def __dir__(self) -> list[str]:
+        return sorted({*self._methods, *BUILTIN_METHODS, "__init__"})
 
     def __reduce__(self):
         return ActorHandle, (self._actor_id, self._class_name, self._methods,
@@ -166,6 +255,8 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
         handle = self._handle
         num_returns = self._options.get("num_returns", 1)
+        check_arguments(handle._signatures.get(self._name), f"{handle._class_name}.{self._name}",
+                        args, kwargs)
         ref = handle._creation_ref
         refs = _core().submit_task(
             b"", f"{handle._class_name}.{self._name}", args, kwargs,
@@ -180,3 +271,9 @@ class ActorMethod:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"Actor methods cannot be called directly. Instead of running "
                         f"'{self._name}()', try '{self._name}.remote()'.")
+
+    def _remote(self, args: tuple | None = None, kwargs: dict | None = None,
+                **options: Any) -> ObjectRef | list[ObjectRef] | None:
+        """Ray's ``handle.method._remote(args, kwargs, **options)``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))

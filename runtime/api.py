@@ -5,11 +5,13 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import logging
-import math
 import operator
 import os
+import socket
 import sys
 import threading
+import time
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,8 @@ from . import _messages as m
 from ._ids import random_id
 from ._session import Session, find_token
 from .core.object_ref import ObjectRef
-from .exceptions import ActorDeathReason
+from .exceptions import ActorDeathReason, RaySystemError
+from .job_config import JobConfig
 from .node import HeadNode, start_head
 
 if TYPE_CHECKING:  # the driver's runtime loads in init(), once the head's processes start
@@ -104,9 +107,9 @@ def _check_init_arguments(address: str | None, num_cpus: Any, num_gpus: Any,
                          f"got {object_store_memory!r}")
 
 
-def _resolve_address(address: str | None) -> str | None:
+def _resolve_address(address: Any) -> str | None:
     """None means: start a local cluster. Otherwise the GCS address to connect to."""
-    if address is None:
+    if not address:  # None, "" or Ray's ``init({})``
         address = os.environ.get("CELLFLEET_ADDRESS") or None
     if address in (None, "local"):
         return None
@@ -123,6 +126,19 @@ def _resolve_address(address: str | None) -> str | None:
         raise ValueError(f"address={address!r} is not understood: use 'host:port', 'auto' or "
                          "None (start a local cluster)")
     return f"{host}:{port}"
+
+
+def _check_reachable(gcs_address: str) -> None:
+    """ConnectionError when nothing accepts connections at ``gcs_address``."""
+    host, _, port = gcs_address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(
+            f"nothing answers at {gcs_address} ({exc.strerror or exc}): is a cluster running "
+            "there? Start one with 'cellfleet start --head', or call init() without an "
+            "address to start a local one."
+        ) from None
 
 
 async def _find_local_raylet(gcs_address: str, token: bytes) -> str:
@@ -162,6 +178,8 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
+    local_mode: bool = False,
+    job_config: JobConfig | None = None,
     **unsupported: Any,
 ) -> RuntimeInfo:
     """Start a local cluster (GCS, raylet, workers) or connect to a running one.
@@ -170,8 +188,15 @@ def init(
     the cluster ``cellfleet start`` made on this machine; ``"host:port"`` is a GCS address.
     ``gcs_storage``: None keeps control state in memory; ``"redis://:PASSWORD@host:port"`` in
     Redis, which must demand a password (``?password_file=PATH`` reads it from a file).
+    ``local_mode=True`` (deprecated in Ray) runs tasks in worker processes all the same.
+    ``job_config``: a ``JobConfig``; its ``code_search_path`` is put on the workers' path.
     """
     global _head
+    if local_mode:
+        warnings.warn("local_mode=True is not supported: tasks and actors run in worker "
+                      "processes as without it", UserWarning, stacklevel=2)
+    if job_config is not None and not isinstance(job_config, JobConfig):
+        raise TypeError(f"job_config must be a JobConfig, got {type(job_config).__name__}")
     ignored = {"include_dashboard", "dashboard_host", "dashboard_port", "configure_logging",
                "logging_level", "_temp_dir", "runtime_env", "_system_config"}
     unknown = set(unsupported) - ignored
@@ -188,13 +213,17 @@ def init(
             )
         _check_init_arguments(address, num_cpus, num_gpus, resources, object_store_memory)
         gcs_address = _resolve_address(address)
+        if namespace is None and job_config is not None:
+            namespace = job_config.ray_namespace
         head = None
         if gcs_address is None:
+            _share_code_paths(job_config)
             head = start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                               object_store_memory=object_store_memory, gcs_storage=gcs_storage)
             gcs_address, raylet_address = head.gcs_address, head.raylet_address
             token = head.session.token()
         else:
+            _check_reachable(gcs_address)
             token = find_token(gcs_address)
             raylet_address = _in_thread(_find_local_raylet(gcs_address, token))
         from .core.core_worker import CoreWorker, print_logs
@@ -219,6 +248,20 @@ def init(
         _head = head
         atexit.register(shutdown)
         return _runtime_info()
+
+
+def _share_code_paths(job_config: JobConfig | None) -> None:
+    """Let the workers of a cluster ``init`` starts import what the driver can: the driver
+    script's directory and the job's ``code_search_path`` go on their ``PYTHONPATH``."""
+    paths = list(job_config.code_search_path) if job_config is not None else []
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if script and not hasattr(sys, "ps1"):
+        paths.append(os.path.dirname(os.path.abspath(script)))
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    added = [p for p in dict.fromkeys(paths) if p not in current]
+    if added:
+        os.environ["PYTHONPATH"] = os.pathsep.join(current + added)
 
 
 def _runtime_info() -> RuntimeInfo:
@@ -252,8 +295,12 @@ def shutdown() -> None:
 
 
 def _core() -> CoreWorker:
+    """This process's core worker; ``init()`` first unless ``RAY_ENABLE_AUTO_CONNECT=0``."""
     core = _context.core
     if core is None:
+        if os.environ.get("RAY_ENABLE_AUTO_CONNECT", "1") == "0":
+            raise RaySystemError("Ray has not been started yet. You can start Ray with "
+                                 "'ray.init()'.")
         init()
         core = _context.core
     return core
@@ -261,9 +308,9 @@ def _core() -> CoreWorker:
 
 def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
     """The value(s) of one ref or a list of refs, waiting for them; raises a task's error."""
+    core = _core()
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
-    core = _core()
     if isinstance(object_refs, ObjectRef):
         return core.get([object_refs], timeout)[0]
     if not isinstance(object_refs, (list, tuple)) or not all(
@@ -279,6 +326,7 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
 def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Split refs into ``(ready, not_ready)`` (input order) once ``num_returns`` are ready."""
+    core = _core()
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError("wait() expected a list of ObjectRef, got "
                         f"{type(object_refs).__name__}")
@@ -296,7 +344,7 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
                          f"to wait ({num_returns} > {len(object_refs)}).")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
-    return _core().wait(list(object_refs), num_returns, timeout)
+    return core.wait(list(object_refs), num_returns, timeout)
 
 
 _object_id = operator.attrgetter("_id")
@@ -309,9 +357,9 @@ def put(value: Any) -> ObjectRef:
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The live actor called ``name``; ValueError if there is none."""
+    core = _core()
     if not isinstance(name, str) or not name:
         raise ValueError("Please supply a non-empty value to get_actor")
-    core = _core()
     record = core.request("gcs", m.GetNamedActor(
         name, core.namespace if namespace is None else namespace))
     if record is None:
@@ -326,15 +374,39 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
-    """Kill an actor at once: pending and later calls fail with ActorDiedError."""
+    """Kill an actor at once: pending and later calls fail with ActorDiedError.
+
+    Returns once the cluster has the actor as dead (its name is free again).
+    """
     from .actor import ActorHandle
 
+    core = _core()
     if not isinstance(actor, ActorHandle):
         raise ValueError("kill() only supported for actors. For tasks, try cancel(). "
                          f"Got: {type(actor).__name__}.")
-    core = _core()
-    core._call_soon(lambda: core.actor_submitter.kill(actor._actor_id,
-                                                      ActorDeathReason.KILLED))
+    actor_id = actor._actor_id
+    core._call_soon(lambda: core.actor_submitter.kill(actor_id, ActorDeathReason.KILLED))
+    core.run(_until_dead(core, actor_id, KILL_WAIT_S))
+
+
+KILL_WAIT_S = 10.0  # how long kill() waits for the GCS to record the actor's death
+
+
+async def _until_dead(core: CoreWorker, actor_id: bytes, limit: float) -> None:
+    """Wait (at most ``limit`` seconds) until the GCS has the actor as dead."""
+    import asyncio
+
+    deadline = time.monotonic() + limit
+    delay = 0.002
+    while time.monotonic() < deadline:
+        try:
+            record = await core.gcs.request(m.WaitActor(actor_id))
+        except Exception:  # noqa: BLE001 - no such actor, or the GCS went: nothing to wait for
+            return
+        if not record or record.get("state") == "DEAD":
+            return
+        await asyncio.sleep(delay)  # the kill's update is on its way to the GCS
+        delay = min(delay * 2, 0.1)
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
@@ -343,10 +415,10 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     A queued task never runs; a running one gets KeyboardInterrupt (``force``: its worker
     is killed); ``recursive`` cancels the tasks it submitted too.
     """
+    core = _core()
     if not isinstance(object_ref, ObjectRef):
         raise TypeError("cancel() only supported for tasks: pass the ObjectRef a .remote() "
                         f"call returned, got {type(object_ref).__name__}")
-    core = _core()
     entry = core.refs.entries.get(object_ref._id)
     if entry is None or not entry.owned:
         raise ValueError("cancel() works in the process that submitted the task")
@@ -401,4 +473,5 @@ def get_gpu_ids() -> list[int]:
     from .runtime_context import get_runtime_context
 
     gpus = get_runtime_context().get_assigned_resources().get("GPU", 0)
-    return list(range(math.ceil(gpus)))
+    executor = _core().executor
+    return list(executor.gpu_ids) if gpus and executor is not None else []

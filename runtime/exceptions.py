@@ -49,6 +49,7 @@ from typing import Any
 __all__ = [
     "ActorDeathReason",
     "ActorDiedError",
+    "ActorExitRequest",
     "ActorPlacementGroupRemoved",
     "ActorUnavailableError",
     "ActorUnschedulableError",
@@ -131,17 +132,20 @@ class RayTaskError(RayError):
         Causes that are not ``Exception`` subclasses (``KeyboardInterrupt``, ``SystemExit``)
         are never mixed in: a remote exit must not look like a local one.
         """
-        cause_type = type(self.cause)
+        cause = self.cause
+        while isinstance(cause, RayTaskError):  # raised on through a task that called get()
+            cause = cause.cause
+        cause_type = type(cause)
         if isinstance(self, cause_type) or not issubclass(cause_type, Exception):
             return self
         dual = _dual_class(cause_type)
         if dual is None:
             return self
         try:
-            error = dual(self.function_name, self.traceback_str, self.cause, self.pid, self.ip)
+            error = dual(self.function_name, self.traceback_str, cause, self.pid, self.ip)
         except Exception:  # noqa: BLE001 - the cause type's own __new__ may raise anything
             return self
-        error.args = self.cause.args
+        error.args = cause.args
         return error
 
 
@@ -303,6 +307,7 @@ class ActorDeathReason(str, enum.Enum):
     PROCESS_DIED = "process_died"
     NODE_DIED = "node_died"
     OUT_OF_SCOPE = "out_of_scope"
+    INTENDED_EXIT = "intended_exit"
 
 
 _ACTOR_DEATH_MESSAGES = {
@@ -317,6 +322,10 @@ _ACTOR_DEATH_MESSAGES = {
     ActorDeathReason.NODE_DIED: "The actor died because its node died.",
     ActorDeathReason.OUT_OF_SCOPE: (
         "The actor is dead because all references to it went out of scope."
+    ),
+    ActorDeathReason.INTENDED_EXIT: (
+        "The actor exited on purpose: its code called exit_actor() (or __ray_terminate__ "
+        "ran)."
     ),
 }
 
@@ -342,6 +351,11 @@ class ActorDiedError(RayActorError):
     def __reduce__(self) -> tuple[Any, ...]:
         reason = None if self.reason is None else self.reason.value
         return type(self), (self.actor_id, reason, self.detail)
+
+
+class ActorExitRequest(SystemExit):
+    """Raised by ``actor.exit_actor()`` inside an actor: the call fails with ActorDiedError
+    and the actor's worker exits (running its ``atexit`` handlers)."""
 
 
 class ActorUnavailableError(RayActorError):

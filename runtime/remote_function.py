@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import warnings
 from collections.abc import Callable
@@ -12,26 +13,60 @@ import cloudpickle
 
 from .core.object_ref import ObjectRef
 
-__all__ = ["ExportedCode", "RemoteFunction", "TASK_OPTIONS", "resources_from_options"]
+__all__ = ["ExportedCode", "RemoteFunction", "TASK_OPTIONS", "check_arguments", "check_options",
+           "resources_from_options", "signature_of"]
 
 TASK_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "retry_exceptions",
-    "name", "memory", "scheduling_strategy",
+    "name", "memory", "scheduling_strategy", "max_calls", "runtime_env", "_metadata",
+    "accelerator_type", "label_selector", "object_store_memory", "placement_group",
+    "placement_group_bundle_index", "placement_group_capture_child_tasks",
+    "_generator_backpressure_num_objects", "enable_task_events",
 }
+# Options that only the decorator takes (Ray's: they are fixed when the code is exported).
+DECORATOR_ONLY = {"max_calls", "concurrency_groups"}
 _DEFAULTS = {"num_returns": 1, "max_retries": 3, "retry_exceptions": False}
 LARGE_ARGUMENT_BYTES = 100 * 2**20  # passed by value above this: suggest put()
 _SMALL_TYPES = (int, float, bool, type(None), ObjectRef)
+_RESOURCE_PRECISION = 0.0001
+# keyword -> the types it takes (Ray's checks, with Ray's messages)
+_OPTION_TYPES = {
+    "max_retries": (int, type(None)), "max_calls": (int, type(None)),
+    "max_restarts": (int, type(None)), "max_task_retries": (int, type(None)),
+    "num_returns": (int, str, type(None)), "_metadata": (dict, type(None)),
+}
+_RETRY_COUNTS = {"max_retries", "max_restarts", "max_task_retries"}  # -1: forever
 
 
 def check_options(options: dict[str, Any], valid: set[str], what: str) -> None:
+    """Raise TypeError/ValueError (Ray's wording) for an option that is unknown or bad."""
     unknown = set(options) - valid
     if unknown:
         raise ValueError(f"Invalid option keyword(s) {sorted(unknown)} for {what}. "
                          f"Valid ones are {sorted(valid)}.")
+    for key, types in _OPTION_TYPES.items():
+        value = options.get(key)
+        if key in options and not isinstance(value, types) or isinstance(value, bool):
+            raise TypeError(f"The type of keyword '{key}' must be {types}, but received type "
+                            f"{type(value)}")
+        if key in _RETRY_COUNTS and value is not None and value < -1:
+            raise ValueError(f"The keyword '{key}' only accepts None, 0, -1 or a positive "
+                             "integer, where -1 represents infinity.")
+    if (options.get("max_calls") or 0) < 0:
+        raise ValueError("The keyword 'max_calls' only accepts None, 0 or a positive integer")
+    num_returns = options.get("num_returns")
+    if isinstance(num_returns, str):
+        raise ValueError(f"num_returns={num_returns!r} (generator tasks) is not supported: "
+                         "return a list with num_returns=N, or put() the items")
+    if isinstance(num_returns, int) and num_returns < 0:
+        raise ValueError("The keyword 'num_returns' only accepts None, a non-negative integer, "
+                         "'streaming' (for generators), or 'dynamic'")
     for key in ("num_cpus", "num_gpus", "memory"):
         value = options.get(key)
         if value is not None and (not isinstance(value, (int, float)) or value < 0):
             raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+        if key != "memory" and value:
+            _check_precision(key, value)
     resources = options.get("resources")
     if resources is not None:
         if not isinstance(resources, dict):
@@ -39,13 +74,45 @@ def check_options(options: dict[str, Any], valid: set[str], what: str) -> None:
         if "CPU" in resources or "GPU" in resources:
             raise ValueError("Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and "
                              "'GPU' in 'resources' keyword")
-    num_returns = options.get("num_returns")
-    if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 0):
-        raise ValueError(f"num_returns must be a non-negative int, got {num_returns!r}")
-    max_retries = options.get("max_retries")
-    if max_retries is not None and (not isinstance(max_retries, int) or max_retries < -1):
-        raise ValueError(f"max_retries must be an int >= -1 (-1: retry forever), "
-                         f"got {max_retries!r}")
+        for name, value in resources.items():
+            if isinstance(value, (int, float)) and value:
+                _check_precision(name, value)
+
+
+def _check_precision(name: str, value: float) -> None:
+    if abs(round(value, 4) - value) > 1e-9:
+        raise ValueError(f"The precision of the fractional quantity of resource {name} "
+                         f"cannot go beyond {_RESOURCE_PRECISION}")
+
+
+def check_options_call(options: dict[str, Any]) -> None:
+    """``.options()`` takes every option but those fixed by the decorator."""
+    for key in DECORATOR_ONLY:
+        if key in options:
+            raise ValueError(f"Setting '{key}' is not supported in '.options()'.")
+
+
+def signature_of(fn: Any, *, drop_self: bool = False) -> inspect.Signature | None:
+    """The signature calls are checked against at ``.remote()`` (None: not known)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    if drop_self:
+        params = list(sig.parameters.values())[1:]
+        sig = sig.replace(parameters=params)
+    return sig
+
+
+def check_arguments(sig: inspect.Signature | None, name: str, args: tuple,
+                    kwargs: dict) -> None:
+    """TypeError at ``.remote()`` when the arguments do not fit the signature."""
+    if sig is not None:
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{name}.remote() got arguments that do not fit its signature "
+                            f"{sig}: {exc}") from None
 
 
 def resources_from_options(options: dict[str, Any], default_cpus: float) -> dict[str, float]:
@@ -88,7 +155,8 @@ class RemoteFunction(ExportedCode):
         check_options(options, TASK_OPTIONS, "a remote function")
         self._function = function
         self._options = {**_DEFAULTS, **options}
-        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
+        self._name = getattr(function, "__name__", "task")
+        self._signature = signature_of(function)
         self._registered: tuple[Any, bytes] | None = None  # (core, function id)
         self._warned_large = [False]  # shared by the copies options() makes
         functools.update_wrapper(self, function)
@@ -102,15 +170,23 @@ class RemoteFunction(ExportedCode):
 
     def options(self, **options: Any) -> RemoteFunction:
         """A copy with these options changed (``num_cpus``, ``num_returns``, ``name``...)."""
+        check_options_call(options)
         copy = RemoteFunction(self._function, {**self._options, **options})
         copy._registered = self._registered
         copy._warned_large = self._warned_large
         return copy
 
+    def _remote(self, args: tuple | None = None, kwargs: dict | None = None,
+                **options: Any) -> ObjectRef | list[ObjectRef] | None:
+        """Ray's ``f._remote(args, kwargs, **options)``: ``f.options(**options).remote()``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
         from .api import _core
 
         core = _core()
+        check_arguments(self._signature, self._name, args, kwargs)
         function_id = self._function_id(core, self._function)
         if not self._warned_large[0]:
             self._warn_if_large(args, kwargs)

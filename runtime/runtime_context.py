@@ -53,6 +53,49 @@ class RuntimeContext:
             return dict(self._core.actor_resources)
         return dict(spec.resources) if spec is not None else {}
 
+    @property
+    def current_actor(self) -> Any:
+        """A handle to the actor this code runs in (RuntimeError outside an actor)."""
+        from . import _messages as m
+        from .actor import ActorHandle
+
+        actor_id = self._core.actor_id
+        if not actor_id:
+            raise RuntimeError("This method is only available in an actor.")
+        return ActorHandle._from_record(self._core.request("gcs", m.WaitActor(actor_id)))
+
+    def get_actor_name(self) -> str | None:
+        """The current actor's name ("" for an unnamed one; None outside an actor)."""
+        from . import _messages as m
+
+        actor_id = self._core.actor_id
+        if not actor_id:
+            return None
+        return self._core.request("gcs", m.WaitActor(actor_id))["name"]
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        return False  # actors are not restarted
+
+    @property
+    def gcs_address(self) -> str:
+        return self._core.gcs_address
+
+    def get_placement_group_id(self) -> None:
+        return None
+
+    def get_runtime_env_string(self) -> str:
+        return "{}"
+
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        return {}
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        from .api import get_gpu_ids
+
+        return {"GPU": [str(i) for i in get_gpu_ids()]}
+
     def get(self) -> dict[str, Any]:
         return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
                 "task_id": self.get_task_id(), "actor_id": self.get_actor_id(),

@@ -18,17 +18,21 @@ class ObjectRef:
 
     __slots__ = ("_id", "_owner", "_core", "__weakref__")
 
-    def __init__(self, object_id: bytes, owner: str, *, _add_ref: bool = True) -> None:
+    def __init__(self, object_id: bytes, owner: str = "", *, _add_ref: bool = True) -> None:
         self._id = object_id
         self._owner = owner
         core = _context.core
         self._core = core
-        if _add_ref and core is not None:
+        if type(object_id) is not bytes:
+            self._core = None
+            raise TypeError(f"ObjectRef takes the object's id as bytes, got "
+                            f"{type(object_id).__name__}")
+        if _add_ref and core is not None and owner:  # ObjectRef(id) alone owns nothing
             core.refs.add_local_ref(object_id, owner)
 
     def __del__(self) -> None:
         core = self._core
-        if core is not None:
+        if core is not None and self._owner:
             core.refs.release_local_ref(self._id)
 
     # -- identity -------------------------------------------------------------------------
@@ -65,6 +69,24 @@ class ObjectRef:
     def future(self) -> Any:
         """A ``concurrent.futures.Future`` resolved with the object's value."""
         return self._core.value_future(self)
+
+    def as_future(self) -> Any:
+        """An ``asyncio.Future`` (of the running loop) resolved with the object's value."""
+        import asyncio
+
+        return asyncio.wrap_future(self.future())
+
+    def _on_completed(self, callback: Any) -> None:
+        """Call ``callback(value)`` once the object is ready (with the error if it failed)."""
+
+        def done(future: Any) -> None:
+            error = future.exception()
+            callback(error if error is not None else future.result())
+
+        self.future().add_done_callback(done)
+
+    def is_nil(self) -> bool:
+        return not any(self._id)
 
     def __await__(self):
         import asyncio

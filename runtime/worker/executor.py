@@ -12,6 +12,7 @@ actor's event loop running.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import inspect
 import os
@@ -31,6 +32,7 @@ from .. import exceptions
 from .._ids import object_id_for
 from .._rpc import Connection
 from .._serialization import KIND_ERROR, serialize
+from ..actor import actor_method
 from ..core.core_worker import CoreWorker
 from ..core.task_spec import ArgSlot, TaskResult, TaskSpec
 
@@ -58,7 +60,10 @@ class TaskExecutor:
         # task id -> (owner connection, number of returns), until the task starts
         self._queued: dict[bytes, tuple[Connection, int]] = {}
         self._running_main: bytes | None = None  # task id running on the main thread
+        self.gpu_ids: list[int] = []  # of the current lease, from the raylet
+        self._cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # as the worker started
         self._interrupt: bytes | None = None
+        self._exiting = False  # the actor called exit_actor()
         signal.signal(signal.SIGINT, self._on_sigint)
 
     # -- I/O thread -----------------------------------------------------------------------
@@ -80,6 +85,17 @@ class TaskExecutor:
             else:
                 self._queued[wire[0]] = (conn, wire[6])
                 self._tasks.put((conn, wire))
+
+    def assign_gpus(self, gpu_ids: list[int]) -> None:
+        """The GPUs of the lease about to start (the raylet says so before granting it): its
+        tasks or actor see only those, through ``CUDA_VISIBLE_DEVICES``, as in Ray."""
+        self.gpu_ids = list(gpu_ids)
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
+        elif self._cuda_visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self._cuda_visible
 
     def kill(self, reason: str) -> None:
         """``kill()`` of this worker's actor: exit now."""
@@ -125,6 +141,9 @@ class TaskExecutor:
             raise KeyboardInterrupt
 
     def _send_results(self) -> None:
+        self.core.after_borrows(self._flush_results)
+
+    def _flush_results(self) -> None:
         by_conn: dict[Connection, list] = {}
         results = self._results
         while results:
@@ -174,6 +193,32 @@ class TaskExecutor:
         if self.core.events.logs:  # what the task printed leaves before its result
             self.core._call_soon(self._flush_events)
         self.core._call_soon(self._send_results)
+        if self._exiting:
+            self._exit_actor()
+
+    def _exit_actor(self) -> None:
+        """After ``exit_actor()``: fail the calls still queued, send every result, run the
+        ``atexit`` handlers and exit."""
+        error = exceptions.ActorDiedError(self.core.actor_id.hex(),
+                                          exceptions.ActorDeathReason.INTENDED_EXIT)
+        for task_id, (conn, num_returns) in list(self._queued.items()):
+            result = self._error_result(task_id, num_returns, error, "exit_actor()")
+            self._results.append((conn, result.to_wire()))
+
+        async def send_all() -> None:
+            self._send_results()
+            conns = set(self.core.inbound.values())
+            deadline = time.monotonic() + EXIT_FLUSH_S
+            while any(c.unsent_bytes for c in conns) and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)  # the results are being written to the owners
+
+        try:
+            self.core.run(send_all(), timeout=EXIT_FLUSH_S + 1)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            atexit._run_exitfuncs()
+            os._exit(0)
 
     def _flush_events(self) -> None:
         self.core.events.flush(self.core.gcs)
@@ -224,7 +269,7 @@ class TaskExecutor:
         if spec.method:
             if self.actor is None:
                 raise exceptions.RaySystemError("this worker hosts no actor")
-            return getattr(self.actor, spec.method), args, kwargs
+            return actor_method(self.actor, spec.method), args, kwargs
         cls_or_fn = self._function(spec.function_id)
         if spec.actor_id:  # creation: the constructor runs, the worker becomes the actor
             return self._become_actor(spec, cls_or_fn), args, kwargs
@@ -276,6 +321,12 @@ class TaskExecutor:
         return True, False, "", payloads, contained
 
     def _failure(self, spec: TaskSpec, exc: BaseException) -> tuple:
+        if isinstance(exc, exceptions.ActorExitRequest) and self.actor is not None:
+            self._exiting = True  # exit_actor(): this call's result goes, then the worker
+            error = exceptions.ActorDiedError(spec.actor_id.hex(),
+                                              exceptions.ActorDeathReason.INTENDED_EXIT)
+            payload = ["i", serialize(error, KIND_ERROR).inline()]
+            return False, False, "exit_actor()", [payload] * spec.num_returns, []
         if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
             self._cancelled.discard(spec.task_id)
             error: BaseException = exceptions.TaskCancelledError(spec.task_id.hex())
@@ -389,6 +440,8 @@ def _format_traceback(exc: BaseException) -> str:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
+
+EXIT_FLUSH_S = 5.0  # how long an exiting actor waits for its results to leave
 
 _SYSTEM_EXIT_NOTE = (
     "\nsys.exit() in a remote function or actor method fails only that call: the worker and "
