@@ -373,6 +373,13 @@ class ShrinkLease(Message):
 # --- core worker ---------------------------------------------------------------------------
 
 
+@_message(58)
+class AssignGpus(Message):
+    """Raylet to worker, before its next lease is granted: the GPU ids that lease holds."""
+
+    gpu_ids: list
+
+
 @_message(50)
 class PushTasks(Message):
     """Task specs (``core.task_spec.TaskSpec.to_wire``) from their owner to a leased worker."""

@@ -306,6 +306,7 @@ class CoreWorker:
                                                                            msg.borrower),
             m.Publish: self._published,
             m.KillActor: lambda conn, msg: self._executor().kill(msg.reason),
+            m.AssignGpus: lambda conn, msg: self._executor().assign_gpus(msg.gpu_ids),
             m.CancelTask: lambda conn, msg: self._executor().cancel(
                 msg.task_id, msg.force, msg.recursive),
         }

@@ -6,7 +6,13 @@ worker, start or stop a worker (decided by :mod:`.pool_state`), reject a request
 fit. Nothing here does I/O, so its tests need no processes.
 
 Resources are Ray's: a task takes ``{"CPU": 1}`` unless told otherwise. A worker that blocks
-in ``get`` gives its CPUs back until it unblocks, so nested tasks cannot deadlock the node.
+in ``get`` gives its CPUs (and only those) back until it unblocks, so nested tasks cannot
+deadlock the node.
+
+The queue is fair: requests are granted in arrival order, and a request that does not fit yet
+holds back the resources it asks for, so later, smaller requests cannot take them and starve
+it (they still run on resources it does not ask for). GPUs are numbered: a lease gets the ids
+of the GPUs it holds (:class:`GpuIds`), fractional requests share one GPU as in Ray.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Any
 
 from .pool_state import PoolLimits, SpawnWorker, StopWorker, WorkerPoolState
 
-__all__ = ["Grant", "Lease", "LeaseRequest", "LocalScheduler", "Reject", "SpawnWorker",
-           "StopWorker"]
+__all__ = ["Grant", "GpuIds", "Lease", "LeaseRequest", "LocalScheduler", "Reject",
+           "SpawnWorker", "StopWorker"]
 
 ACTOR_KINDS = ("actor", "detached_actor")
 
@@ -41,12 +47,47 @@ class Lease:
     owner: Any
     kind: str = "task"
     blocked: bool = False
+    gpu_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class Grant:
+    """Lease ``lease`` to the requester; first tell its worker its GPU ids when
+    ``tell_worker`` (they differ from what that worker last held)."""
+
     request: LeaseRequest
     lease: Lease
+    tell_worker: bool = False
+
+
+class GpuIds:
+    """Which share of each of the node's GPUs is free; hands ids out per lease, as Ray does:
+    a whole number of GPUs takes that many free GPUs, a fraction shares one GPU with others
+    (the fullest one it fits on)."""
+
+    def __init__(self, count: int) -> None:
+        self.free = [1.0] * count
+
+    def pick(self, amount: float) -> list[int] | None:
+        """The ids a request of ``amount`` GPUs would get now, or None if none fits."""
+        if amount <= 0:
+            return []
+        if amount < 1:
+            fits = [i for i, f in enumerate(self.free) if f >= amount - 1e-9]
+            return [min(fits, key=lambda i: self.free[i])] if fits else None
+        whole = [i for i, f in enumerate(self.free) if f >= 1 - 1e-9]
+        need = int(round(amount))
+        return whole[:need] if len(whole) >= need else None
+
+    def take(self, ids: list[int], amount: float) -> None:
+        share = amount if amount < 1 else 1.0
+        for i in ids:
+            self.free[i] -= share
+
+    def give_back(self, ids: list[int], amount: float) -> None:
+        share = amount if amount < 1 else 1.0
+        for i in ids:
+            self.free[i] = min(1.0, self.free[i] + share)
 
 
 @dataclass(slots=True)
@@ -67,12 +108,15 @@ class LocalScheduler:
     queue: deque[LeaseRequest] = field(default_factory=deque)
     leases: dict[int, Lease] = field(default_factory=dict)
     workers: WorkerPoolState = field(init=False)
+    gpus: GpuIds = field(init=False)
     _actor_leases: int = 0
     _next_lease: int = 1
+    _worker_gpus: dict[bytes, list[int]] = field(default_factory=dict)  # last told, non-empty
 
     def __post_init__(self) -> None:
         self.available = dict(self.total)
         self.workers = WorkerPoolState(self.limits, self.clock, self.prestart)
+        self.gpus = GpuIds(int(self.total.get("GPU", 0)))
 
     def start(self) -> list:
         """The node starts: the workers to prestart."""
@@ -87,11 +131,27 @@ class LocalScheduler:
         if missing:
             have = {k: self.total.get(k, 0.0) for k in missing}
             return [Reject(request, f"it requires {missing} but this node has {have}")]
+        gpus = request.resources.get("GPU", 0.0)
+        if gpus > 1 and gpus != int(gpus):
+            return [Reject(request, f"it requires {gpus:g} GPUs: more than one GPU must be a "
+                                    "whole number (use num_gpus=2, or a fraction below 1)")]
         self.queue.append(request)
         return self.schedule()
 
-    def cancel_requests(self, owner: Any) -> None:
-        self.queue = deque(r for r in self.queue if r.owner is not owner)
+    def cancel_requests(self, owner: Any) -> list[LeaseRequest]:
+        """Drop the queued requests of ``owner`` (it left); returns them, to answer."""
+        cancelled = [r for r in self.queue if r.owner is owner]
+        if cancelled:
+            self.queue = deque(r for r in self.queue if r.owner is not owner)
+        return cancelled
+
+    def cancel_request(self, request_id: int) -> list:
+        """The requester gave up on one request; what its absence lets through."""
+        kept = deque(r for r in self.queue if r.request_id != request_id)
+        if len(kept) == len(self.queue):
+            return []
+        self.queue = kept
+        return self.schedule()
 
     def return_lease(self, lease_id: int, worker_reusable: bool = True) -> list:
         lease = self._pop_lease(lease_id)
@@ -112,6 +172,7 @@ class LocalScheduler:
     def worker_died(self, worker_id: bytes) -> tuple[list[Lease], list]:
         """Forget a dead worker; returns the leases it held and the follow-up actions."""
         self.workers.worker_died(worker_id)
+        self._worker_gpus.pop(worker_id, None)
         lost = [lease for lease in self.leases.values() if lease.worker_id == worker_id]
         for lease in lost:
             self._pop_lease(lease.lease_id)
@@ -126,9 +187,13 @@ class LocalScheduler:
         lease = self.leases.get(lease_id)
         if lease is None:
             return []
-        if not lease.blocked:
-            self._give_back(lease.resources)
-            self._take(resources)
+        self._give_back(_held(lease.resources, lease.blocked))
+        self._take(_held(resources, lease.blocked))
+        before, after = lease.resources.get("GPU", 0.0), resources.get("GPU", 0.0)
+        if after != before:  # the ids it keeps must fit what it now holds
+            self.gpus.give_back(lease.gpu_ids, before)
+            lease.gpu_ids = self.gpus.pick(after) or []
+            self.gpus.take(lease.gpu_ids, after)
         lease.resources = dict(resources)
         return self.schedule()
 
@@ -136,19 +201,20 @@ class LocalScheduler:
         for lease in self.leases.values():
             if lease.worker_id == worker_id and not lease.blocked:
                 lease.blocked = True
-                self._give_back(lease.resources)
+                self._give_back(_cpus(lease.resources))
         return self.schedule()
 
     def worker_unblocked(self, worker_id: bytes) -> None:
         for lease in self.leases.values():
             if lease.worker_id == worker_id and lease.blocked:
                 lease.blocked = False
-                self._take(lease.resources)  # may go below zero for a moment, as in Ray
+                self._take(_cpus(lease.resources))  # may go below zero for a moment, as in Ray
 
     # -- decisions ------------------------------------------------------------------------
 
     def schedule(self) -> list:
-        """Grant what fits, in order; ask for workers where a grant lacks one."""
+        """Grant what fits, in order; ask for workers where a grant lacks one. A request that
+        does not fit holds back what it asks for from the requests behind it."""
         actions: list = []
         kept: deque[LeaseRequest] = deque()
         lacking_tasks: list[LeaseRequest] = []  # task requests that only lack a worker
@@ -158,6 +224,8 @@ class LocalScheduler:
             request = self.queue.popleft()
             if not self._fits(request.resources, reserved):
                 kept.append(request)
+                for k, v in request.resources.items():
+                    reserved[k] = reserved.get(k, 0.0) + v
                 continue
             if not self.workers.idle:
                 kept.append(request)
@@ -184,19 +252,27 @@ class LocalScheduler:
 
     def _grant(self, request: LeaseRequest, worker_id: bytes) -> Grant:
         self._take(request.resources)
+        amount = request.resources.get("GPU", 0.0)
+        gpu_ids = self.gpus.pick(amount) or []
+        self.gpus.take(gpu_ids, amount)
         lease = Lease(self._next_lease, worker_id, request.resources, request.owner,
-                      request.kind)
+                      request.kind, gpu_ids=gpu_ids)
         self._next_lease += 1
         self.leases[lease.lease_id] = lease
         if lease.kind in ACTOR_KINDS:
             self._actor_leases += 1
-        return Grant(request, lease)
+        told = self._worker_gpus.get(worker_id, [])
+        if gpu_ids:
+            self._worker_gpus[worker_id] = gpu_ids
+        else:
+            self._worker_gpus.pop(worker_id, None)
+        return Grant(request, lease, tell_worker=told != gpu_ids)
 
     def _pop_lease(self, lease_id: int) -> Lease | None:
         lease = self.leases.pop(lease_id, None)
         if lease is not None:
-            if not lease.blocked:
-                self._give_back(lease.resources)
+            self._give_back(_held(lease.resources, lease.blocked))
+            self.gpus.give_back(lease.gpu_ids, lease.resources.get("GPU", 0.0))
             if lease.kind in ACTOR_KINDS:
                 self._actor_leases -= 1
         return lease
@@ -226,7 +302,7 @@ class LocalScheduler:
         return all(
             available.get(k, 0.0) - reserved.get(k, 0.0) >= v - 1e-9
             for k, v in resources.items()
-        )
+        ) and self.gpus.pick(resources.get("GPU", 0.0)) is not None
 
     def _take(self, resources: dict[str, float]) -> None:
         for k, v in resources.items():
@@ -235,3 +311,12 @@ class LocalScheduler:
     def _give_back(self, resources: dict[str, float]) -> None:
         for k, v in resources.items():
             self.available[k] = self.available.get(k, 0.0) + v
+
+
+def _held(resources: dict[str, float], blocked: bool) -> dict[str, float]:
+    """What a lease of ``resources`` holds now: a blocked one has given its CPUs back."""
+    return {k: v for k, v in resources.items() if k != "CPU"} if blocked else resources
+
+
+def _cpus(resources: dict[str, float]) -> dict[str, float]:
+    return {"CPU": resources["CPU"]} if "CPU" in resources else {}

@@ -58,6 +58,7 @@ class Raylet:
         self.pool = pool
         self.gcs: Connection | None = None
         self._lease_futures: dict[int, asyncio.Future] = {}
+        self._background: set[asyncio.Future] = set()  # GPU ids on their way to workers
         self._next_request = 1
         self._carry_out(self.scheduler.start())
 
@@ -105,7 +106,8 @@ class Raylet:
         self._reclaim(self.store.owner_gone(client.address))
         if self.gcs is not None and self.gcs.is_open:
             self.gcs.send(m.ProcessExited(client.address))  # its borrows end with it
-        self.scheduler.cancel_requests(conn)
+        for request in self.scheduler.cancel_requests(conn):
+            self._lease_futures.pop(request.request_id).cancel()  # nobody waits for it now
         # Leases held by a departed owner: their workers may be mid-task for nobody, and its
         # actors share its fate (detached actors live on).
         for lease in list(self.scheduler.leases.values()):
@@ -150,13 +152,12 @@ class Raylet:
         for action in actions:
             if isinstance(action, Grant):
                 future = self._lease_futures.pop(action.request.request_id)
-                worker = self.pool.workers.get(action.lease.worker_id)
-                if future.done() or worker is None:
-                    self._carry_out(self.scheduler.return_lease(action.lease.lease_id,
-                                                                worker is not None))
-                    continue
-                future.set_result([action.lease.lease_id, worker.worker_id, worker.address,
-                                   self.node_id])
+                if action.tell_worker:
+                    task = asyncio.ensure_future(self._grant_with_gpus(action, future))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+                else:
+                    self._grant(action, future)
             elif isinstance(action, SpawnWorker):
                 self._spawn(action.worker_id)
             elif isinstance(action, StopWorker):
@@ -168,6 +169,26 @@ class Raylet:
                     future.set_exception(
                         TaskUnschedulableError(f"cannot schedule the task: {action.reason}")
                     )
+
+    def _grant(self, action: Grant, future: asyncio.Future) -> None:
+        worker = self.pool.workers.get(action.lease.worker_id)
+        if future.done() or worker is None:
+            self._carry_out(self.scheduler.return_lease(action.lease.lease_id,
+                                                        worker is not None))
+            return
+        future.set_result([action.lease.lease_id, worker.worker_id, worker.address,
+                           self.node_id])
+
+    async def _grant_with_gpus(self, action: Grant, future: asyncio.Future) -> None:
+        """Tell the worker its GPU ids before its leaseholder can push it a task."""
+        worker = self.pool.workers.get(action.lease.worker_id)
+        if worker is not None and worker.conn is not None:
+            try:
+                await worker.conn.request(m.AssignGpus(action.lease.gpu_ids))
+            except Exception as exc:  # it died meanwhile: its exit returns the lease
+                logger.info("could not give worker its GPU ids: %r", exc)
+                return
+        self._grant(action, future)
 
     def _spawn(self, worker_id: bytes) -> None:
         try:

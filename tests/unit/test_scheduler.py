@@ -207,3 +207,99 @@ def test_at_the_cap_a_request_waits_while_some_worker_still_runs() -> None:
     clock.now = 10.0
     assert not [a for a in s.tick() if isinstance(a, Reject)]
     assert len(s.queue) == 1
+
+
+def gpu_request(i: int, gpus: float, owner: object = "owner") -> LeaseRequest:
+    return LeaseRequest(i, {"CPU": 1.0, "GPU": gpus}, owner)
+
+
+def test_a_large_request_is_not_starved_by_smaller_later_ones() -> None:
+    s = LocalScheduler({"CPU": 2.0})
+    for w in (b"w1", b"w2", b"w3"):
+        s.worker_registered(w)
+    (first,) = s.request_lease(request(1))
+    assert s.request_lease(request(2, cpus=2.0)) == []  # waits for the first lease
+    assert s.request_lease(request(3)) == []  # the free CPU is held for request 2
+    (grant,) = s.return_lease(first.lease.lease_id)
+    assert grant.request.request_id == 2
+
+
+def test_a_waiting_request_holds_back_only_what_it_asks_for() -> None:
+    s = LocalScheduler({"CPU": 2.0, "GPU": 1.0})
+    for w in (b"w1", b"w2", b"w3"):
+        s.worker_registered(w)
+    (gpu,) = s.request_lease(LeaseRequest(1, {"GPU": 1.0}, "o"))
+    assert s.request_lease(LeaseRequest(2, {"GPU": 1.0}, "o")) == []
+    (cpu,) = s.request_lease(request(3))  # GPU-less work still runs meanwhile
+    assert cpu.request.request_id == 3
+
+
+def test_cancelled_requests_are_handed_back_to_be_answered() -> None:
+    s = LocalScheduler({"CPU": 1.0})
+    s.worker_registered(b"w1")
+    s.request_lease(request(1, owner="a"))
+    s.request_lease(request(2, owner="gone"))
+    s.request_lease(request(3, owner="a"))
+    assert [r.request_id for r in s.cancel_requests("gone")] == [2]
+    assert [r.request_id for r in s.queue] == [3]
+
+
+def test_cancelling_a_large_request_lets_the_ones_behind_it_through() -> None:
+    s = LocalScheduler({"CPU": 2.0})
+    for w in (b"w1", b"w2", b"w3"):
+        s.worker_registered(w)
+    s.request_lease(request(1))
+    s.request_lease(request(2, cpus=2.0))
+    assert s.request_lease(request(3)) == []
+    (grant,) = s.cancel_request(2)
+    assert grant.request.request_id == 3
+
+
+def test_each_gpu_lease_gets_its_own_gpu_ids_and_gives_them_back() -> None:
+    s = LocalScheduler({"CPU": 4.0, "GPU": 2.0})
+    for w in (b"w1", b"w2", b"w3"):
+        s.worker_registered(w)
+    a, b = s.request_lease(gpu_request(1, 1.0)) + s.request_lease(gpu_request(2, 1.0))
+    assert sorted(a.lease.gpu_ids + b.lease.gpu_ids) == [0, 1]
+    assert a.tell_worker and b.tell_worker
+    assert s.request_lease(gpu_request(3, 1.0)) == []
+    (c,) = s.return_lease(a.lease.lease_id)
+    assert c.lease.gpu_ids == a.lease.gpu_ids
+
+
+def test_fractional_gpus_share_one_id_and_a_whole_gpu_takes_a_free_one() -> None:
+    s = LocalScheduler({"CPU": 4.0, "GPU": 2.0})
+    for w in (b"w1", b"w2", b"w3", b"w4"):
+        s.worker_registered(w)
+    half1, half2 = s.request_lease(gpu_request(1, 0.5)) + s.request_lease(gpu_request(2, 0.5))
+    assert half1.lease.gpu_ids == half2.lease.gpu_ids == [0]
+    (whole,) = s.request_lease(gpu_request(3, 1.0))
+    assert whole.lease.gpu_ids == [1]
+    assert s.request_lease(gpu_request(4, 0.5)) == []  # 0.5 free in total, but no GPU has it
+
+
+def test_a_worker_is_told_its_gpu_ids_only_when_they_change() -> None:
+    s = LocalScheduler({"CPU": 2.0, "GPU": 1.0})
+    s.worker_registered(b"w1")
+    (plain,) = s.request_lease(request(1))
+    assert not plain.tell_worker and plain.lease.gpu_ids == []
+    (gpu,) = s.return_lease(plain.lease.lease_id) + s.request_lease(gpu_request(2, 1.0))
+    assert gpu.tell_worker and gpu.lease.gpu_ids == [0]
+    (again,) = s.return_lease(gpu.lease.lease_id) + s.request_lease(request(3))
+    assert again.tell_worker and again.lease.gpu_ids == []  # its CUDA devices are reset
+
+
+def test_a_blocked_gpu_lease_gives_back_its_cpus_but_keeps_its_gpu() -> None:
+    s = LocalScheduler({"CPU": 1.0, "GPU": 1.0})
+    s.worker_registered(b"w1")
+    s.worker_registered(b"w2")
+    (first,) = s.request_lease(gpu_request(1, 1.0))
+    s.request_lease(gpu_request(2, 1.0))
+    assert s.worker_blocked(first.lease.worker_id) == []  # CPU back, the GPU still held
+    assert s.available == {"CPU": 1.0, "GPU": 0.0}
+
+
+def test_more_than_one_gpu_must_be_whole() -> None:
+    s = LocalScheduler({"CPU": 1.0, "GPU": 2.0})
+    (reject,) = s.request_lease(gpu_request(1, 1.5))
+    assert isinstance(reject, Reject) and "whole number" in reject.reason
