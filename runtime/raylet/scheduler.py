@@ -138,20 +138,14 @@ class LocalScheduler:
         self.queue.append(request)
         return self.schedule()
 
-    def cancel_requests(self, owner: Any) -> list[LeaseRequest]:
-        """Drop the queued requests of ``owner`` (it left); returns them, to answer."""
+    def cancel_requests(self, owner: Any) -> tuple[list[LeaseRequest], list]:
+        """Drop the queued requests of ``owner`` (it left); returns them (to answer) and what
+        their absence lets through."""
         cancelled = [r for r in self.queue if r.owner is owner]
-        if cancelled:
-            self.queue = deque(r for r in self.queue if r.owner is not owner)
-        return cancelled
-
-    def cancel_request(self, request_id: int) -> list:
-        """The requester gave up on one request; what its absence lets through."""
-        kept = deque(r for r in self.queue if r.request_id != request_id)
-        if len(kept) == len(self.queue):
-            return []
-        self.queue = kept
-        return self.schedule()
+        if not cancelled:
+            return [], []
+        self.queue = deque(r for r in self.queue if r.owner is not owner)
+        return cancelled, self.schedule()
 
     def return_lease(self, lease_id: int, worker_reusable: bool = True) -> list:
         lease = self._pop_lease(lease_id)

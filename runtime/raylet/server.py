@@ -106,8 +106,10 @@ class Raylet:
         self._reclaim(self.store.owner_gone(client.address))
         if self.gcs is not None and self.gcs.is_open:
             self.gcs.send(m.ProcessExited(client.address))  # its borrows end with it
-        for request in self.scheduler.cancel_requests(conn):
+        cancelled, actions = self.scheduler.cancel_requests(conn)
+        for request in cancelled:
             self._lease_futures.pop(request.request_id).cancel()  # nobody waits for it now
+        self._carry_out(actions)
         # Leases held by a departed owner: their workers may be mid-task for nobody, and its
         # actors share its fate (detached actors live on).
         for lease in list(self.scheduler.leases.values()):

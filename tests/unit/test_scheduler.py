@@ -234,25 +234,16 @@ def test_a_waiting_request_holds_back_only_what_it_asks_for() -> None:
     assert cpu.request.request_id == 3
 
 
-def test_cancelled_requests_are_handed_back_to_be_answered() -> None:
-    s = LocalScheduler({"CPU": 1.0})
-    s.worker_registered(b"w1")
-    s.request_lease(request(1, owner="a"))
-    s.request_lease(request(2, owner="gone"))
-    s.request_lease(request(3, owner="a"))
-    assert [r.request_id for r in s.cancel_requests("gone")] == [2]
-    assert [r.request_id for r in s.queue] == [3]
-
-
-def test_cancelling_a_large_request_lets_the_ones_behind_it_through() -> None:
+def test_requests_of_a_departed_owner_are_handed_back_and_let_others_through() -> None:
     s = LocalScheduler({"CPU": 2.0})
     for w in (b"w1", b"w2", b"w3"):
         s.worker_registered(w)
-    s.request_lease(request(1))
-    s.request_lease(request(2, cpus=2.0))
-    assert s.request_lease(request(3)) == []
-    (grant,) = s.cancel_request(2)
-    assert grant.request.request_id == 3
+    s.request_lease(request(1, owner="a"))
+    s.request_lease(request(2, cpus=2.0, owner="gone"))
+    assert s.request_lease(request(3, owner="a")) == []
+    cancelled, (grant,) = s.cancel_requests("gone")
+    assert [r.request_id for r in cancelled] == [2]
+    assert grant.request.request_id == 3 and not s.queue
 
 
 def test_each_gpu_lease_gets_its_own_gpu_ids_and_gives_them_back() -> None:
