@@ -142,7 +142,7 @@ class RayTaskError(RayError):
         if dual is None:
             return self
         try:
-            error = dual(self.function_name, self.traceback_str, cause, self.pid, self.ip)
+            error = dual(self.function_name, self.traceback_str, self.cause, self.pid, self.ip)
         except Exception:  # noqa: BLE001 - the cause type's own __new__ may raise anything
             return self
         error.args = cause.args

@@ -13,8 +13,8 @@ import cloudpickle
 
 from .core.object_ref import ObjectRef
 
-__all__ = ["ExportedCode", "RemoteFunction", "TASK_OPTIONS", "check_arguments", "check_options",
-           "resources_from_options", "signature_of"]
+__all__ = ["TASK_OPTIONS", "ArgumentCheck", "ExportedCode", "RemoteFunction", "check_arguments",
+           "check_options", "resources_from_options", "signature_of"]
 
 TASK_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "retry_exceptions",
@@ -92,27 +92,40 @@ def check_options_call(options: dict[str, Any]) -> None:
             raise ValueError(f"Setting '{key}' is not supported in '.options()'.")
 
 
-def signature_of(fn: Any, *, drop_self: bool = False) -> inspect.Signature | None:
-    """The signature calls are checked against at ``.remote()`` (None: not known)."""
+class ArgumentCheck:
+    """The signature calls are checked against at ``.remote()``; a call with exactly the
+    positional arguments of a plain signature (no defaults, no ``*args``) is checked by count."""
+
+    __slots__ = ("signature", "plain_count")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        self.signature = signature
+        params = signature.parameters.values()
+        plain = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
+        self.plain_count = len(signature.parameters) if plain else -1
+
+
+def signature_of(fn: Any, *, drop_self: bool = False) -> ArgumentCheck | None:
+    """How calls of ``fn`` are checked at ``.remote()`` (None: its signature is not known)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
     if drop_self:
-        params = list(sig.parameters.values())[1:]
-        sig = sig.replace(parameters=params)
-    return sig
+        sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+    return ArgumentCheck(sig)
 
 
-def check_arguments(sig: inspect.Signature | None, name: str, args: tuple,
+def check_arguments(check: ArgumentCheck | None, name: str, args: tuple,
                     kwargs: dict) -> None:
     """TypeError at ``.remote()`` when the arguments do not fit the signature."""
-    if sig is not None:
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{name}.remote() got arguments that do not fit its signature "
-                            f"{sig}: {exc}") from None
+    if check is None or (not kwargs and len(args) == check.plain_count):
+        return
+    try:
+        check.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{name}.remote() got arguments that do not fit its signature "
+                        f"{check.signature}: {exc}") from None
 
 
 def resources_from_options(options: dict[str, Any], default_cpus: float) -> dict[str, float]:
