@@ -51,6 +51,7 @@ __all__ = ["CoreWorker"]
 logger = logging.getLogger(__name__)
 
 DRIVER_TASK_ID = bytes(16)
+BORROW_ACK_TIMEOUT_S = 10.0  # an owner that does not answer by then is dead or wedged
 submission_tag: contextvars.ContextVar[str] = contextvars.ContextVar("cellfleet_tag", default="")
 _current_task: contextvars.ContextVar[TaskSpec | None] = contextvars.ContextVar(
     "cellfleet_task", default=None)
@@ -94,6 +95,8 @@ class CoreWorker:
         # Owners that pushed tasks here, by address: messages to them (borrows) use the same
         # connection as the task results, so a borrow is registered before the result lands.
         self.inbound: dict[str, Connection] = {}
+        # Borrow registrations the owners have not acknowledged yet (see after_borrows).
+        self._borrows_in_flight: set[asyncio.Future] = set()
         self._pending: dict[bytes, tuple[TaskSpec, list[bytes]]] = {}  # task id -> spec, refs
         self._exported: set[bytes] = set()
         self._closed = False
@@ -345,6 +348,48 @@ class CoreWorker:
                 fut.result().send(message)
             return
         fut.add_done_callback(lambda f: None if f.exception() else f.result().send(message))
+
+    def _request_to(self, address: str, message: m.Message) -> asyncio.Future:
+        """A request to another core worker, over the connection ``_send_to`` would use."""
+        conn = self.inbound.get(address)
+        if conn is not None and conn.is_open:
+            return conn.request(message)
+
+        async def ask() -> Any:
+            return await (await self.peer(address)).request(message)
+
+        return asyncio.ensure_future(ask())
+
+    def _register_borrow(self, owner: str, object_ids: list[bytes], borrower: str) -> None:
+        """Tell ``owner`` that ``borrower`` holds refs of its objects; tracked until acked."""
+        fut = self._request_to(owner, m.AddBorrowers(object_ids, borrower))
+        self._borrows_in_flight.add(fut)
+        fut.add_done_callback(self._borrow_acked)
+
+    def _borrow_acked(self, fut: asyncio.Future) -> None:
+        self._borrows_in_flight.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            logger.info("an owner did not take a borrow: %s", fut.exception())
+
+    def after_borrows(self, send: Callable[[], None]) -> None:
+        """Call ``send`` once every borrow registered so far is acknowledged by its owner.
+
+        Task results go through here: a process that received a ref inside a task's
+        arguments registers as its borrower with the owner directly, while the caller, once
+        it has the result, may drop its own borrow over another connection. Answering only
+        after the owner took the new borrow keeps the owner from freeing the object between
+        the two (the order Ray gets from borrowers reporting their refs in the task reply).
+        """
+        if not self._borrows_in_flight:
+            send()
+            return
+        waiting = list(self._borrows_in_flight)
+
+        async def later() -> None:
+            await asyncio.wait(waiting, timeout=BORROW_ACK_TIMEOUT_S)
+            send()
+
+        self._loop.create_task(later())
 
     def _published(self, conn: Connection, msg: m.Publish) -> None:
         if msg.channel == "exits":
@@ -838,6 +883,8 @@ class CoreWorker:
             if entry is None:  # nobody holds the return any more
                 if payload[0] == "s":
                     self.raylet.send(m.FreeObjects([object_id]))
+                if result is not None and result.contained and result.contained[index]:
+                    self._return_borrows(result.contained[index])
                 continue
             if result is not None and result.contained and result.contained[index]:
                 self.refs.set_contains(object_id, result.contained[index])
@@ -869,7 +916,7 @@ class CoreWorker:
             self._send_to(entry.owner, m.RemoveBorrowers([object_id], self.address))
 
     def _on_borrow(self, object_id: bytes, owner: str) -> None:
-        self._send_to(owner, m.AddBorrowers([object_id], self.address))
+        self._register_borrow(owner, [object_id], self.address)
 
     def lend(self, refs: list, borrower: str) -> None:
         """Register ``borrower`` for refs this process passes on (results holding refs)."""
@@ -879,8 +926,14 @@ class CoreWorker:
             if owner == self.address:
                 self.refs.add_borrower([object_id], borrower)
             else:
-                self._call_soon(lambda o=owner, i=object_id: self._send_to(
-                    o, m.AddBorrowers([i], borrower)))
+                self._call_soon(lambda o=owner, i=object_id: self._register_borrow(
+                    o, [i], borrower))
+
+    def _return_borrows(self, refs: list) -> None:
+        """Refs lent to this process inside a return nobody holds any more: give them back."""
+        for object_id, owner in refs:
+            if owner != self.address and object_id not in self.refs.entries:
+                self._send_to(owner, m.RemoveBorrowers([object_id], self.address))
 
 
 _object_id = operator.attrgetter("_id")
