@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import ObjectStoreFullError
+from ..exceptions import ObjectStoreFullError, RaySystemError
 from .allocator import ArenaAllocator
 
 __all__ = ["RECLAIM_MIN_BYTES", "ObjectStore", "StoredObject"]
@@ -53,7 +53,14 @@ class ObjectStore:
         """Reserve space for a new object; ObjectStoreFullError says what is in the way."""
         existing = self.objects.get(object_id)
         if existing is not None:  # a retried task writing the same return again
-            return existing.offset
+            if existing.readers:
+                raise RaySystemError(
+                    f"object {object_id.hex()} is being read and cannot be written again")
+            if existing.size == size:
+                return existing.offset
+            # The earlier attempt's block may be smaller: writing there would overrun it.
+            del self.objects[object_id]
+            self.allocator.free_merged(existing.offset)
         offset = self.allocator.allocate(size)
         if offset is None:
             a = self.allocator

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from cellfleet.exceptions import RaySystemError
 from cellfleet.raylet.object_store import RECLAIM_MIN_BYTES, ObjectStore
 
 MiB = 2**20
@@ -33,3 +36,24 @@ def test_an_exiting_owner_frees_its_objects_and_answers_their_ranges() -> None:
     store.allocate(b"y", 4 * MiB, "live-owner")
     ranges = store.owner_gone("dead-owner")
     assert len(ranges) == 1 and list(store.objects) == [b"y"]
+
+
+def test_a_retried_return_larger_than_the_first_attempt_gets_a_block_of_its_own() -> None:
+    """The first attempt's smaller block is given up, never written past into a neighbour."""
+    store = ObjectStore(64 * MiB)
+    first = store.allocate(b"ret", 1 * MiB, "owner")
+    neighbour = store.allocate(b"next", 1 * MiB, "owner")
+    again = store.allocate(b"ret", 4 * MiB, "owner")
+    assert not (again < neighbour + MiB and neighbour < again + 4 * MiB), "overlaps neighbour"
+    assert store.objects[b"ret"].size == 4 * MiB
+    assert store.allocator.used == 5 * MiB
+    assert store.allocate(b"ret", 4 * MiB, "owner") == again  # same size: same block
+    assert first == 0
+
+
+def test_a_return_that_is_being_read_is_not_written_again() -> None:
+    store = ObjectStore(64 * MiB)
+    store.allocate(b"ret", 1 * MiB, "owner")
+    store.pin("reader", [b"ret"])
+    with pytest.raises(RaySystemError, match="being read"):
+        store.allocate(b"ret", 2 * MiB, "owner")
