@@ -20,6 +20,7 @@ import msgpack
 from .. import _messages as m
 from .._graveyard import Graveyard, limit_from_env
 from .._rpc import Connection, HandlerTable
+from .actors import ActorChanged, ActorForgotten, ActorTable
 from .nodes import NodeDied, NodeForgotten, NodeTable
 from .storage import MemoryStorage, RedisStorage
 from .task_events import TaskEventStore
@@ -62,7 +63,9 @@ class GcsServer:
         self.kv: dict[tuple[str, bytes], bytes] = {}
         max_tasks = limit_from_env("CELLFLEET_MAX_TASK_EVENTS", MAX_TASK_EVENTS)
         self.events = TaskEventStore(max_tasks=max_tasks, max_objects=max_tasks)
-        self.dead_actors = Graveyard(limit_from_env("CELLFLEET_MAX_DEAD_ACTORS", MAX_DEAD_ACTORS))
+        self.actor_table = ActorTable(limit_from_env("CELLFLEET_MAX_DEAD_ACTORS",
+                                                     MAX_DEAD_ACTORS))
+        self.actors = self.actor_table.actors
         self.reported_drops: Counter[str] = Counter()  # dropped by core workers' buffers
         self.dropped_publications: Counter[str] = Counter()  # per channel, slow subscribers
         self.logs: deque[list] = deque()
@@ -70,7 +73,6 @@ class GcsServer:
         self.subscribers: dict[str, set[Connection]] = {}
         self._tasks_published = 0  # the task-event cursor the "tasks" channel has sent up to
         self._tasks_publish: asyncio.TimerHandle | None = None
-        self.actors: dict[bytes, dict[str, Any]] = {}
         self._actor_waiters: dict[bytes, list[asyncio.Future]] = {}
         self._background: set[asyncio.Task] = set()  # storage writes under way
         self._node_conns: dict[Connection, tuple[bytes, int]] = {}  # -> node id, epoch
@@ -86,9 +88,7 @@ class GcsServer:
                 self._bury_job(job["job_id"])
         self.functions.update(await self.storage.load("functions"))
         for key, value in (await self.storage.load("actors")).items():
-            self.actors[key] = actor = _unpack(value)
-            if actor["state"] == "DEAD":
-                self._bury_actor(key)
+            await self._apply(self.actor_table.loaded(key, _unpack(value)))
         for key, value in (await self.storage.load("kv")).items():
             ns, _, k = key.partition(b"\0")
             self.kv[(ns.decode(), k)] = value
@@ -121,7 +121,7 @@ class GcsServer:
             m.GetNamedActor: self.get_named_actor,
             m.WaitActor: self.wait_actor,
             m.ListActors: lambda conn, msg: list(self.actors.values()),
-            m.ProcessExited: lambda conn, msg: self.publish("exits", msg.address),
+            m.ProcessExited: self.process_exited,
             m.GetTableStats: lambda conn, msg: self.table_stats(),
         }
 
@@ -131,8 +131,7 @@ class GcsServer:
         return {
             "nodes": self.node_table.stats(),
             "jobs": {"total": len(self.jobs), "finished_forgotten": self.finished_jobs.forgotten},
-            "actors": {"total": len(self.actors), "dead": len(self.dead_actors),
-                       "dead_forgotten": self.dead_actors.forgotten},
+            "actors": self.actor_table.stats(),
             "task_events": {"tasks": len(events.tasks), "dropped_tasks": events.dropped_tasks,
                             "objects": len(events.objects),
                             "dropped_objects": events.dropped_objects},
@@ -238,11 +237,7 @@ class GcsServer:
         await self.storage.put("jobs", str(job_id).encode(), _pack(job))
         self._bury_job(job_id)
         # A job's actors share its fate, unless detached (their processes are already gone).
-        for actor_id, actor in list(self.actors.items()):
-            if actor.get("job_id") == job_id and not actor.get("detached"):
-                await self.update_actor(None, m.UpdateActor(actor_id, "DEAD", {
-                    "death_cause": "process_died",
-                    "death_detail": "the job that created it has finished"}))
+        await self._apply(self.actor_table.job_finished(job_id))
 
     def _bury_job(self, job_id: int) -> None:
         for old in self.finished_jobs.bury(job_id):
@@ -271,57 +266,37 @@ class GcsServer:
 
     # -- actors -------------------------------------------------------------------------
 
-    def _named(self, name: str, namespace: str) -> dict[str, Any] | None:
-        for actor in self.actors.values():
-            if (actor["name"] == name and actor["namespace"] == namespace
-                    and actor["state"] != "DEAD"):
-                return actor
-        return None
-
     async def register_actor(self, conn: Connection, msg: m.RegisterActor) -> dict | None:
         """Returns None when registered, or the live actor that already has the name."""
-        info = msg.info
-        if info.get("name"):
-            existing = self._named(info["name"], info["namespace"])
-            if existing is not None:
-                if msg.get_if_exists:
-                    return existing
-                raise ValueError(
-                    f"The name {info['name']} (namespace={info['namespace']!r}) is already "
-                    "taken. Use get_if_exists=True to reuse the existing actor, or another name."
-                )
-        actor = {**info, "actor_id": msg.actor_id, "state": "PENDING", "address": "",
-                 "node_id": b"", "pid": 0, "num_restarts": 0, "death_cause": "",
-                 "start_time": time.time(), "end_time": None}
-        self.actors[msg.actor_id] = actor
-        await self.storage.put("actors", msg.actor_id, _pack(actor))
-        self.publish("actor", actor)
-        return None
+        existing, actions = self.actor_table.register(msg.actor_id, msg.info, msg.get_if_exists)
+        await self._apply(actions)
+        return existing
 
     async def update_actor(self, conn: Connection, msg: m.UpdateActor) -> None:
-        actor = self.actors.get(msg.actor_id)
-        if actor is None or actor["state"] == "DEAD":
-            return  # the first death's reason stays
-        actor.update(msg.info)
-        actor["state"] = msg.state
-        if msg.state == "DEAD":
-            actor["end_time"] = time.time()
-        if msg.state in ("ALIVE", "DEAD"):
-            for fut in self._actor_waiters.pop(msg.actor_id, []):
-                if not fut.done():
-                    fut.set_result(actor)
-        self.publish("actor", actor)
-        await self.storage.put("actors", msg.actor_id, _pack(actor))
-        if msg.state == "DEAD":
-            self._bury_actor(msg.actor_id)
+        await self._apply(self.actor_table.update(msg.actor_id, msg.state, msg.info))
 
-    def _bury_actor(self, actor_id: bytes) -> None:
-        for old in self.dead_actors.bury(actor_id):
-            del self.actors[old]
-            self._spawn(self.storage.delete("actors", old))
+    async def process_exited(self, conn: Connection, msg: m.ProcessExited) -> None:
+        """A raylet saw a driver or worker go: tell every core worker, and the actors that
+        process created die with it."""
+        self.publish("exits", msg.address)
+        await self._apply(self.actor_table.owner_exited(msg.address))
+
+    async def _apply(self, actions: list) -> None:
+        """Carry out the actor table's answer: wake waiters, publish, write through."""
+        for action in actions:
+            if isinstance(action, ActorChanged):
+                actor = action.record
+                if action.settled:
+                    for fut in self._actor_waiters.pop(actor["actor_id"], []):
+                        if not fut.done():
+                            fut.set_result(actor)
+                self.publish("actor", actor)
+                await self.storage.put("actors", actor["actor_id"], _pack(actor))
+            elif isinstance(action, ActorForgotten):
+                self._spawn(self.storage.delete("actors", action.actor_id))
 
     def get_named_actor(self, conn: Connection, msg: m.GetNamedActor) -> dict | None:
-        return self._named(msg.name, msg.namespace)
+        return self.actor_table.named(msg.name, msg.namespace)
 
     def wait_actor(self, conn: Connection, msg: m.WaitActor) -> Any:
         actor = self.actors.get(msg.actor_id)

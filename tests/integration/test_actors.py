@@ -381,6 +381,27 @@ def test_a_finished_jobs_actors_are_dead_and_their_names_free(actor_cluster):
         ray.kill(ray.get_actor("keeper", namespace="jobx"))
 
 
+def test_an_actor_dies_with_the_worker_that_created_it_and_frees_its_name(actor_cluster):
+    """Regression: an actor whose owner (a worker) died stayed ALIVE, its name taken."""
+
+    @ray.remote(num_cpus=0)
+    class Creator:
+        def make(self) -> int:
+            self.child = Pid.options(name="orphaned", num_cpus=0).remote()
+            return ray.get(self.child.pid.remote())
+
+    creator = Creator.remote()
+    child_pid = ray.get(creator.make.remote(), timeout=20)
+    ray.kill(creator)
+    wait_until(lambda: gone(child_pid), message="the orphaned actor's process to exit")
+    wait_until(lambda: not any(a["name"] == "orphaned" and a["state"] != "DEAD"
+                               for a in list_actors()),
+               timeout=10, message="the orphaned actor to be DEAD in the GCS")
+    again = Pid.options(name="orphaned", num_cpus=0).remote()  # the name is free again
+    assert ray.get(again.pid.remote(), timeout=20) != child_pid
+    ray.kill(again)
+
+
 def test_tasks_run_in_their_jobs_namespace(actor_cluster):
     """Regression: workers used to run every task in the namespace ""."""
 
