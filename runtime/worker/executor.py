@@ -231,7 +231,10 @@ class TaskExecutor:
         start = self._begin(spec)
         try:
             fn, args, kwargs = self._prepare(spec)
-            outcome = self._success(spec, fn(*args, **kwargs))
+            value = fn(*args, **kwargs)
+            if self._running_main == spec.task_id:
+                self._running_main = None  # it returned: a cancel coming now is too late
+            outcome = self._success(spec, value)
         except BaseException as exc:  # noqa: BLE001 - sys.exit() too fails only this call
             outcome = self._failure(spec, exc)
         finally:
