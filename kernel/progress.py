@@ -1,4 +1,4 @@
-"""A progress bar for ``cellfleet.get`` / ``cellfleet.wait`` on many refs.
+"""Progress bars: ``cellfleet.get`` / ``cellfleet.wait`` on many refs, and large copies.
 
 The kernel wraps ``cellfleet.get`` and ``cellfleet.wait`` (the attributes of the module the
 notebook uses; the runtime's own calls are untouched). A call on the main thread over at
@@ -6,6 +6,10 @@ least ``min_refs`` refs first waits ``after`` seconds as usual; if the refs are 
 then it shows a bar (an ipywidgets progress bar in a notebook, a text line elsewhere) that
 advances as they become ready and goes away when the call returns. Results, errors,
 timeouts and interrupts are those of the wrapped call.
+
+A large value copied into the object store (a ``put``, or a big argument passed by value)
+reports its progress through the runtime's ``copy_progress`` hook; a copy still running after
+``COPY_BAR_AFTER_S`` shows a bar in megabytes until it ends.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import time
 from typing import Any
 
 import cellfleet
+from cellfleet import _context
 
 __all__ = ["ProgressReporter"]
 
 POLL_S = 0.2
+COPY_BAR_AFTER_S = 0.5
+MB = 10**6
 
 
 class _TextBar:
@@ -90,6 +97,9 @@ class ProgressReporter:
         self.bar_factory = _make_bar
         self._get = None
         self._wait = None
+        self._copy_started = 0.0
+        self._copy_done = 0
+        self._copy_bar: Any = None
 
     def install(self) -> None:
         if self._get is not None:
@@ -116,11 +126,37 @@ class ProgressReporter:
             return real_wait(object_refs, **kwargs)
 
         cellfleet.get, cellfleet.wait = get, wait
+        _context.copy_progress = self.copy_progress
 
     def uninstall(self) -> None:
         if self._get is not None:
             cellfleet.get, cellfleet.wait = self._get, self._wait
             self._get = self._wait = None
+            _context.copy_progress = None
+
+    def copy_progress(self, done: int, total: int) -> None:
+        """Called by the runtime while it copies a large object into the object store."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        now = time.monotonic()
+        if done < self._copy_done:  # a new copy (the last one was interrupted)
+            self._end_copy()
+        self._copy_done = done
+        if self._copy_bar is None and done < total:
+            if not self._copy_started:
+                self._copy_started = now
+            elif now - self._copy_started >= COPY_BAR_AFTER_S:
+                self._copy_bar = self.bar_factory(
+                    total // MB, f"copying {total / 1e9:.1f} GB into the object store (MB)")
+        if self._copy_bar is not None:
+            self._copy_bar.update(done // MB)
+        if done >= total:
+            self._end_copy()
+
+    def _end_copy(self) -> None:
+        if self._copy_bar is not None:
+            self._copy_bar.close()
+        self._copy_bar, self._copy_started, self._copy_done = None, 0.0, 0
 
     def _eligible(self, object_refs: Any) -> list | None:
         if self.after < 0 or threading.current_thread() is not threading.main_thread():

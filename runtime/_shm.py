@@ -37,6 +37,7 @@ def _path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
+COPY_SLICE = 64 << 20  # a copy reporting progress reports every this many bytes
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
 _PREFAULT_BYTES = 8 << 20
 _MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
@@ -176,10 +177,13 @@ class SharedArena:
                 f"range [{offset}, {offset + size}) outside arena of {self._capacity} bytes")
         return mm
 
-    def write(self, offset: int, chunks: Iterable[Buffer]) -> None:
+    def write(self, offset: int, chunks: Iterable[Buffer],
+              progress: Callable[[int, int], None] | None = None) -> None:
         """Copy ``chunks`` back to back into the arena starting at ``offset``.
 
-        Each chunk is any C-contiguous buffer (bytes, memoryview, numpy array, ...).
+        Each chunk is any C-contiguous buffer (bytes, memoryview, numpy array, ...). With
+        ``progress``, the copy goes in slices of ``COPY_SLICE`` bytes and ``progress(done,
+        total)`` is called after each.
 
         :raises ValueError: if the data does not fit in the arena or the arena is closed.
         """
@@ -191,9 +195,17 @@ class SharedArena:
         pos = offset
         for v in views:
             n = v.nbytes
-            if n:
+            if not n:
+                continue
+            if progress is None:
                 mm[pos:pos + n] = v
-                pos += n
+            else:
+                flat = v.cast("B") if v.ndim != 1 or v.format != "B" else v
+                for start in range(0, n, COPY_SLICE):
+                    piece = flat[start:start + COPY_SLICE]
+                    mm[pos + start:pos + start + piece.nbytes] = piece
+                    progress(pos + start + piece.nbytes - offset, total)
+            pos += n
 
     def discard(self, offset: int, size: int) -> None:
         """Give the pages wholly inside ``[offset, offset + size)`` back to the system.

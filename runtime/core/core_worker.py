@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .. import _context, exceptions
 from .. import _messages as m
-from .. import exceptions
 from .._ids import IdGenerator, object_id_for
 from .._rpc import Connection, Listener, connect, serve
 from .._serialization import (
@@ -51,6 +51,7 @@ __all__ = ["CoreWorker"]
 logger = logging.getLogger(__name__)
 
 DRIVER_TASK_ID = bytes(16)
+LARGE_COPY_BYTES = 256 << 20  # copies at least this large report their progress
 BORROW_ACK_TIMEOUT_S = 10.0  # an owner that does not answer by then is dead or wedged
 submission_tag: contextvars.ContextVar[str] = contextvars.ContextVar("cellfleet_tag", default="")
 _current_task: contextvars.ContextVar[TaskSpec | None] = contextvars.ContextVar(
@@ -208,6 +209,7 @@ class CoreWorker:
                 conn.send(m.ExportFunction(function_id, name, blob))
             self.gcs = conn
             conn.closed.add_done_callback(self._gcs_lost)
+            pass
             return
 
     def run(self, coro, timeout: float | None = None) -> Any:
@@ -463,7 +465,8 @@ class CoreWorker:
             return ["i", obj.inline()]
         fut = asyncio.run_coroutine_threadsafe(self._allocate(object_id, size, owner), self._loop)
         offset = fut.result()
-        self.arena.write(offset, obj.chunks())
+        progress = _context.copy_progress if size >= LARGE_COPY_BYTES else None
+        self.arena.write(offset, obj.chunks(), progress)
         return ["s", obj.kind, offset, size, self.node_id, self.raylet_address]
 
     async def _allocate(self, object_id: bytes, size: int, owner: str) -> int:
