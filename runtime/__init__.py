@@ -95,7 +95,7 @@ def remote(*args: Any, **options: Any) -> Any:
     """``@remote`` or ``@remote(num_cpus=..., num_returns=...)`` on a function or a class."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
+    if args or not options:
         raise TypeError("The @remote decorator must be applied either with no arguments and "
                         "no parentheses, or with keyword arguments only, e.g. "
                         "@remote(num_cpus=2).")

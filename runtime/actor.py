@@ -27,7 +27,8 @@ from .remote_function import (
     signature_of,
 )
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "actor_method", "exit_actor", "method"]
+__all__ = ["ActorClass", "ActorClassInheritanceException", "ActorHandle", "ActorMethod",
+           "actor_method", "exit_actor", "method"]
 
 ACTOR_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "memory", "name", "namespace", "get_if_exists",
@@ -88,6 +89,10 @@ def actor_method(instance: Any, name: str) -> Callable:
     return getattr(instance, name)
 
 
+class ActorClassInheritanceException(TypeError):
+    """A class statement named an actor class (the result of ``@remote``) as a base."""
+
+
 def _core():
     from .api import _core
 
@@ -143,6 +148,12 @@ class ActorClass(ExportedCode):
 
     def __dir__(self) -> list[str]:
         return sorted(set(dir(self._cls)) | {"options", "remote"})
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        raise ActorClassInheritanceException(
+            f"Inheriting from actor classes is not currently supported. Derive from the "
+            f"plain class instead, and decorate the subclass: keep '{self._name}' undecorated "
+            f"and use remote({self._name}) where its actors are made.")
 
     def options(self, **options: Any) -> ActorClass:
         """A copy with these options changed (``name``, ``num_cpus``, ``lifetime``...)."""

@@ -198,7 +198,9 @@ def init(
     if job_config is not None and not isinstance(job_config, JobConfig):
         raise TypeError(f"job_config must be a JobConfig, got {type(job_config).__name__}")
     ignored = {"include_dashboard", "dashboard_host", "dashboard_port", "configure_logging",
-               "logging_level", "_temp_dir", "runtime_env", "_system_config"}
+               "logging_level", "_temp_dir", "runtime_env", "_system_config", "_memory",
+               "_node_ip_address", "_metrics_export_port", "_redis_password",
+               "_plasma_directory", "_enable_object_reconstruction", "_tracing_startup_hook"}
     unknown = set(unsupported) - ignored
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s) {sorted(unknown)}")

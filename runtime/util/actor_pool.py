@@ -45,7 +45,8 @@ class ActorPool:
     def __init__(self, actors: Iterable[Any]) -> None:
         self._idle: list[Any] = list(actors)
         self._calls: dict[int, _Call] = {}  # started, not yet collected; by submission index
-        self._waiting: deque[tuple[Callable, Any]] = deque()  # submitted while all were busy
+        # submitted while every actor was busy (Ray's name for it)
+        self._pending_submits: deque[tuple[Callable, Any]] = deque()
         self._started = 0  # index the next started submission gets
 
     # -- submitting -----------------------------------------------------------------------
@@ -53,7 +54,7 @@ class ActorPool:
     def submit(self, fn: Callable[[Any, Any], Any], value: Any) -> None:
         """Run ``fn(actor, value)`` on an idle actor, or queue it until one is free."""
         if not self._idle:
-            self._waiting.append((fn, value))
+            self._pending_submits.append((fn, value))
             return
         actor = self._idle.pop()
         result = fn(actor, value)
@@ -151,14 +152,14 @@ class ActorPool:
 
     def _return_actor(self, actor: Any) -> None:
         self._idle.append(actor)
-        if self._waiting:
-            self.submit(*self._waiting.popleft())
+        if self._pending_submits:
+            self.submit(*self._pending_submits.popleft())
 
     # -- membership -----------------------------------------------------------------------
 
     def has_free(self) -> bool:
         """Whether an actor is idle and no submission is waiting for one."""
-        return bool(self._idle) and not self._waiting
+        return bool(self._idle) and not self._pending_submits
 
     def pop_idle(self) -> Any | None:
         """Take an idle actor out of the pool (None if none is free)."""
