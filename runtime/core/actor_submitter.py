@@ -6,6 +6,12 @@ arguments are still pending holds back the calls behind it. The creator of an ac
 owner) leases a dedicated worker for it, runs the constructor there and reports the actor's
 state to the GCS; other processes learn the actor's address from the GCS.
 
+The GCS may be away for a while (restarting from Redis). The owner's state reports are kept
+(:class:`ActorReports`) until the GCS acknowledges them and sent again once the core worker has
+reconnected; lookups retry with jittered back-off (:class:`Backoff`) for up to
+``GCS_LOOKUP_TIMEOUT_S``. Only a definite answer (the GCS says DEAD, or knows no such actor)
+marks an actor dead, never a lost connection.
+
 Runs on the core worker's I/O thread.
 """
 
@@ -13,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _messages as m
 from .._graveyard import Graveyard, limit_from_env
@@ -26,11 +35,55 @@ if TYPE_CHECKING:
     from .._rpc import Connection
     from .core_worker import CoreWorker
 
-__all__ = ["ActorSubmitter"]
+__all__ = ["ActorReports", "ActorSubmitter", "Backoff"]
 
 logger = logging.getLogger(__name__)
 
 MAX_DEAD_ACTORS = 1000  # dead actors remembered; older ones are looked up in the GCS again
+GCS_LOOKUP_TIMEOUT_S = 60.0  # as Ray's gcs_rpc_server_reconnect_timeout_s
+
+
+@dataclass
+class Backoff:
+    """Delays between retries: doubling from ``base`` up to ``cap``, each scaled by a random
+    factor in [0.5, 1) so that many processes retrying at once spread out."""
+
+    base: float = 0.05
+    cap: float = 2.0
+    rng: Callable[[], float] = random.random
+    attempts: int = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * 2 ** self.attempts)
+        self.attempts += 1
+        return delay * (0.5 + 0.5 * self.rng())
+
+
+class ActorReports:
+    """The owner's reports of its actors' states that the GCS has not acknowledged yet: the
+    latest per actor (a later state supersedes an earlier one). Bounded by the actors this
+    process owns; no I/O."""
+
+    def __init__(self) -> None:
+        self.pending: dict[bytes, tuple[int, m.UpdateActor]] = {}
+        self._seq = 0
+
+    def report(self, actor_id: bytes, state: str,
+               info: dict[str, Any]) -> tuple[int, m.UpdateActor]:
+        """A new state to send; returns its sequence number (to acknowledge) and message."""
+        self._seq += 1
+        entry = self.pending[actor_id] = (self._seq, m.UpdateActor(actor_id, state, info))
+        return entry
+
+    def acknowledged(self, actor_id: bytes, seq: int) -> None:
+        """The GCS has stored report ``seq``; a later one of the same actor stays pending."""
+        entry = self.pending.get(actor_id)
+        if entry is not None and entry[0] == seq:
+            del self.pending[actor_id]
+
+    def to_replay(self) -> list[tuple[int, m.UpdateActor]]:
+        """What to send again to a GCS connected anew, oldest report first."""
+        return sorted(self.pending.values(), key=lambda entry: entry[0])
 
 
 @dataclass(slots=True, eq=False)
@@ -55,6 +108,8 @@ class ActorSubmitter:
         self._core = core
         self.actors: dict[bytes, ActorState] = {}
         self.dead = Graveyard(limit_from_env("CELLFLEET_MAX_DEAD_ACTORS", MAX_DEAD_ACTORS))
+        self.reports = ActorReports()
+        self.lookup_timeout_s = GCS_LOOKUP_TIMEOUT_S
 
     def _state(self, actor_id: bytes) -> ActorState:
         state = self.actors.get(actor_id)
@@ -103,9 +158,9 @@ class ActorSubmitter:
         core = self._core
         if result is not None and result.ok:
             state.state = "ALIVE"
-            core.gcs.send(m.UpdateActor(spec.actor_id, "ALIVE", {
+            self._report(spec.actor_id, "ALIVE", {
                 "address": state.address, "node_id": result.node_id, "pid": result.pid,
-                "worker_id": result.worker_id}))
+                "worker_id": result.worker_id})
             if state.run_resources != spec.resources:
                 core.raylet.send(m.ShrinkLease(state.lease_id, state.run_resources))
             self._flush(state)
@@ -116,8 +171,8 @@ class ActorSubmitter:
             detail = str(error)
         self._die(state, ActorDiedError(spec.actor_id.hex(),
                                         ActorDeathReason.CREATION_TASK_ERROR, detail))
-        core.gcs.send(m.UpdateActor(spec.actor_id, "DEAD", {
-            "death_cause": ActorDeathReason.CREATION_TASK_ERROR.value, "death_detail": detail}))
+        self._report(spec.actor_id, "DEAD", {
+            "death_cause": ActorDeathReason.CREATION_TASK_ERROR.value, "death_detail": detail})
         core.raylet.send(m.ReturnLease(state.lease_id, True))
 
     # -- method calls ---------------------------------------------------------------------
@@ -175,11 +230,45 @@ class ActorSubmitter:
         if batch:
             state.conn.send(m.PushTasks(batch))
 
+    # -- the GCS ------------------------------------------------------------------------
+
+    def _report(self, actor_id: bytes, state: str, info: dict[str, Any]) -> None:
+        """Tell the GCS an owned actor's new state; kept until acknowledged."""
+        self._send_report(*self.reports.report(actor_id, state, info))
+
+    def _send_report(self, seq: int, message: m.UpdateActor) -> None:
+        reply = self._core.gcs.request(message)
+        reply.add_done_callback(lambda fut: self._report_answered(message.actor_id, seq, fut))
+
+    def _report_answered(self, actor_id: bytes, seq: int, reply: asyncio.Future) -> None:
+        if not reply.cancelled() and not isinstance(reply.exception(), (ConnectionError,
+                                                                        OSError)):
+            self.reports.acknowledged(actor_id, seq)  # stored (or refused for good)
+
+    def gcs_reconnected(self) -> None:
+        """The core worker has a new GCS connection: send what the old one lost."""
+        for seq, message in self.reports.to_replay():
+            self._send_report(seq, message)
+
+    async def _ask_gcs(self, message: m.Message) -> Any:
+        """Ask the GCS, retrying through an outage with jittered back-off; raises the GCS's
+        own error (a definite answer), or TimeoutError once ``lookup_timeout_s`` passed."""
+        backoff = Backoff()
+        deadline = time.monotonic() + self.lookup_timeout_s
+        while True:
+            try:
+                return await self._core.gcs.request(message)
+            except (ConnectionError, OSError) as exc:
+                delay = backoff.next_delay()
+                if time.monotonic() + delay > deadline:
+                    raise TimeoutError(f"the GCS did not answer for {self.lookup_timeout_s:g} "
+                                       f"s ({exc})") from exc
+                await asyncio.sleep(delay)
+
     async def _look_up(self, state: ActorState) -> None:
         """A handle from elsewhere: learn where the actor lives from the GCS."""
-        core = self._core
         try:
-            info = await core.gcs.request(m.WaitActor(state.actor_id))
+            info = await self._ask_gcs(m.WaitActor(state.actor_id))
         except Exception as exc:
             self._die(state, ActorDiedError(state.actor_id.hex(), None, str(exc)))
             return
@@ -210,14 +299,14 @@ class ActorSubmitter:
 
     def _mark_dead_in_gcs(self, actor_id: bytes, error: ActorDiedError,
                           reason: ActorDeathReason) -> None:
-        self._core.gcs.send(m.UpdateActor(actor_id, "DEAD", {"death_cause": reason.value,
-                                                              "death_message": str(error)}))
+        self._report(actor_id, "DEAD", {"death_cause": reason.value,
+                                        "death_message": str(error)})
 
     async def _kill_when_found(self, state: ActorState, error: ActorDiedError,
                                reason: ActorDeathReason) -> None:
         """Kill an actor this process has no connection to: find it first."""
         try:
-            info = await self._core.gcs.request(m.WaitActor(state.actor_id))
+            info = await self._ask_gcs(m.WaitActor(state.actor_id))
             if info["state"] == "ALIVE":
                 conn = await self._core.peer(info["address"])
                 conn.send(m.KillActor(reason.value))
@@ -234,8 +323,8 @@ class ActorSubmitter:
         reason = ActorDeathReason.KILLED if state.killed else ActorDeathReason.PROCESS_DIED
         error = ActorDiedError(state.actor_id.hex(), reason)
         if state.owned:
-            self._core.gcs.send(m.UpdateActor(state.actor_id, "DEAD", {
-                "death_cause": reason.value, "death_message": str(error)}))
+            self._report(state.actor_id, "DEAD", {"death_cause": reason.value,
+                                                  "death_message": str(error)})
         self._die(state, error)
 
     def _die(self, state: ActorState, error: ActorDiedError) -> None:

@@ -209,7 +209,7 @@ class CoreWorker:
                 conn.send(m.ExportFunction(function_id, name, blob))
             self.gcs = conn
             conn.closed.add_done_callback(self._gcs_lost)
-            pass
+            self.actor_submitter.gcs_reconnected()  # actor states the old connection lost
             return
 
     def run(self, coro, timeout: float | None = None) -> Any:

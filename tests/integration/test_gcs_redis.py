@@ -123,11 +123,21 @@ def own_processes() -> list[psutil.Process]:
 
 def restart_gcs(session: Session, storage: str) -> subprocess.Popen:
     """SIGKILL the session's GCS; start a new one on the same port with the same storage."""
+    kill_gcs(session)
+    return start_gcs(session, storage)
+
+
+def kill_gcs(session: Session) -> None:
     info = session.info()
     old = api._head.processes[0]
     assert old.pid == info["pids"][0]
     os.kill(info["pids"][0], signal.SIGKILL)
     old.wait(10)
+
+
+def start_gcs(session: Session, storage: str) -> subprocess.Popen:
+    """A GCS on the port of the session's first one, with the same storage."""
+    info = session.info()
     port = info["gcs_address"].rpartition(":")[2]
     lifeline = api._head.lifeline.read_fd  # it dies with this process, like the first GCS
     log = open(session.logs / "gcs-restarted.log", "ab")  # noqa: SIM115 - closed below
@@ -332,3 +342,50 @@ def test_acl_user_with_a_password_file(tmp_path: Path, fresh_cluster) -> None:
     finally:
         cellfleet.shutdown()
         stop(proc)
+
+
+def test_an_actor_that_comes_alive_during_a_gcs_outage_is_alive_after_it(
+        redis_server: str, fresh_cluster, tmp_path: Path) -> None:
+    """Regression: the owner's ALIVE report went to the closed connection and was lost, so
+    the restarted GCS kept the actor PENDING and ``WaitActor`` never answered."""
+    from gates import touch, wait_for_file
+
+    info = fresh_cluster(num_cpus=1, object_store_memory=64 * 2**20, gcs_storage=redis_server)
+    started, gate = str(tmp_path / "started"), str(tmp_path / "constructed")
+
+    @cellfleet.remote(num_cpus=0)
+    class Gated:
+        def __init__(self, started: str, gate: str) -> None:
+            touch(started)  # its worker is up: it needs no GCS from here on
+            wait_for_file(gate)
+
+        def ping(self) -> str:
+            return "pong"
+
+    actor = Gated.remote(started, gate)
+    wait_for_file(started)
+    session = Session(Path(info["session_dir"]))
+    kill_gcs(session)
+    new_gcs = None
+    try:
+        wait_until(lambda: not _context.core.gcs.is_open, timeout=10,
+                   message="the driver to see the GCS gone")
+        touch(gate)
+        assert cellfleet.get(actor.ping.remote(), timeout=30) == "pong"  # ALIVE, GCS or not
+        new_gcs = start_gcs(session, redis_server)
+        wait_until(lambda: _try(ask_gcs, info["gcs_address"], session.token(), m.GetNodes()),
+                   timeout=15, message="the restarted GCS to answer")
+        (record,) = wait_until(
+            lambda: _try(ask_gcs, info["gcs_address"], session.token(),
+                         m.WaitActor(actor._actor_id)),
+            timeout=15, message="the restarted GCS to answer WaitActor")
+        assert record["state"] == "ALIVE"
+
+        @cellfleet.remote
+        def call(handle) -> str:  # a process that must look the actor up in the GCS
+            return cellfleet.get(handle.ping.remote())
+
+        assert cellfleet.get(call.remote(actor), timeout=30) == "pong"
+    finally:
+        cellfleet.shutdown()
+        stop(new_gcs)
