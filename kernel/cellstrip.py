@@ -38,7 +38,9 @@ MAX_TASKS = 100_000  # a cell's tasks the strip follows (beyond, it counts what 
 class StripModel:
     """A cell's tasks as the strip shows them: per function the state counts, and each task's
     name, state, times and worker. Lighter than the graph model (the strip runs by default):
-    records pushed by the GCS are merged into a few fields, other cells' are skipped at once."""
+    records pushed by the GCS are merged into a few fields, other cells' are skipped at once.
+    Once the GCS's group counts arrive (``add_groups``) the counts are theirs and only the
+    newest ``MAX_SPANS`` records per function are kept, for the timeline."""
 
     scope = "cell"
 
@@ -48,15 +50,35 @@ class StripModel:
         self.members: dict[str, dict[str, None]] = {}
         self.counts: dict[str, Counter] = {}
         self.version = 0
+        self.counted = False
+        self._seq: dict[str, int] = {}  # function -> the GCS sequence its counts are as of
 
     def in_scope(self, record: dict) -> bool:
         return record.get("tag") == self.tag
 
     def total(self) -> int:
+        if self.counted:
+            return sum(sum(c.values()) for c in self.counts.values())
         return len(self.records)
 
+    def group_size(self, key: str) -> int:
+        return sum(self.counts[key].values()) if key in self.counts else 0
+
+    def add_groups(self, groups: list, cursor: int) -> None:
+        """The GCS's counts ``[job_id, tag, name, {state: n}]`` as of sequence ``cursor``."""
+        if not self.counted:
+            self.counted = True
+            self.counts.clear()
+        for _, tag, name, counts in groups:
+            if tag != self.tag or name is None or self._seq.get(name, -1) > cursor:
+                continue
+            self._seq[name] = cursor
+            self.counts[name] = Counter(counts)
+            self.members.setdefault(name, {})
+            self.version += 1
+
     def add_records(self, records: list[dict]) -> None:
-        tag, mine = self.tag, self.records
+        tag, mine, counted = self.tag, self.records, self.counted
         for record in records:
             tid = record["task_id"]
             kept = mine.get(tid)
@@ -68,12 +90,18 @@ class StripModel:
                     continue
                 name = record.get("name") or "?"
                 kept = mine[tid] = {"task_id": tid, "name": name, "state": state}
-                self.counts.setdefault(name, Counter())[state] += 1
-                self.members.setdefault(name, {})[tid] = None
+                members = self.members.setdefault(name, {})
+                members[tid] = None
+                if not counted:
+                    self.counts.setdefault(name, Counter())[state] += 1
+                elif len(members) > MAX_SPANS:
+                    del mine[next(iter(members))]
+                    del members[next(iter(members))]
             elif state != kept["state"] and _RANK.get(state, 0) > _RANK.get(kept["state"], 0):
-                counts = self.counts[kept["name"]]
-                counts[kept["state"]] -= 1
-                counts[state] += 1
+                if not counted:
+                    counts = self.counts[kept["name"]]
+                    counts[kept["state"]] -= 1
+                    counts[state] += 1
                 kept["state"] = state
             kept["start_time"] = record.get("start_time") or \
                 (record.get("events") or {}).get("RUNNING")
@@ -90,9 +118,9 @@ def _seconds(x: float) -> str:
 def render_strip(model: Any, started: float, now: float) -> str:
     """The live strip's HTML: per function a bar of states with counts, then a timeline."""
     rows = []
-    keys = sorted(model.members, key=lambda k: -len(model.members[k]))
+    keys = sorted(model.members, key=lambda k: -model.group_size(k))
     for key in keys[:MAX_FUNCTIONS]:
-        counts = model.counts[key]
+        counts = model.counts.get(key) or Counter()
         total = sum(counts.values())
         if not total:
             continue
@@ -149,11 +177,11 @@ def render_summary(model: Any, seconds: float) -> str:
     """The line that replaces the strip: how many tasks of which functions, how long."""
     parts = []
     failed = 0
-    for key in sorted(model.members, key=lambda k: -len(model.members[k]))[:MAX_FUNCTIONS]:
-        count = len(model.members[key])
+    for key in sorted(model.members, key=lambda k: -model.group_size(k))[:MAX_FUNCTIONS]:
+        count = model.group_size(key)
         if count:
             parts.append(f"{key} ×{count}")
-            failed += model.counts[key]["FAILED"]
+            failed += (model.counts.get(key) or Counter())["FAILED"]
     more = len(model.members) - MAX_FUNCTIONS
     if more > 0:
         parts.append(f"{more} more functions")
@@ -233,8 +261,8 @@ class CellStrips:
         now = time.time()
         model = strip.model
         if strip.ended is not None:
-            settled = all(model.counts[k]["FINISHED"] + model.counts[k]["FAILED"] == len(m)
-                          for k, m in model.members.items())
+            settled = all(model.counts[k]["FINISHED"] + model.counts[k]["FAILED"]
+                          == model.group_size(k) for k in model.counts)
             if settled or now - strip.ended > SETTLE_S:
                 source.remove(strip.listener)
                 self._strips.pop(strip.tag, None)

@@ -236,11 +236,20 @@ class SummarizeTasks(Message):
 @_message(80)
 class ListTaskChanges(Message):
     """Task records changed after sequence number ``since`` (``TaskEventStore.changes_since``):
-    a viewer's incremental cursor. Subscribing to the ``tasks`` channel pushes each batch of
-    raw task events instead."""
+    a viewer's incremental cursor. Subscribing to the ``tasks`` channel pushes, once a second,
+    the changed groups' counts and a bounded sample of the changed records instead
+    (``TaskEventStore.view_update``)."""
 
     since: int
     limit: int
+
+
+@_message(81)
+class ListTaskGroups(Message):
+    """State counts per (job_id, tag, function) of the groups matching ``filters`` (``job_id``,
+    ``tag``): ``{"cursor", "groups": [[job_id, tag, name, {state: n}], ...]}``."""
+
+    filters: dict
 
 
 @_message(28)

@@ -2,9 +2,12 @@
 
 One ``TaskFeed`` per process (``feed()``): while at least one view listens, a thread with its
 own event loop holds a connection to the cluster's GCS subscribed to the ``tasks`` channel (the
-GCS pushes, every second, the records of the tasks that changed: one per task however
-many events it had). A new view first reads its history once with the incremental cursor
-(``ListTaskChanges``; a cell's view only that cell's tasks), then lives on what is pushed.
+GCS pushes, every second, the current counts of the groups that changed and a bounded sample
+of the changed records: the newest of each job, and the next state of every task it pushed
+unfinished). A new view first reads the counts and the newest records once (``ListTaskGroups``,
+``ListTaskChanges``; a cell's view only that cell's), then lives on what is pushed. The
+feed's work per second is bounded by the sample, not by the task rate, so a view open during a
+burst of thousands of tasks a second leaves the driver's interpreter to the driver.
 Each listener's ``refresh`` is called at most ``interval`` seconds apart while its model
 changes: nothing polls the GCS per frame, and with no view open there is no connection.
 """
@@ -24,7 +27,7 @@ from .model import GraphModel
 
 __all__ = ["NoClusterError", "TaskFeed", "feed", "label_cell"]
 
-HISTORY_LIMIT = 100_000
+HISTORY_LIMIT = 2_000  # the newest records a new view reads (its counts come from the groups)
 CONNECT_TIMEOUT_S = 5.0
 IDLE_S = 5.0  # the connection closes this long after the last view went
 DELIVER_SLICE = 200  # records merged before letting the other threads run
@@ -84,8 +87,9 @@ class TaskFeed:
         try:
             self._wait_ready()
             if history:
-                records = self._history(model)
+                groups, records = self._history(model)
                 with listener.lock:
+                    model.add_groups(groups["groups"], groups["cursor"])
                     model.add_records(records)
         except BaseException:
             self.remove(listener)
@@ -103,19 +107,26 @@ class TaskFeed:
         listener.seen = -1
         listener.due = 0.0
 
-    def _history(self, model: GraphModel) -> list[dict]:
+    def _history(self, model: GraphModel) -> tuple[dict, list[dict]]:
+        """The counts of the model's groups and its newest records."""
         if model.scope == "cell":
-            request: m.Message = m.ListTasks({"tag": model.tag}, HISTORY_LIMIT)
+            filters: dict = {"tag": model.tag}
+            request: m.Message = m.ListTasks(filters, HISTORY_LIMIT)
         else:
+            filters = {"job_id": model.job_id} if model.scope == "notebook" else {}
             request = m.ListTaskChanges(0, HISTORY_LIMIT)
+        groups = self._request(m.ListTaskGroups(filters))
+        answer = self._request(request)
+        records = answer if isinstance(answer, list) else answer["tasks"]
+        return groups, [r for r in records if "name" not in r or model.in_scope(r)]
+
+    def _request(self, request: m.Message) -> Any:
         loop, conn = self._loop, self._conn
         if loop is None or conn is None:
             raise NoClusterError(f"the cluster's GCS at {self.address} went away")
-        answer = asyncio.run_coroutine_threadsafe(
+        return asyncio.run_coroutine_threadsafe(
             asyncio.wait_for(conn.request(request), CONNECT_TIMEOUT_S), loop,
         ).result(CONNECT_TIMEOUT_S + 1)
-        records = answer if isinstance(answer, list) else answer["tasks"]
-        return [r for r in records if "name" not in r or model.in_scope(r)]
 
     def _wait_ready(self) -> None:
         if not self._ready.wait(CONNECT_TIMEOUT_S + 1):
@@ -189,12 +200,15 @@ class TaskFeed:
         finally:
             conn.close()
 
-    def _deliver(self, records: list) -> None:
-        """Merge pushed records, a slice at a time: between slices the driver's other threads
-        (its core worker's I/O, the cell) get the interpreter, so a big batch never stalls
-        the work it watches."""
+    def _deliver(self, update: dict) -> None:
+        """Merge a pushed update: the groups' counts, then the records a slice at a time
+        (between slices the driver's other threads get the interpreter)."""
         with self._lock:
             listeners = list(self._listeners)
+        for listener in listeners:
+            with listener.lock:
+                listener.model.add_groups(update["groups"], update["cursor"])
+        records = update["tasks"]
         for start in range(0, len(records), DELIVER_SLICE):
             part = records[start:start + DELIVER_SLICE]
             for listener in listeners:

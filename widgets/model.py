@@ -2,7 +2,10 @@
 
 ``GraphModel`` is fed task events (the GCS's raw ``[task_id, state, time, info]`` batches, or
 the merged records ``ListTaskChanges`` returns) and keeps, incrementally, the records of the
-tasks in its scope, the producer of every object, and per-function counts. ``view()`` turns
+tasks in its scope, the producer of every object, and per-function counts. Fed the GCS's group
+counts too (``add_groups``: what the ``tasks`` channel pushes beside a bounded sample of the
+changed records), it takes its counts from them and keeps only the newest records of each
+group, so its work per second is bounded whatever the task rate. ``view()`` turns
 that into what a frontend lays out: every task as a node while there are few, otherwise one
 group node per function ("stage1 × 60 · 58 done · 2 running") that expands on request, edges
 task → task through the objects they pass (aggregated between groups), actors as boxes around
@@ -85,6 +88,8 @@ class GraphModel:
         self._ignored: OrderedDict[str, None] = OrderedDict()  # known to be out of scope
         self.cell_labels: dict[str, str] = {}  # tag -> "In [3]"
         self.version = 0  # bumped on every change: the view is stale when it moved
+        self.counted = False  # counts come from the GCS's groups (add_groups), not records
+        self._groups: dict[tuple, tuple[int, dict]] = {}  # (job, tag, name) -> (seq, counts)
         self.t0: float | None = None
         self.t1: float | None = None
 
@@ -95,6 +100,48 @@ class GraphModel:
         for task_id, state, ts, info in events:
             tid = task_id.hex() if isinstance(task_id, bytes) else task_id
             self._merge(tid, state, {state: ts}, info)
+
+    def add_groups(self, groups: list, cursor: int) -> None:
+        """The GCS's counts ``[job_id, tag, name, {state: n}]`` as of sequence ``cursor``
+        (an older answer than the one a group holds is ignored)."""
+        touched = set()
+        for job, tag, name, counts in groups:
+            if name is None or (self.scope == "cell" and tag != self.tag) or \
+                    (self.scope == "notebook" and job != self.job_id):
+                continue
+            key = (job, tag, name)
+            held = self._groups.get(key)
+            if held is not None and held[0] > cursor:
+                continue
+            if counts:
+                self._groups[key] = (cursor, counts)
+            else:
+                self._groups.pop(key, None)
+            touched.add(name)
+        if not self.counted:
+            self.counted = True
+            self.counts.clear()
+            touched.update(k for *_, k in self._groups)
+        for name in touched:
+            total: Counter = Counter()
+            for (_, _, other), (_, counts) in self._groups.items():
+                if other == name:
+                    total.update(counts)
+            self.counts[name] = total
+            self.members.setdefault(name, OrderedDict())
+        self._trim()
+        self.version += 1
+
+    def _trim(self) -> None:
+        """Counted: keep only the newest ``max(max_nodes, expand_limit)`` records per group."""
+        keep = max(self.max_nodes, self.expand_limit)
+        for members in self.members.values():
+            while len(members) > keep:
+                tid = next(iter(members))
+                record = self.records.pop(tid, None)
+                if record is not None:
+                    self._drop(tid, record)
+                members.pop(tid, None)
 
     def add_records(self, records: list[dict]) -> None:
         """Merged records (``ListTaskChanges``, the ``tasks`` channel): every field, every
@@ -157,19 +204,26 @@ class GraphModel:
             self._forget(tid, record, before)
             return
         if after != before:
+            counted = self.counted
             if before is not None and before[0] is not None:
-                self.counts[before[0]][before[1]] -= 1
+                if not counted:
+                    self.counts[before[0]][before[1]] -= 1
                 if before[0] != after[0]:
                     self.members[before[0]].pop(tid, None)
             if after[0] is not None:
-                self.counts.setdefault(after[0], Counter())[after[1]] += 1
-                self.members.setdefault(after[0], OrderedDict())[tid] = None
+                if not counted:
+                    self.counts.setdefault(after[0], Counter())[after[1]] += 1
+                members = self.members.setdefault(after[0], OrderedDict())
+                members[tid] = None
+                if counted and len(members) > max(self.max_nodes, self.expand_limit):
+                    self._trim()
         self.version += 1
 
     def _forget(self, tid: str, record: dict, slot: tuple[str | None, str] | None) -> None:
         del self.records[tid]
         if slot is not None and slot[0] is not None:
-            self.counts[slot[0]][slot[1]] -= 1
+            if not self.counted:
+                self.counts[slot[0]][slot[1]] -= 1
             self.members[slot[0]].pop(tid, None)
         for oid in record.get("returns") or ():
             if self.producer.get(oid) == tid:
@@ -181,7 +235,8 @@ class GraphModel:
     def _drop(self, tid: str, record: dict) -> None:
         key, state = self._slot(record)
         if key is not None:
-            self.counts[key][state] -= 1
+            if not self.counted:
+                self.counts[key][state] -= 1
             self.members[key].pop(tid, None)
         for oid in record.get("returns") or ():
             if self.producer.get(oid) == tid:
@@ -203,7 +258,15 @@ class GraphModel:
     # -- queries ----------------------------------------------------------------------------
 
     def total(self) -> int:
+        if self.counted:
+            return sum(sum(c.values()) for c in self.counts.values())
         return sum(len(m) for m in self.members.values())
+
+    def group_size(self, key: str) -> int:
+        """The tasks of one group (counted: all the GCS counts, not only those held)."""
+        if self.counted:
+            return sum((self.counts.get(key) or {}).values())
+        return len(self.members.get(key) or ())
 
     def legend(self) -> dict[str, int]:
         out: Counter = Counter()
@@ -228,6 +291,15 @@ class GraphModel:
                     stack.append(producer)
         return tasks, objects
 
+    def object_size(self, oid: str) -> int | None:
+        """The bytes of a task's return, as its owner reported them when the task ended."""
+        record = self.records.get(self.producer.get(oid) or "")
+        sizes = record.get("return_sizes") if record else None
+        try:
+            return sizes[int(oid[32:], 16) - 1] if sizes else None
+        except (IndexError, ValueError):
+            return None
+
     def replay(self, t: float) -> dict[str, int]:
         """State counts of the scope's tasks as they were at time ``t``."""
         out: Counter = Counter()
@@ -249,7 +321,11 @@ class GraphModel:
         nodes: list[dict] = []
         actors: dict[str, dict] = {}
         for key, members in self.members.items():
+            size = self.group_size(key)
+            if not size:
+                continue
             if not members:
+                nodes.append(self._group_node(f"g:{key}", key, size))
                 continue
             if not grouped or key in expanded:
                 shown = list(members)[-self.expand_limit:] if grouped else list(members)
@@ -260,15 +336,15 @@ class GraphModel:
                     nodes.append(node)
                     if node.get("actor"):
                         actors.setdefault(node["actor"], {"id": node["actor"], "label": ""})
-                hidden = len(members) - len(shown)
+                hidden = max(0, size - len(shown))
                 if hidden:
                     group_id = f"g:{key}:more"
                     nodes.append(self._group_node(group_id, key, hidden, more=True))
-                    for tid in list(members)[:hidden]:
+                    for tid in list(members)[:len(members) - len(shown)]:
                         node_of[tid] = group_id
             else:
                 group_id = f"g:{key}"
-                nodes.append(self._group_node(group_id, key, len(members)))
+                nodes.append(self._group_node(group_id, key, size))
                 for tid in members:
                     node_of[tid] = group_id
         edges = self._edges(node_of)
@@ -297,12 +373,15 @@ class GraphModel:
                 source = node_of.get(producer) if producer else None
                 if source is None or source == target:
                     continue
+                size = self.object_size(oid)
                 edge = agg.get((source, target, "data"))
                 if edge is None:
                     agg[(source, target, "data")] = {"s": source, "t": target, "kind": "data",
-                                                     "n": 1, "obj": oid}
+                                                     "n": 1, "obj": oid, "bytes": size}
                 else:
                     edge["n"] += 1
+                    if size is not None:
+                        edge["bytes"] = (edge["bytes"] or 0) + size
             parent = node_of.get(record.get("parent_task_id") or "")
             if parent is not None and parent != target:
                 key = (parent, target, "child")
@@ -325,6 +404,8 @@ class GraphModel:
             "actor": record.get("actor_id") or None,
             "ev": record.get("events") or {},
             "args": list(record.get("args") or ()), "returns": list(record.get("returns") or ()),
+            "arg_sizes": [self.object_size(oid) for oid in record.get("args") or ()],
+            "return_sizes": list(record.get("return_sizes") or ()),
             "node": record.get("node_id"), "pid": record.get("worker_pid"),
             "duration": end - start if start and end else None,
             "error": error, "attempt": record.get("attempt_number") or 0,

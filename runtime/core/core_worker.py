@@ -897,6 +897,9 @@ class CoreWorker:
                 "start_time": result.start, "end_time": result.end, "worker_pid": result.pid,
                 "worker_id": result.worker_id.hex(), "node_id": result.node_id.hex(),
                 "error_message": result.error_text or None,
+                # bytes of each return: shared memory's size, or the inline pickle and buffers
+                "return_sizes": [p[3] if p[0] == "s" else len(p[1][1]) + sum(map(len, p[1][2]))
+                                 for p in result.returns[:spec.num_returns]],
             })
         else:
             self.events.task(spec.task_id, "FAILED", {"error_message": "see the error object"})

@@ -114,6 +114,7 @@ class GcsServer:
             m.ListObjects: lambda conn, msg: list(self.events.objects.values())[-msg.limit :],
             m.SummarizeTasks: lambda conn, msg: self.events.summarize(),
             m.ListTaskChanges: lambda conn, msg: self.events.changes_since(msg.since, msg.limit),
+            m.ListTaskGroups: lambda conn, msg: self.events.groups(msg.filters),
             m.AddLogs: self.add_logs,
             m.Subscribe: self.subscribe,
             m.RegisterActor: self.register_actor,
@@ -331,13 +332,14 @@ class GcsServer:
         self.publish("logs", msg.lines)
 
     def _publish_task_changes(self) -> None:
-        """The ``tasks`` channel: every ``TASKS_PUBLISH_S``, the records changed since the last
-        publish (one per task however many events it had meanwhile)."""
+        """The ``tasks`` channel: every ``TASKS_PUBLISH_S``, what changed since the last publish
+        as live views need it: the changed groups' counts and a bounded sample of the changed
+        records (``TaskEventStore.view_update``), so a view's cost does not follow the task rate."""
         self._tasks_publish = None
-        changes = self.events.changes_since(self._tasks_published, max(1, len(self.events.tasks)))
-        self._tasks_published = changes["cursor"]
-        if changes["tasks"]:
-            self.publish("tasks", changes["tasks"])
+        update = self.events.view_update(self._tasks_published)
+        self._tasks_published = update["cursor"]
+        if update["tasks"] or update["groups"]:
+            self.publish("tasks", update)
 
     def subscribe(self, conn: Connection, msg: m.Subscribe) -> None:
         if msg.channel == "tasks" and not self.subscribers.get("tasks"):

@@ -7,8 +7,10 @@ the record keeps the furthest state and every timestamp. Beyond ``max_tasks`` th
 records are dropped and counted (objects alike, beyond ``max_objects``).
 
 Every change gets the next sequence number, so a viewer asks only for what changed since its
-cursor (``changes_since``) and per-function state counts are kept as events arrive
-(``summarize``): neither scans the whole table.
+cursor (``changes_since``) and state counts per group (job, cell tag, function) are kept as
+events arrive (``summarize``, ``groups``): neither scans the whole table. ``view_update`` is
+what the ``tasks`` channel pushes to live views: the counts of the groups that changed and a
+bounded sample of the changed records, so a view's work does not grow with the task rate.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ TASK_STATES = (
 )
 _RANK = {state: i for i, state in enumerate(TASK_STATES)}
 _SHARED_VALUES_MAX = 1000
+_TERMINAL = frozenset({"FINISHED", "FAILED"})
+SAMPLE_PER_JOB = 300  # changed records a view update carries per job (newest first)
+MAX_SENT_OPEN = 10_000  # tasks pushed while unfinished, whose next change is always pushed
 
 
 def _compact(info: dict[str, Any], shared: dict[tuple, dict]) -> dict[str, Any]:
@@ -62,10 +67,13 @@ class TaskEventStore:
         self._shared: dict[tuple, dict] = {}
         self.seq = 0
         self._changed: OrderedDict[bytes, int] = OrderedDict()  # task_id -> seq, oldest first
-        self._counts: dict[str, Counter] = {}
+        # (job_id, tag, name) -> state counts; a key lives while one of its tasks is kept
+        self._groups: dict[tuple, Counter] = {}
+        self._groups_changed: dict[tuple, int] = {}  # since the last view update: key -> seq
+        self._sent_open: OrderedDict[bytes, None] = OrderedDict()
 
     def add_task_events(self, events: list) -> None:
-        tasks, changed, counts = self.tasks, self._changed, self._counts
+        tasks, changed = self.tasks, self._changed
         for task_id, state, ts, info in events:
             record = tasks.get(task_id)
             if record is None:
@@ -78,23 +86,39 @@ class TaskEventStore:
                 if len(tasks) > self._max_tasks:
                     old_id, old = tasks.popitem(last=False)
                     changed.pop(old_id, None)
-                    counts[old.get("name", "?")][old["state"]] -= 1
+                    self._sent_open.pop(old_id, None)
+                    self._count(_slot(old), -1)
                     self.dropped_tasks += 1
             else:
-                before = (record.get("name", "?"), record["state"])
+                before = _slot(record)
                 if _RANK.get(state, 0) >= _RANK.get(record["state"], 0):
                     record["state"] = state
             record["events"][sys.intern(state)] = ts
             if info:
                 record.update(_compact(info, self._shared))
-            after = (record.get("name", "?"), record["state"])
+            after = _slot(record)
             if after != before:
                 if before is not None:
-                    counts[before[0]][before[1]] -= 1
-                counts.setdefault(after[0], Counter())[after[1]] += 1
+                    self._count(before, -1)
+                self._count(after, 1)
             self.seq += 1
             changed[task_id] = self.seq
             changed.move_to_end(task_id)
+
+    def _count(self, slot: tuple, delta: int) -> None:
+        key, state = slot[:3], slot[3]
+        counts = self._groups.get(key)
+        if counts is None:
+            counts = self._groups[key] = Counter()
+        counts[state] += delta
+        if counts[state] <= 0:
+            del counts[state]
+            if not counts:
+                del self._groups[key]
+        changed = self._groups_changed
+        changed[key] = self.seq + 1
+        if len(changed) > self._max_tasks:  # nobody asked for updates for a long while
+            del changed[next(iter(changed))]
 
     def add_object_events(self, events: list) -> None:
         """``[object_id, state, info]``: state is CREATED or FREED."""
@@ -135,13 +159,63 @@ class TaskEventStore:
         return {"cursor": self.seq, "tasks": out, "truncated": truncated,
                 "total_tasks": len(self.tasks), "dropped_tasks": self.dropped_tasks}
 
+    def groups(self, filters: dict[str, Any]) -> dict[str, Any]:
+        """``[job_id, tag, name, {state: n}]`` of every group matching ``filters`` (``job_id``,
+        ``tag``), and the sequence number they are as of."""
+        job, tag = filters.get("job_id"), filters.get("tag")
+        return {"cursor": self.seq, "groups": [
+            [*key, dict(counts)] for key, counts in self._groups.items()
+            if (job is None or key[0] == job) and (tag is None or key[1] == tag)]}
+
+    def view_update(self, cursor: int, per_job: int = SAMPLE_PER_JOB) -> dict[str, Any]:
+        """What live views need of the changes after ``cursor``: the current counts of every
+        group that changed, the newest ``per_job`` changed records of each job (failed ones
+        with a budget of their own) and every changed record of a task an earlier update
+        carried unfinished, so a record a view holds always reaches its end state."""
+        tasks, sent_open = self.tasks, self._sent_open
+        picked = []
+        newest: Counter = Counter()
+        failed: Counter = Counter()
+        for task_id, seq in reversed(self._changed.items()):
+            if seq <= cursor:
+                break
+            record = tasks[task_id]
+            job = record.get("job_id")
+            if task_id in sent_open:
+                pass
+            elif record["state"] == "FAILED" and failed[job] < per_job:
+                failed[job] += 1
+            elif newest[job] < per_job:
+                newest[job] += 1
+            else:
+                continue
+            picked.append(record)
+            if record["state"] in _TERMINAL:
+                sent_open.pop(task_id, None)
+            else:
+                sent_open[task_id] = None
+        while len(sent_open) > MAX_SENT_OPEN:
+            sent_open.popitem(last=False)
+        picked.reverse()
+        groups = [[*key, dict(self._groups.get(key) or {})]
+                  for key, seq in self._groups_changed.items() if seq > cursor]
+        self._groups_changed.clear()
+        return {"cursor": self.seq, "groups": groups, "tasks": picked}
+
     def summarize(self) -> dict[str, Any]:
+        summary: dict[str, Counter] = {}
+        for (_, _, name), counts in self._groups.items():
+            summary.setdefault(name or "?", Counter()).update(counts)
         return {
             "summary": {
-                name: {"func_or_class_name": name,
-                       "state_counts": {s: n for s, n in counts.items() if n > 0}}
-                for name, counts in self._counts.items() if any(counts.values())
+                name: {"func_or_class_name": name, "state_counts": dict(counts)}
+                for name, counts in summary.items()
             },
             "total_tasks": len(self.tasks),
             "dropped_tasks": self.dropped_tasks,
         }
+
+
+def _slot(record: dict[str, Any]) -> tuple:
+    """The group a record counts in, and its state."""
+    return record.get("job_id"), record.get("tag"), record.get("name"), record["state"]

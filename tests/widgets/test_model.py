@@ -174,3 +174,57 @@ def test_cell_strip_model_and_render_counts_and_a_timeline():
     assert "<svg" in strip and "other" not in strip
     assert render_summary(model, 6.0) == ("cellfleet: 4 tasks (stage1 ×3, combine ×1) in 6.0 s"
                                           " · 1 failed")
+
+
+def test_counts_from_the_gcs_groups_and_only_the_newest_records_kept():
+    store = TaskEventStore()
+    model = GraphModel("notebook", job_id=1, max_nodes=20, expand_limit=10)
+    store.add_task_events([_submit(_tid(i), "stage1") for i in range(500)] +
+                          [_submit(_tid(900), "stage1", job=2)])
+    update = store.view_update(0, per_job=30)
+    model.add_groups(update["groups"], update["cursor"])
+    model.add_records(update["tasks"])
+    assert model.counted and model.total() == 500  # job 2's task is another notebook's
+    assert len(model.members["stage1"]) == 20 and len(model.records) == 20  # trimmed
+    view = model.view()
+    (group,) = view["nodes"]
+    assert group["kind"] == "group" and group["count"] == 500
+    assert view["legend"] == {"PENDING_ARGS_AVAIL": 500}
+    opened = model.view({"stage1"})
+    assert [n["kind"] for n in opened["nodes"]].count("task") == 10
+    (more,) = [n for n in opened["nodes"] if n["kind"] == "more"]
+    assert more["count"] == 490
+    # an older answer (a view's history read after a newer push) does not win
+    store.add_task_events([[bytes.fromhex(_tid(i)), "FINISHED", 3.0, {}] for i in range(500)])
+    newer = store.view_update(update["cursor"])
+    model.add_groups(newer["groups"], newer["cursor"])
+    model.add_groups(update["groups"], update["cursor"])
+    assert model.legend() == {"FINISHED": 500}
+
+
+def test_cell_strip_takes_its_counts_from_the_gcs_groups():
+    from cellfleet.kernel.cellstrip import MAX_SPANS, StripModel, render_summary
+
+    store = TaskEventStore()
+    store.add_task_events([_submit(_tid(i), "stage1") for i in range(MAX_SPANS + 50)] +
+                          [_submit(_tid(5000), "other", tag="cell-b")])
+    update = store.view_update(0, per_job=MAX_SPANS + 100)
+    model = StripModel("cell-a")
+    model.add_groups(update["groups"], update["cursor"])
+    model.add_records(update["tasks"])
+    assert model.total() == MAX_SPANS + 50 and len(model.records) == MAX_SPANS
+    assert render_summary(model, 1.0) == f"cellfleet: {MAX_SPANS + 50} tasks " \
+                                         f"(stage1 ×{MAX_SPANS + 50}) in 1.0 s"
+
+
+def test_object_sizes_reach_edges_and_details():
+    model = GraphModel("all")
+    a, b = _tid(1), _tid(2)
+    model.add_events([_submit(a, "make"), [bytes.fromhex(a), "FINISHED", 2.0,
+                                           {"return_sizes": [1234]}],
+                      _submit(b, "use", args=[a + "01", _tid(3) + "01"])])
+    nodes = {n["id"]: n for n in model.view()["nodes"]}
+    assert nodes[a]["return_sizes"] == [1234]
+    assert nodes[b]["arg_sizes"] == [1234, None]  # the second is nobody's in the view
+    (edge,) = model.view()["edges"]
+    assert edge["bytes"] == 1234 and edge["obj"] == a + "01"

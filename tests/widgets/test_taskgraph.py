@@ -19,6 +19,16 @@ def square(x):
 
 
 @cellfleet.remote
+def blob(n):
+    return b"x" * n
+
+
+@cellfleet.remote
+def length(data):
+    return len(data)
+
+
+@cellfleet.remote
 def sleepy():
     time.sleep(30)
 
@@ -38,6 +48,22 @@ def test_widget_follows_tasks_and_cancels_from_the_panel(cluster):
         wait_until(lambda: widget.view.get("legend", {}).get("FINISHED", 0) >= 4, timeout=10,
                    message="the finished tasks in the widget's view")
         assert {n["label"] for n in widget.view["nodes"]} >= {"square"}
+
+        # the owner reports each return's size: inline and in shared memory
+        small, big = blob.remote(10), blob.remote(2_000_000)
+        assert cellfleet.get([length.remote(small), length.remote(big)]) == [10, 2_000_000]
+
+        def sized() -> list | None:
+            nodes = {n["id"]: n for n in widget.view["nodes"]}
+            sizes = [nodes.get(r.task_id(), {}).get("return_sizes") for r in (small, big)]
+            return sizes if all(sizes) else None
+
+        small_size, big_size = wait_until(sized, timeout=10, message="the blobs' sizes")
+        assert 10 < small_size[0] < 200 and 2_000_000 < big_size[0] < 2_001_000
+        edges = [e for e in widget.view["edges"] if e["kind"] == "data"]
+        assert sorted(e["bytes"] for e in edges) == sorted([small_size[0], big_size[0]])
+        readers = [n for n in widget.view["nodes"] if n["label"] == "length"]
+        assert sorted(n["arg_sizes"][0] for n in readers) == sorted([small_size[0], big_size[0]])
         sent = []
         widget.send = sent.append  # what the frontend would receive
         widget._on_frontend_msg(widget, {"type": "hello"}, [])

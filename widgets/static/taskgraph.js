@@ -57,6 +57,14 @@ function seconds(x) {
   return (x / 60).toFixed(1) + " min";
 }
 
+function bytes(n) {
+  if (n == null) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return (i ? n.toFixed(n < 10 ? 1 : 0) : String(n)) + " " + units[i];
+}
+
 function fit(text, width) {
   const max = Math.max(4, Math.floor(width / 7));
   return text.length > max ? text.slice(0, max - 1) + "…" : text;
@@ -222,14 +230,18 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
     }
     const producer = new Map();
     for (const m of view.nodes) for (const r of m.returns || []) producer.set(r, m);
-    const args = (n.args || []).map((oid) => {
+    const sizeOf = (list, i) => (list && list[i] != null
+      ? h("span", { class: "cf-size" }, " · " + bytes(list[i])) : null);
+    const args = (n.args || []).map((oid, i) => {
       const p = producer.get(oid);
       // an object id is its task's id and the return's index: show the tail of both
       const ref = h("code", { title: oid }, `…${oid.slice(-14, -8)}:${parseInt(oid.slice(-8), 16)}`);
       return h("li", {}, p
         ? h("a", { href: "#", onclick: (e) => { e.preventDefault(); select(p.id); } }, p.label)
-        : "put or outside the view", " ", ref);
+        : "put or outside the view", " ", ref, sizeOf(n.arg_sizes, i));
     });
+    const returns = (n.return_sizes || []).length
+      ? n.return_sizes.map((size) => bytes(size)).join(", ") : null;
     const t0 = view.t0 || 0;
     const history = Object.entries(n.ev || {}).sort((a, b) => a[1] - b[1]).map(([st, ts]) =>
       h("tr", {}, h("td", {}, h("span", { class: "cf-chip", style: `--c:${COLORS[st]}` }), " " + SHORT[st]),
@@ -249,6 +261,7 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
         row("duration", seconds(n.duration)),
         row("retries", n.attempt ? String(n.attempt) : null),
         row("placement", n.reason),
+        row("returns", returns),
         row("actor", n.actor ? h("code", {}, n.actor.slice(0, 12)) : null)),
       args.length ? h("h4", {}, "arguments (refs)") : null,
       args.length ? h("ul", { class: "cf-args" }, ...args) : null,
@@ -311,7 +324,8 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
                             "stroke-width": String(1.2 + Math.min(4, Math.log10(e.n || 1) * 1.5)) });
       const tip = s("title");
       tip.textContent = e.kind === "data"
-        ? `object ${e.obj ? e.obj.slice(0, 10) : ""}${e.n > 1 ? ` and ${e.n - 1} more` : ""}`
+        ? `object ${e.obj ? e.obj.slice(0, 10) : ""}${e.n > 1 ? ` and ${e.n - 1} more` : ""}` +
+          (e.bytes != null ? ` · ${bytes(e.bytes)}` : "")
         : `submitted ${e.n} task${e.n > 1 ? "s" : ""}`;
       p.append(tip);
       edgeLayer.append(p);
