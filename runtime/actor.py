@@ -111,6 +111,12 @@ class ActorClass(ExportedCode):
         concurrency = options.get("max_concurrency")
         if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
             raise ValueError(f"max_concurrency must be an int >= 1, got {concurrency!r}")
+        for key in ("name", "namespace"):
+            if options.get(key) is not None and not isinstance(options[key], str):
+                raise TypeError(f"The actor {key} must be a string, got "
+                                f"{type(options[key]).__name__}")
+        if options.get("get_if_exists") and not options.get("name"):
+            raise ValueError("The actor name must be specified to use `get_if_exists`.")
         groups = options.get("concurrency_groups")
         if groups is not None and (not isinstance(groups, dict) or not all(
                 isinstance(n, int) and n >= 1 for n in groups.values())):

@@ -258,7 +258,8 @@ def _share_code_paths(job_config: JobConfig | None) -> None:
     paths = list(job_config.code_search_path) if job_config is not None else []
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
-    if script and not hasattr(sys, "ps1"):
+    # A script run as ``python path/to/script.py`` (not ``-m``, which has a __spec__)
+    if script and getattr(main, "__spec__", None) is None and not hasattr(sys, "ps1"):
         paths.append(os.path.dirname(os.path.abspath(script)))
     current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     added = [p for p in dict.fromkeys(paths) if p not in current]

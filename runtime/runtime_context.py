@@ -97,9 +97,13 @@ class RuntimeContext:
         return {"GPU": [str(i) for i in get_gpu_ids()]}
 
     def get(self) -> dict[str, Any]:
-        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
-                "task_id": self.get_task_id(), "actor_id": self.get_actor_id(),
-                "worker_id": self.get_worker_id(), "namespace": self.namespace}
+        """The ids as a dict; ``task_id`` and ``actor_id`` only where there is one (Ray's)."""
+        context = {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
+                   "worker_id": self.get_worker_id(), "namespace": self.namespace}
+        for key, value in (("task_id", self.get_task_id()), ("actor_id", self.get_actor_id())):
+            if value is not None:
+                context[key] = value
+        return context
 
 
 def get_runtime_context() -> RuntimeContext:
