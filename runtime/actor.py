@@ -115,6 +115,12 @@ class ActorClass(ExportedCode):
             if options.get(key) is not None and not isinstance(options[key], str):
                 raise TypeError(f"The actor {key} must be a string, got "
                                 f"{type(options[key]).__name__}")
+        if options.get("name") == "":
+            raise ValueError("Actor name cannot be an empty string: leave name out for an "
+                             "unnamed actor.")
+        if options.get("namespace") == "":
+            raise ValueError("Actor namespace cannot be an empty string: leave namespace out "
+                             "for the job's namespace.")
         if options.get("get_if_exists") and not options.get("name"):
             raise ValueError("The actor name must be specified to use `get_if_exists`.")
         groups = options.get("concurrency_groups")

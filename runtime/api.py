@@ -392,7 +392,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     core.run(_until_dead(core, actor_id, KILL_WAIT_S))
 
 
-KILL_WAIT_S = 10.0  # how long kill() waits for the GCS to record the actor's death
+KILL_WAIT_S = 5.0  # how long kill() waits for the GCS to record the actor's death
 
 
 async def _until_dead(core: CoreWorker, actor_id: bytes, limit: float) -> None:
@@ -402,9 +402,10 @@ async def _until_dead(core: CoreWorker, actor_id: bytes, limit: float) -> None:
     deadline = time.monotonic() + limit
     delay = 0.002
     while time.monotonic() < deadline:
-        try:
-            record = await core.gcs.request(m.WaitActor(actor_id))
-        except Exception:  # noqa: BLE001 - no such actor, or the GCS went: nothing to wait for
+        try:  # answered once the actor is ALIVE or DEAD
+            record = await asyncio.wait_for(core.gcs.request(m.WaitActor(actor_id)),
+                                            deadline - time.monotonic())
+        except Exception:  # noqa: BLE001 - no such actor, the GCS went, or the time is up
             return
         if not record or record.get("state") == "DEAD":
             return
