@@ -82,6 +82,16 @@ def test_options_are_checked_with_rays_errors():
         ray.remote(f).options(max_calls=1)
     with pytest.raises(ValueError, match="Setting 'concurrency_groups' is not supported"):
         ray.remote(A).options(concurrency_groups={"io": 2})
+    with pytest.raises(TypeError, match="name must be a string"):
+        ray.remote(A).options(name=1)
+    with pytest.raises(ValueError, match="name cannot be an empty string"):
+        ray.remote(A).options(name="")
+    with pytest.raises(ValueError, match="namespace cannot be an empty string"):
+        ray.remote(A).options(name="a", namespace="")
+    with pytest.raises(ValueError, match="must be specified to use `get_if_exists`"):
+        ray.remote(A).options(get_if_exists=True)
+    with pytest.raises(TypeError, match="@remote decorator must be applied"):
+        ray.remote()
 
 
 # -- on a cluster -------------------------------------------------------------------------
