@@ -955,8 +955,8 @@ def test_runtime_context_in_tasks_and_actors(actor_cluster):
     assert task["worker"] != driver["worker"] and task["pid"] != driver["pid"]
     assert task["task"] and task["actor"] is None
     assert task["resources"] == {"CPU": 2.0}
-    assert set(task["as_dict"]) >= {"job_id", "node_id", "task_id", "actor_id", "worker_id",
-                                    "namespace"}
+    assert set(task["as_dict"]) >= {"job_id", "node_id", "task_id", "worker_id", "namespace"}
+    assert "actor_id" not in task["as_dict"]  # as in Ray: only the ids that apply
 
     actor = InActor.remote()
     first, second = ray.get([actor.context.remote(), actor.context.remote()], timeout=20)
