@@ -31,12 +31,13 @@ if TYPE_CHECKING:
         shutdown,
         wait,
     )
-    from .core.object_ref import ObjectRef
+    from .core.object_ref import ObjectID, ObjectRef
     from .runtime_context import get_runtime_context
 
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "ObjectID",
     "ObjectRef",
     "available_resources",
     "cancel",
@@ -62,7 +63,7 @@ __version__ = "0.1.0"
 # Where each public name lives (a module name alone: the name is that module).
 _HOMES = {
     "ActorClass": "actor", "ActorHandle": "actor", "method": "actor",
-    "ObjectRef": "core.object_ref", "exceptions": "exceptions",
+    "ObjectRef": "core.object_ref", "ObjectID": "core.object_ref", "exceptions": "exceptions",
     "get_runtime_context": "runtime_context",
     **{name: "api" for name in (
         "available_resources", "cancel", "cluster_resources", "get", "get_actor",

@@ -214,9 +214,7 @@ class ActorClass(ExportedCode):
             actor_options={"max_concurrency": max_concurrency, "is_async": self._is_async,
                            "detached": detached, "run_resources": run},
         )
-        handle = ActorHandle(actor_id, self._name, self._methods, refs[0])
-        handle._signatures = self._signatures
-        return handle
+        return ActorHandle(actor_id, self._name, self._methods, refs[0], self._signatures)
 
     def __repr__(self) -> str:
         return f"ActorClass({self._name})"
@@ -226,12 +224,13 @@ class ActorHandle:
     """A handle to an actor; ``handle.method.remote(...)`` calls it. Handles pickle."""
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int],
-                 creation_ref: ObjectRef | None) -> None:
+                 creation_ref: ObjectRef | None, signatures: dict[str, Any] | None = None,
+                 ) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._creation_ref = creation_ref
-        self._signatures: dict[str, Any] = {}  # known where the handle was made
+        self._signatures = signatures or {}  # known where the class was decorated
 
     @classmethod
     def _from_record(cls, record: dict) -> ActorHandle:
@@ -251,7 +250,7 @@ class ActorHandle:
 
     def __reduce__(self):
         return ActorHandle, (self._actor_id, self._class_name, self._methods,
-                             self._creation_ref)
+                             self._creation_ref, self._signatures)
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"

@@ -79,6 +79,13 @@ class RuntimeInfo(Mapping):
     def __repr__(self) -> str:
         return f"RuntimeInfo({self._info})"
 
+    def __enter__(self) -> RuntimeInfo:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """``with init(...):`` shuts the runtime down at the end of the block (Ray's)."""
+        shutdown()
+
 
 def _check_init_arguments(address: str | None, num_cpus: Any, num_gpus: Any,
                           resources: Any, object_store_memory: Any) -> None:

@@ -104,6 +104,20 @@ class ArgumentCheck:
         plain = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
         self.plain_count = len(signature.parameters) if plain else -1
 
+    def __reduce__(self):
+        # Travels as its shape (names, kinds, which have defaults): defaults and annotations
+        # need not pickle, and only their presence matters to the check.
+        shape = tuple((p.name, int(p.kind), p.default is not p.empty)
+                      for p in self.signature.parameters.values())
+        return _check_from_shape, (shape,)
+
+
+def _check_from_shape(shape: tuple) -> ArgumentCheck:
+    return ArgumentCheck(inspect.Signature([
+        inspect.Parameter(name, inspect._ParameterKind(kind),
+                          default=None if has_default else inspect.Parameter.empty)
+        for name, kind, has_default in shape]))
+
 
 def signature_of(fn: Any, *, drop_self: bool = False) -> ArgumentCheck | None:
     """How calls of ``fn`` are checked at ``.remote()`` (None: its signature is not known)."""

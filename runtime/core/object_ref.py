@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import _context
 
-__all__ = ["ObjectRef"]
+__all__ = ["ObjectID", "ObjectRef"]
 
 
 class ObjectRef:
@@ -92,3 +92,6 @@ class ObjectRef:
         import asyncio
 
         return asyncio.wrap_future(self.future()).__await__()
+
+
+ObjectID = ObjectRef  # Ray's former name, kept as an alias (as Ray keeps it)

@@ -156,6 +156,13 @@ def test_init_takes_local_mode_false_and_a_job_config(fresh_cluster, tmp_path):
     assert ray.get(answer.remote(), timeout=30) == 42
 
 
+def test_init_works_as_a_context_manager(fresh_cluster):
+    with fresh_cluster(num_cpus=1):
+        assert ray.get(identity.remote(1), timeout=30) == 1
+    assert not ray.is_initialized()
+    assert ray.ObjectID is ray.ObjectRef
+
+
 def test_builtin_actor_methods(cluster):
     actor = Counter.remote(3)
     assert ray.get(actor.__ray_ready__.remote(), timeout=30) is True
@@ -192,6 +199,16 @@ def test_wrong_arguments_fail_at_remote(cluster):
         actor.add.remote(1, 2)
     with pytest.raises(TypeError, match="missing a required argument"):
         actor.add.remote(m=1)
+
+    @ray.remote
+    def call_with_too_many(handle):
+        try:
+            handle.add.remote(1, 2)
+        except TypeError:
+            return "checked"
+        return "not checked"
+
+    assert ray.get(call_with_too_many.remote(actor), timeout=30) == "checked"  # a passed handle
 
 
 def test_exit_actor_fails_its_call_and_the_queued_ones_and_runs_atexit(cluster, tmp_path):

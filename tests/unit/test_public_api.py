@@ -8,7 +8,7 @@ import sys
 import cellfleet
 
 PUBLIC = [
-    "ActorClass", "ActorHandle", "ObjectRef", "available_resources", "cancel",
+    "ActorClass", "ActorHandle", "ObjectID", "ObjectRef", "available_resources", "cancel",
     "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids",
     "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes", "put",
     "remote", "shutdown", "wait",
