@@ -68,7 +68,8 @@ class ActorTable:
                     return existing, []
                 raise ValueError(
                     f"The name {info['name']} (namespace={info['namespace']!r}) is already "
-                    "taken. Use get_if_exists=True to reuse the existing actor, or another name."
+                    "taken. Please use a different name, or get_if_exists=True to reuse the "
+                    "existing actor."
                 )
         actor = {**info, "actor_id": actor_id, "state": "PENDING", "address": "",
                  "node_id": b"", "pid": 0, "num_restarts": 0, "death_cause": "",
