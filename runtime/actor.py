@@ -8,6 +8,7 @@ non-detached actor, the way an unreachable object is freed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 from collections.abc import Callable
@@ -152,11 +153,20 @@ class ActorClass(ExportedCode):
                         f"'{self._name}()', use '{self._name}.remote()'.")
 
     def __getattr__(self, name: str) -> Any:
-        # The class's own attributes, class methods and static methods, as on Ray's.
+        # The class's own attributes, class methods and static methods, as on Ray's. Never
+        # the class's own function objects: cloudpickle would find them through the module
+        # (``module.Counter.inc``) and pickle the class's methods by reference, which
+        # workers that cannot import the module fail to load.
         cls = self.__dict__.get("_cls")
         if cls is None or (name.startswith("__") and name.endswith("__")):
             raise AttributeError(name)
-        return getattr(cls, name)
+        static = inspect.getattr_static(cls, name)
+        if inspect.isfunction(static):
+            raise AttributeError(
+                f"'{self._name}.{name}' is an actor method: call it on a handle, "
+                f"{self._name}.remote().{name}.remote(...)")
+        value = getattr(cls, name)
+        return functools.partial(value) if isinstance(static, staticmethod) else value
 
     def __dir__(self) -> list[str]:
         return sorted(set(dir(self._cls)) | {"options", "remote"})
