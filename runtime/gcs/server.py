@@ -73,7 +73,8 @@ class GcsServer:
         self.subscribers: dict[str, set[Connection]] = {}
         self._tasks_published = 0  # the task-event cursor the "tasks" channel has sent up to
         self._tasks_publish: asyncio.TimerHandle | None = None
-        self._actor_waiters: dict[bytes, list[asyncio.Future]] = {}
+        # actor id -> connection -> its WaitActor answers to give (dropped when it closes)
+        self._actor_waiters: dict[bytes, dict[Connection, list[asyncio.Future]]] = {}
         self._background: set[asyncio.Task] = set()  # storage writes under way
         self._node_conns: dict[Connection, tuple[bytes, int]] = {}  # -> node id, epoch
         self._job_conns: dict[Connection, int] = {}
@@ -145,6 +146,11 @@ class GcsServer:
     def connection_closed(self, conn: Connection) -> None:
         for subscribers in self.subscribers.values():
             subscribers.discard(conn)
+        for actor_id, by_conn in list(self._actor_waiters.items()):
+            for fut in by_conn.pop(conn, ()):
+                fut.cancel()  # nobody to answer
+            if not by_conn:
+                del self._actor_waiters[actor_id]
         registration = self._node_conns.pop(conn, None)
         if registration is not None:
             self._carry_out(self.node_table.disconnected(*registration, time.time()))
@@ -288,9 +294,10 @@ class GcsServer:
             if isinstance(action, ActorChanged):
                 actor = action.record
                 if action.settled:
-                    for fut in self._actor_waiters.pop(actor["actor_id"], []):
-                        if not fut.done():
-                            fut.set_result(actor)
+                    for futures in self._actor_waiters.pop(actor["actor_id"], {}).values():
+                        for fut in futures:
+                            if not fut.done():
+                                fut.set_result(actor)
                 self.publish("actor", actor)
                 await self.storage.put("actors", actor["actor_id"], _pack(actor))
             elif isinstance(action, ActorForgotten):
@@ -306,7 +313,7 @@ class GcsServer:
         if actor["state"] in ("ALIVE", "DEAD"):
             return actor
         fut = asyncio.get_running_loop().create_future()
-        self._actor_waiters.setdefault(msg.actor_id, []).append(fut)
+        self._actor_waiters.setdefault(msg.actor_id, {}).setdefault(conn, []).append(fut)
         return fut
 
     # -- events, logs, pub/sub ------------------------------------------------------------

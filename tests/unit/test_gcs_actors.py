@@ -65,3 +65,16 @@ def test_the_gcs_answers_waiters_when_the_owner_of_an_actor_exits() -> None:
         return await asyncio.wait_for(waiter, 5)
 
     assert asyncio.run(run())["state"] == "DEAD"
+
+
+def test_waiters_of_a_closed_connection_are_dropped() -> None:
+    async def run() -> tuple[bool, dict]:
+        gcs = GcsServer(MemoryStorage())
+        await gcs.register_actor(None, m.RegisterActor(b"a", info(), False))
+        caller = object()
+        waiter = gcs.wait_actor(caller, m.WaitActor(b"a"))
+        gcs.connection_closed(caller)
+        return waiter.cancelled(), gcs._actor_waiters
+
+    cancelled, waiters = asyncio.run(run())
+    assert cancelled and waiters == {}
