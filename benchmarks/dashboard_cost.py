@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import threading
 import time
@@ -98,23 +99,31 @@ def dashboard_polls(cluster: discovery.ClusterInfo, tasks: int, polls: int) -> N
               f"p99 {percentile(values, 0.99) * 1000:5.1f} ms over {len(values)} polls")
 
 
-def feed_cost(tasks: int, rounds: int) -> None:
+def feed_cost(tasks: int, rounds: int, gcs_pid: int | None) -> None:
     """Rounds of a burst without any view (the feed's connection closed), then one with a live
-    graph of the whole cluster, alternating so both see the same machine and GCS table."""
+    graph of the whole cluster, alternating so both see the same machine and GCS table. The
+    GCS's CPU per burst is measured too: what it does for the view (the pushes) shows there."""
     burst(2000)
     source = feed()
     without, with_feed, shares = [], [], []
+    gcs_without, gcs_with = [], []
     drawn = 0
     for _ in range(rounds):
+        _settle(gcs_pid)
+        gcs0 = _process_cpu(gcs_pid)
         without.append(burst(tasks))
+        gcs_without.append(_process_cpu(gcs_pid) - gcs0)
         model = GraphModel("all")
         views: list[int] = []
         listener = source.add(model, lambda m=model, v=views: v.append(len(m.view()["nodes"])),
                               interval=0.5)
         thread = source._thread
+        _settle(gcs_pid)
         wall = time.perf_counter()
         cpu0 = _thread_cpu(thread)
+        gcs0 = _process_cpu(gcs_pid)
         with_feed.append(burst(tasks))
+        gcs_with.append(_process_cpu(gcs_pid) - gcs0)
         shares.append((_thread_cpu(thread) - cpu0) / (time.perf_counter() - wall))
         source.remove(listener)
         drawn += len(views)
@@ -126,46 +135,76 @@ def feed_cost(tasks: int, rounds: int) -> None:
           f"({100 * (a - b) / a:+.1f}% slower); the feed's thread used "
           f"{100 * statistics.median(shares):.1f}% of one core (max {100 * max(shares):.1f}%), "
           f"{drawn} views drawn; last model: {model.total():,} tasks counted, "
-          f"{len(model.records):,} records held")
+          f"{len(model.records):,} records held; the GCS's CPU per burst "
+          f"{statistics.median(gcs_without):.2f} s without, {statistics.median(gcs_with):.2f} s "
+          f"with")
 
 
-def strip_cost(tasks: int, rounds: int) -> None:
-    """A cell's live strip (on by default in the kernel) while the cell runs the bursts."""
+def strip_cost(tasks: int, rounds: int, gcs_pid: int | None) -> None:
+    """A cell's live strip (on by default in the kernel) while the cell runs the bursts:
+    rounds without it and with it alternate, as in ``feed_cost``."""
     from cellfleet.core.core_worker import submission_tag
     from cellfleet.kernel.cellstrip import CellStrips
 
-    shown = []
+    shown: list[str] = []
     strips = CellStrips(lambda kind, content, parent: shown.append(kind), after=0.0)
-    without = [burst(tasks) for _ in range(rounds)]
-    token = submission_tag.set("benchmark-cell")
-    try:
-        strips.cell_started("benchmark-cell", {"header": {}})
-        wall = time.perf_counter()
-        strip = strips._strips["benchmark-cell"]
-        deadline = time.monotonic() + 5
-        while strip.listener is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        thread = feed()._thread
-        cpu0 = _thread_cpu(thread)
-        with_strip = [burst(tasks) for _ in range(rounds)]
-        cpu = _thread_cpu(thread) - cpu0
-        elapsed = time.perf_counter() - wall
-        strips.cell_finished("benchmark-cell")
-    finally:
-        submission_tag.reset(token)
+    source = feed()
+    without, with_strip, shares = [], [], []
+    for round_ in range(rounds):
+        _settle(gcs_pid)
+        without.append(burst(tasks))
+        tag = f"benchmark-cell-{round_}"
+        token = submission_tag.set(tag)
+        try:
+            strips.cell_started(tag, {"header": {}})
+            strip = strips._strips[tag]
+            deadline = time.monotonic() + 5
+            while strip.listener is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            thread = source._thread
+            _settle(gcs_pid)
+            wall = time.perf_counter()
+            cpu0 = _thread_cpu(thread)
+            with_strip.append(burst(tasks))
+            shares.append((_thread_cpu(thread) - cpu0) / (time.perf_counter() - wall))
+            strips.cell_finished(tag)
+        finally:
+            submission_tag.reset(token)
+        deadline = time.monotonic() + 30
+        while (tag in strips._strips or source._thread is not None) and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)  # the strip settles into its summary, then the feed closes
     a, b = statistics.median(without), statistics.median(with_strip)
     print(f"tasks/s in a cell without its strip: {a:,.0f}  with it: {b:,.0f}  "
           f"({100 * (a - b) / a:+.1f}% slower); the feed's thread used "
-          f"{100 * cpu / elapsed:.1f}% of one core, {shown.count('update_display_data')} updates")
+          f"{100 * statistics.median(shares):.1f}% of one core (max {100 * max(shares):.1f}%), "
+          f"{shown.count('update_display_data')} updates")
 
 
 def _thread_cpu(thread: threading.Thread | None) -> float:
     """CPU seconds a thread has used (Linux: /proc/self/task/<tid>/stat)."""
     if thread is None or thread.native_id is None:
         return 0.0
-    import os
+    return _cpu_of(f"/proc/self/task/{thread.native_id}/stat")
 
-    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+
+def _settle(gcs_pid: int | None, deadline_s: float = 10.0) -> None:
+    """Wait until the GCS has merged the last burst's events (under 10% of a core for 0.2 s),
+    so every burst starts from a quiet GCS."""
+    deadline = time.monotonic() + deadline_s
+    while gcs_pid and time.monotonic() < deadline:
+        before = _process_cpu(gcs_pid)
+        time.sleep(0.2)
+        if _process_cpu(gcs_pid) - before < 0.02:
+            return
+
+
+def _process_cpu(pid: int | None) -> float:
+    return _cpu_of(f"/proc/{pid}/stat") if pid else 0.0
+
+
+def _cpu_of(stat: str) -> float:
+    with open(stat) as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -192,6 +231,15 @@ def grouped_view(n: int) -> None:
           f"{size / 1024:.1f} KiB")
 
 
+def _gcs_pid(cluster: discovery.ClusterInfo) -> int | None:
+    """The GCS's pid, from the session's ``cluster.json`` (None: not found)."""
+    try:
+        with open(os.path.join(cluster.session_dir or "", "cluster.json")) as f:
+            return json.load(f)["pids"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=10_000)
@@ -207,9 +255,9 @@ def main() -> None:
         print(f"dashboard polls with {args.tasks:,} tasks in the cluster:")
         dashboard_polls(cluster, args.tasks, args.polls)
     if "feed" in parts:
-        feed_cost(args.tasks, args.rounds)
+        feed_cost(args.tasks, args.rounds, _gcs_pid(cluster))
     if "strip" in parts:
-        strip_cost(args.tasks, args.rounds)
+        strip_cost(args.tasks, args.rounds, _gcs_pid(cluster))
     ray.shutdown()
     if "grouped" in parts:
         grouped_view(100_000)

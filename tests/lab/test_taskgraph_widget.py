@@ -2,8 +2,9 @@
 
 A notebook runs a real workload (fan-out, fan-in, nested tasks, an actor, a failing task) in a
 cell long enough for its live strip, shows ``%taskgraph`` and a grouped ``TaskGraph``; the
-test clicks through them, saves the notebook, and reopens it with no kernel: the outputs still
-show the graphs (the pictures the widgets kept).
+test clicks through them, cancels a running task from its details panel, saves the notebook,
+and reopens it with no kernel: the outputs still show the graphs (the pictures the widgets
+kept).
 """
 
 from __future__ import annotations
@@ -64,11 +65,28 @@ bad = boom.remote(7)
 print(cellfleet.get(total), cellfleet.get(nested), cellfleet.get(calls))""",
     "%taskgraph",
     "TaskGraph(max_nodes=5, height=300)",
+    "",  # CANCEL, run once the graphs above have settled
+    "",  # CANCELLED, run once the task was cancelled from the graph
 ]
+CANCEL = """slow = nap.remote(600)  # cancelled from the graph's details panel
+TaskGraph(scope="cell", height=220)"""
+CANCELLED = """try:
+    cellfleet.get(slow, timeout=30)
+except cellfleet.exceptions.TaskCancelledError as exc:
+    print("ended:", type(exc).__name__)"""
+
+
+def _run_cell(page, index: int, code: str) -> None:
+    """Put ``code`` into the notebook's cell ``index`` and run it."""
+    page.evaluate("""([index, code]) => { const notebook = jupyterapp.shell.currentWidget.content;
+                       notebook.widgets[index].model.sharedModel.setSource(code);
+                       notebook.activeCellIndex = index; }""", [index, code])
+    page.evaluate("jupyterapp.commands.execute('notebook:run-cell')")
 
 SHOWN = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the active notebook (others stay in the DOM)
 FIRST = f"{SHOWN} .jp-Cell:nth-child(3) .cf-graph"
 SECOND = f"{SHOWN} .jp-Cell:nth-child(4) .cf-graph"
+THIRD = f"{SHOWN} .jp-Cell:nth-child(5) .cf-graph"
 
 
 def _settled(page, graph: str, tasks: int) -> bool:
@@ -151,6 +169,25 @@ def test_widget_draws_clicks_expands_and_survives_without_kernel(lab: Lab, brows
     assert "stage1 ▾" in second.locator(".cf-opened").inner_text()
     screenshot(page, "widget-group-open")
 
+    # a running task is cancelled from its details panel: it ends cancelled
+    _run_cell(page, 4, CANCEL)
+    third = page.locator(THIRD)
+    running = third.locator(".cf-node.cf-task[data-state=RUNNING]")
+    running.wait_for(timeout=30_000)
+    running.scroll_into_view_if_needed()
+    running.click()
+    cancel = third.locator(".cf-details .cf-cancel")
+    cancel.wait_for(state="visible", timeout=5_000)
+    cancel.click()
+    third.locator(".cf-node.cf-task[data-state=FAILED]").wait_for(timeout=30_000)
+    wait_until(lambda: third.locator(".cf-details .cf-cancel").count() == 0, timeout=10,
+               message="the ended task's panel without its Cancel button")
+    _run_cell(page, 5, CANCELLED)
+    output = page.locator(f"{SHOWN} .jp-Cell:nth-child(6) .jp-OutputArea-output")
+    output.wait_for(timeout=30_000)
+    assert "ended: TaskCancelledError" in output.inner_text()
+    screenshot(page, "widget-cancelled")
+
     # saved with its widget state, reopened with no kernel: still drawn
     page.evaluate("jupyterapp.commands.execute('docmanager:save')")
 
@@ -166,7 +203,7 @@ def test_widget_draws_clicks_expands_and_survives_without_kernel(lab: Lab, brows
     # beside the widget, each output keeps a picture of it for where no widget can be drawn
     pictures = [o["data"]["image/png"] for cell in notebook["cells"]
                 for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(pictures) == 2
+    assert len(pictures) >= 2
     assert base64.b64decode(pictures[0])[:8] == b"\x89PNG\r\n\x1a\n"
     notebook["metadata"]["kernelspec"] = {"name": "none-installed", "display_name": "none",
                                           "language": "python"}
