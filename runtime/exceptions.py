@@ -34,6 +34,8 @@ Hierarchy::
         ├── AsyncioActorExit
         ├── AuthenticationError               cellfleet: a peer failed the token handshake
         └── ProtocolError                     cellfleet: a malformed frame or message
+    SystemExit
+    └── ActorExitRequest                      raised by exit_actor() inside an actor
 
 Every exception survives a pickle round trip with its fields. Those that take nothing but a
 message (ProtocolError, ObjectStoreFullError, TaskUnschedulableError, ...) print it unchanged,

@@ -330,6 +330,7 @@ EXAMPLES: dict[str, BaseException] = {
     "RayTaskError": task_error(QuotaError("ada", 3)),
     "RayActorError": RayActorError("a1b2", "the actor went away"),
     "ActorDiedError": ActorDiedError("a1b2", ActorDeathReason.CREATION_TASK_ERROR, "tb here"),
+    "ActorExitRequest": exc_module.ActorExitRequest("exit_actor() was called"),
     "ActorUnavailableError": ActorUnavailableError("connection reset", "a1b2"),
     "ActorUnschedulableError": ActorUnschedulableError("node n1 is dead"),
     "TaskUnschedulableError": TaskUnschedulableError("node n1 is dead"),
