@@ -93,16 +93,19 @@ def check_options_call(options: dict[str, Any]) -> None:
 
 
 class ArgumentCheck:
-    """The signature calls are checked against at ``.remote()``; a call with exactly the
-    positional arguments of a plain signature (no defaults, no ``*args``) is checked by count."""
+    """The signature calls are checked against at ``.remote()``; positional arguments alone
+    to a signature of plain parameters (no ``*args``, keyword-only...) are checked by count."""
 
-    __slots__ = ("signature", "plain_count")
+    __slots__ = ("signature", "fewest", "most")
 
     def __init__(self, signature: inspect.Signature) -> None:
         self.signature = signature
         params = signature.parameters.values()
-        plain = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
-        self.plain_count = len(signature.parameters) if plain else -1
+        if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+            self.most = len(signature.parameters)
+            self.fewest = sum(p.default is p.empty for p in params)
+        else:
+            self.fewest, self.most = 1, 0  # no count fits: always bind
 
     def __reduce__(self):
         # Travels as its shape (names, kinds, which have defaults): defaults and annotations
@@ -133,7 +136,7 @@ def signature_of(fn: Any, *, drop_self: bool = False) -> ArgumentCheck | None:
 def check_arguments(check: ArgumentCheck | None, name: str, args: tuple,
                     kwargs: dict) -> None:
     """TypeError at ``.remote()`` when the arguments do not fit the signature."""
-    if check is None or (not kwargs and len(args) == check.plain_count):
+    if check is None or (not kwargs and check.fewest <= len(args) <= check.most):
         return
     try:
         check.signature.bind(*args, **kwargs)
