@@ -79,6 +79,9 @@ class WorkerPoolState:
         self.starting: dict[bytes, float] = {}  # worker id -> when its process was started
         self.registered: set[bytes] = set()
         self.idle: dict[bytes, float] = {}  # worker id -> idle since (oldest first)
+        # Workers that have held a lease. An actor never gets one of these: a task worker
+        # may own objects, and an actor's worker exits with the actor (Ray issue 20554).
+        self.used: set[bytes] = set()
         self.stopping: set[bytes] = set()  # registered workers being stopped
         self._overdue: set[bytes] = set()  # starts failed at their deadline, not yet exited
         self.queued = 0  # starts wanted but not begun
@@ -121,6 +124,7 @@ class WorkerPoolState:
         self._overdue.discard(worker_id)
         self.registered.discard(worker_id)
         self.idle.pop(worker_id, None)
+        self.used.discard(worker_id)
         self.stopping.discard(worker_id)
 
     def make_idle(self, worker_id: bytes) -> None:
@@ -130,7 +134,17 @@ class WorkerPoolState:
     def take_idle(self) -> bytes:
         """The most recently idle worker (so the oldest idle ones are the first to stop)."""
         worker_id, _ = self.idle.popitem()
+        self.used.add(worker_id)
         return worker_id
+
+    def take_fresh(self) -> bytes | None:
+        """The most recently registered idle worker that never held a lease, if any."""
+        for worker_id in reversed(self.idle):
+            if worker_id not in self.used:
+                del self.idle[worker_id]
+                self.used.add(worker_id)
+                return worker_id
+        return None
 
     def tick(self, actor_workers: int) -> list:
         """Time passed: fail starts past their deadline, stop idle workers, start queued ones."""

@@ -221,16 +221,19 @@ class LocalScheduler:
                 for k, v in request.resources.items():
                     reserved[k] = reserved.get(k, 0.0) + v
                 continue
-            if not self.workers.idle:
+            actor = request.kind in ACTOR_KINDS
+            worker = self.workers.take_fresh() if actor else (
+                self.workers.take_idle() if self.workers.idle else None)
+            if worker is None:
                 kept.append(request)
-                if request.kind in ACTOR_KINDS:
+                if actor:
                     actors_lacking += 1
                 else:
                     lacking_tasks.append(request)
                 for k, v in request.resources.items():
                     reserved[k] = reserved.get(k, 0.0) + v
                 continue
-            actions.append(self._grant(request, self.workers.take_idle()))
+            actions.append(self._grant(request, worker))
         self.queue = kept
         actions += self.workers.demand(len(lacking_tasks), actors_lacking, self._actor_leases)
         if self.workers.stalled(bool(lacking_tasks) and self._stuck_at_cap()):

@@ -294,3 +294,19 @@ def test_more_than_one_gpu_must_be_whole() -> None:
     s = LocalScheduler({"CPU": 1.0, "GPU": 2.0})
     (reject,) = s.request_lease(gpu_request(1, 1.5))
     assert isinstance(reject, Reject) and "whole number" in reject.reason
+
+
+def test_an_actor_never_gets_a_worker_that_ran_tasks() -> None:
+    """A task worker may own objects, and an actor's worker exits with the actor."""
+    s = LocalScheduler({"CPU": 2.0})
+    s.worker_registered(b"task-worker")
+    (grant,) = s.request_lease(request(1))
+    s.return_lease(grant.lease.lease_id)  # idle again, but it has run a task
+    actions = s.request_lease(LeaseRequest(2, {}, "o", "actor"))
+    assert not any(isinstance(a, Grant) for a in actions)
+    assert any(isinstance(a, SpawnWorker) for a in actions)
+    spawned = next(a for a in actions if isinstance(a, SpawnWorker))
+    (granted,) = [a for a in s.worker_registered(spawned.worker_id) if isinstance(a, Grant)]
+    assert granted.lease.worker_id == spawned.worker_id
+    (task_grant,) = s.request_lease(request(3))  # tasks still reuse the task worker
+    assert task_grant.lease.worker_id == b"task-worker"
