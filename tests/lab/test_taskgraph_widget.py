@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pytest
 from helpers import wait_until
@@ -146,6 +147,9 @@ def test_widget_draws_clicks_expands_and_survives_without_kernel(lab: Lab, brows
     wait_until(lambda: graph.locator(".cf-node.cf-up").count() == 12, timeout=5,
                message="combine's lineage highlighted")
     assert "combine" in details.inner_text()
+    # each argument with its size, and the size of what it returned (reported by the owner)
+    assert len(re.findall(r"· \d+ B", details.inner_text())) == 6, details.inner_text()
+    assert re.search(r"returns\s+\d+ B", details.inner_text()), details.inner_text()
     screenshot(page, "widget-details")
 
     # the slider replays: at the start nothing was submitted yet, at the end all is live again
