@@ -214,7 +214,10 @@ class AddLogs(Message):
 
 @_message(24)
 class Subscribe(Message):
+    """Receive ``channel``'s publications; on ``logs``, a ``job_id`` >= 0 keeps that job's."""
+
     channel: str
+    job_id: int = -1
 
 
 @_message(25)

@@ -175,9 +175,9 @@ class CoreWorker:
             self.job_id = await self.gcs.request(
                 m.RegisterJob(self.address, os.getpid(), self._namespace, entrypoint)
             )
-            if log_to_driver:
+            if log_to_driver:  # this job's lines only
                 self._subscriptions.append("logs")
-                self.gcs.send(m.Subscribe("logs"))
+                self.gcs.send(m.Subscribe("logs", self.job_id))
         self.submitter = TaskSubmitter(
             raylet=lambda: self.raylet,
             connect=self.peer,
@@ -204,7 +204,7 @@ class CoreWorker:
                 await asyncio.sleep(0.5)
                 continue
             for channel in self._subscriptions:
-                conn.send(m.Subscribe(channel))
+                conn.send(m.Subscribe(channel, self.job_id if channel == "logs" else -1))
             for function_id, (name, blob) in self.functions.items():
                 conn.send(m.ExportFunction(function_id, name, blob))
             self.gcs = conn

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -71,6 +72,7 @@ class GcsServer:
         self.logs: deque[list] = deque()
         self._log_bytes = 0
         self.subscribers: dict[str, set[Connection]] = {}
+        self._log_jobs: dict[Connection, int] = {}  # logs subscribers that want one job's
         self._tasks_published = 0  # the task-event cursor the "tasks" channel has sent up to
         self._tasks_publish: asyncio.TimerHandle | None = None
         # actor id -> connection -> its WaitActor answers to give (dropped when it closes)
@@ -146,6 +148,7 @@ class GcsServer:
     def connection_closed(self, conn: Connection) -> None:
         for subscribers in self.subscribers.values():
             subscribers.discard(conn)
+        self._log_jobs.pop(conn, None)
         for actor_id, by_conn in list(self._actor_waiters.items()):
             for fut in by_conn.pop(conn, ()):
                 fut.cancel()  # nobody to answer
@@ -336,7 +339,10 @@ class GcsServer:
             self._log_bytes += len(line[-1])
         while len(logs) > LOG_HISTORY or self._log_bytes > LOG_HISTORY_BYTES:
             self._log_bytes -= len(logs.popleft()[-1])
-        self.publish("logs", msg.lines)
+        lines = msg.lines
+        jobs = self._log_jobs
+        self.publish("logs", lines, lambda conn: lines if conn not in jobs else
+                     [line for line in lines if line[0] == jobs[conn]])
 
     def _publish_task_changes(self) -> None:
         """The ``tasks`` channel: every ``TASKS_PUBLISH_S``, what changed since the last publish
@@ -352,14 +358,23 @@ class GcsServer:
         if msg.channel == "tasks" and not self.subscribers.get("tasks"):
             self._tasks_published = self.events.seq  # from now on (history: ListTaskChanges)
         self.subscribers.setdefault(msg.channel, set()).add(conn)
+        if msg.channel == "logs" and msg.job_id >= 0:
+            self._log_jobs[conn] = msg.job_id
 
-    def publish(self, channel: str, data: Any) -> None:
-        """Send to every subscriber of ``channel``. A subscriber that has not read
+    def publish(self, channel: str, data: Any,
+                for_subscriber: Callable[[Connection], Any] | None = None) -> None:
+        """Send to every subscriber of ``channel`` (``for_subscriber(conn)``, when given, picks
+        each one's part; an empty part is not sent). A subscriber that has not read
         ``MAX_SUBSCRIBER_BACKLOG`` bytes misses what only observes (logs, task events), counted;
         what keeps the cluster right (exits, actors, nodes) is small and always sent."""
         observing = channel in OBSERVABILITY_CHANNELS
         for conn in self.subscribers.get(channel, ()):
+            part = data
+            if for_subscriber is not None:
+                part = for_subscriber(conn)
+                if not part:
+                    continue
             if observing and conn.unsent_bytes > MAX_SUBSCRIBER_BACKLOG:
                 self.dropped_publications[channel] += 1
                 continue
-            conn.send(m.Publish(channel, data))
+            conn.send(m.Publish(channel, part))

@@ -60,3 +60,19 @@ def test_finished_jobs_beyond_the_bound_are_forgotten_and_ids_never_reused() -> 
     assert ids == [1, 2, 3, 4, 5]
     assert kept == [3, 4, 5]
     assert rest == {"stored": [b"3", b"4", b"5"], "stats": {"total": 3, "finished_forgotten": 2}}
+
+
+def test_a_driver_subscribed_to_its_jobs_logs_is_sent_only_those() -> None:
+    gcs = GcsServer(MemoryStorage())
+    job1, job2, dashboard = FakeConnection(0), FakeConnection(0), FakeConnection(0)
+    gcs.subscribe(job1, m.Subscribe("logs", 1))
+    gcs.subscribe(job2, m.Subscribe("logs", 2))
+    gcs.subscribe(dashboard, m.Subscribe("logs"))  # every job's
+    lines = [[1, "", b"", "f", 1, "stdout", "one"], [2, "", b"", "g", 2, "stdout", "two"]]
+    gcs.add_logs(None, m.AddLogs(lines))
+    gcs.add_logs(None, m.AddLogs([lines[1]]))
+    assert [[line[-1] for line in msg.data] for msg in job1.sent] == [["one"]]
+    assert [[line[-1] for line in msg.data] for msg in job2.sent] == [["two"], ["two"]]
+    assert [len(msg.data) for msg in dashboard.sent] == [2, 1]
+    gcs.connection_closed(job1)
+    assert job1 not in gcs._log_jobs
