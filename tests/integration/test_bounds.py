@@ -153,10 +153,19 @@ def test_events_for_a_stalled_gcs_are_held_and_capped(fresh_cluster, monkeypatch
 
 
 SUBSCRIBER = """
-import sys, time, cellfleet
-cellfleet.init(address=sys.argv[1], log_to_driver=True)
-print("subscribed", flush=True)
-time.sleep(600)
+import asyncio, sys
+from cellfleet import _messages as m
+from cellfleet._rpc import connect
+from cellfleet._session import find_token
+
+async def main():
+    conn = await connect(sys.argv[1], find_token(sys.argv[1]))
+    conn.send(m.Subscribe("logs"))  # every job's lines, as a dashboard asks for them
+    await conn.request(m.GetNodes())  # the subscription is in place
+    print("subscribed", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
 """
 
 
