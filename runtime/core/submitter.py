@@ -42,6 +42,7 @@ class LeasedWorker:
     in_flight: dict[bytes, TaskSpec] = field(default_factory=dict)
     idle_timer: asyncio.TimerHandle | None = None
     returned: bool = False
+    on_close: Callable[[asyncio.Future], None] | None = None  # on the (shared) connection
 
 
 @dataclass(slots=True, eq=False)
@@ -175,7 +176,8 @@ class TaskSubmitter:
             self._return(worker, failed=True)
             self._pump(key, queue)
             return
-        worker.conn.closed.add_done_callback(lambda _: self._worker_lost(worker))
+        worker.on_close = lambda _: self._worker_lost(worker)
+        worker.conn.closed.add_done_callback(worker.on_close)
         queue.workers.append(worker)
         self._pump(key, queue)
         if not worker.in_flight:
@@ -194,6 +196,9 @@ class TaskSubmitter:
         if worker.returned:
             return
         worker.returned = True
+        if worker.on_close is not None:  # the connection is cached: leases must not pile up
+            worker.conn.closed.remove_done_callback(worker.on_close)
+            worker.on_close = None
         queue = self._queues.get(worker.key)
         if queue is not None and worker in queue.workers:
             queue.workers.remove(worker)

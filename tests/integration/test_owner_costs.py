@@ -122,3 +122,18 @@ def test_wait_counts_a_failed_ref_as_ready(cluster) -> None:
     ok = slow.remote(1)
     ready, rest = cellfleet.wait([failed, ok], num_returns=2, timeout=60)
     assert set(ready) == {failed, ok} and not rest
+
+
+def test_leases_of_a_cached_worker_connection_do_not_pile_up_callbacks(cluster) -> None:
+    """Each lease watches its worker's connection; a returned lease stops watching it."""
+    core = _context.core
+    for i in range(30):
+        assert cellfleet.get(slow.remote(i), timeout=30) == i
+        time.sleep(0.03)  # longer than a lease stays idle: the next task takes a new lease
+
+    async def watchers() -> list[int]:
+        peers = [f.result() for f in core._peers.values() if f.done() and not f.exception()]
+        return [len(conn.closed._callbacks or ()) for conn in peers]
+
+    counts = core.run(watchers(), timeout=10)
+    assert counts and max(counts) <= 4, counts
