@@ -124,8 +124,12 @@ async def test_tasks_filter_and_paging(jp_fetch, cluster):
     page = await get(jp_fetch, "clusters", cid, "tasks", name="inc", offset=1, limit=2)
     assert page["total"] >= 5 and len(page["tasks"]) == 2 and page["offset"] == 1
     assert all(t["name"] == "inc" for t in page["tasks"])
-    failed = await get(jp_fetch, "clusters", cid, "tasks", state="FAILED")
-    assert any("kaput" in (t.get("error_message") or "") for t in failed["tasks"])
+
+    async def failed_listed():  # its end reaches the GCS with the owner's next events
+        failed = await get(jp_fetch, "clusters", cid, "tasks", state="FAILED")
+        return any("kaput" in (t.get("error_message") or "") for t in failed["tasks"])
+
+    await until(failed_listed)
     none = await get(jp_fetch, "clusters", cid, "tasks", tag=tag)
     assert none["total"] == 0
 
@@ -171,9 +175,14 @@ async def test_actors_objects_timeline_logs(jp_fetch, cluster):
     counter = Counter.remote()
     assert cellfleet.get(counter.add.remote()) == 1
     big = cellfleet.put(b"x" * 300_000)
-    actors = (await get(jp_fetch, "clusters", cid, "actors"))["actors"]
-    mine = [x for x in actors if x["class_name"] == "Counter"]
-    assert mine and mine[0]["state"] == "ALIVE" and mine[0]["pending_calls"] == 0
+    mine: list[dict] = []
+
+    async def counter_idle():  # the call's end reaches the GCS with the owner's next events
+        actors = (await get(jp_fetch, "clusters", cid, "actors"))["actors"]
+        mine[:] = [x for x in actors if x["class_name"] == "Counter"]
+        return mine and mine[0]["state"] == "ALIVE" and mine[0]["pending_calls"] == 0
+
+    await until(counter_idle)
     actor_pid = mine[0]["pid"]
 
     async def big_listed():
