@@ -5,10 +5,12 @@ the store only hands out space, remembers each object's owner and readers, and f
 once the owner has released the object and no reader still maps it. Objects are immutable once
 their creator has written them and reported their location to the owner.
 
-Freeing space answers with the ranges whose memory to give back to the system (a freed block of
-at least ``RECLAIM_MIN_BYTES``, or the free extent it joined once that reaches it): the raylet
-punches them out of the arena file, so deleting a 2 GB object makes the node 2 GB lighter
-instead of leaving the pages committed until a later object reuses them.
+Freeing a large block answers with the range whose memory to give back to the system (the
+whole free extent the block joined): the raylet punches it out of the arena file, so deleting a
+2 GB object makes the node 2 GB lighter instead of leaving the pages committed. A block is
+large when it is at least an eighth of the store (and ``RECLAIM_MIN_BYTES``); smaller ones keep
+their pages, so the next object of that size is written at memory speed instead of faulting
+every page in again (a put loop of 100 MB objects runs at ~10 GB/s, not ~1).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .allocator import ArenaAllocator
 
 __all__ = ["RECLAIM_MIN_BYTES", "ObjectStore", "StoredObject"]
 
-RECLAIM_MIN_BYTES = 1 << 20  # smaller frees keep their pages: the next small object reuses them
+RECLAIM_MIN_BYTES = 1 << 20  # the smallest block whose free gives pages back
 
 
 def _mib(n: int) -> str:
@@ -42,6 +44,7 @@ class ObjectStore:
 
     def __init__(self, capacity: int) -> None:
         self.allocator = ArenaAllocator(capacity)
+        self.reclaim_min = max(RECLAIM_MIN_BYTES, capacity // 8)
         self.objects: dict[bytes, StoredObject] = {}
         self._reclaim: list[tuple[int, int]] = []  # (offset, size) freed since the last answer
 
@@ -127,7 +130,7 @@ class ObjectStore:
         if obj.released and not obj.readers:
             del self.objects[object_id]
             start, extent = self.allocator.free_merged(obj.offset)
-            if extent >= RECLAIM_MIN_BYTES:  # small frees next to it go back with it
+            if obj.size >= self.reclaim_min:  # free space next to it goes back with it
                 self._reclaim.append((start, extent))
 
     def _take_reclaim(self) -> list[tuple[int, int]]:

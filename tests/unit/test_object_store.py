@@ -19,7 +19,7 @@ def test_freeing_a_large_object_answers_its_range_to_give_back() -> None:
     assert start <= offset and size >= 8 * MiB and store.allocator.used == 0
 
 
-def test_small_frees_keep_their_pages_until_their_free_extent_is_large() -> None:
+def test_small_frees_keep_their_pages_until_a_large_one_frees_next_to_them() -> None:
     store = ObjectStore(4 * RECLAIM_MIN_BYTES)
     store.allocate(b"a", RECLAIM_MIN_BYTES // 4, "o")
     store.allocate(b"b", RECLAIM_MIN_BYTES // 4, "o")
@@ -32,8 +32,8 @@ def test_small_frees_keep_their_pages_until_their_free_extent_is_large() -> None
 
 def test_an_exiting_owner_frees_its_objects_and_answers_their_ranges() -> None:
     store = ObjectStore(64 * MiB)
-    store.allocate(b"x", 4 * MiB, "dead-owner")
-    store.allocate(b"y", 4 * MiB, "live-owner")
+    store.allocate(b"x", 8 * MiB, "dead-owner")
+    store.allocate(b"y", 8 * MiB, "live-owner")
     ranges = store.owner_gone("dead-owner")
     assert len(ranges) == 1 and list(store.objects) == [b"y"]
 
@@ -57,3 +57,12 @@ def test_a_return_that_is_being_read_is_not_written_again() -> None:
     store.pin("reader", [b"ret"])
     with pytest.raises(RaySystemError, match="being read"):
         store.allocate(b"ret", 2 * MiB, "owner")
+
+
+def test_a_free_below_an_eighth_of_the_store_keeps_its_pages_for_reuse() -> None:
+    store = ObjectStore(1024 * MiB)
+    assert store.reclaim_min == 128 * MiB
+    store.allocate(b"medium", 100 * MiB, "o")
+    assert store.release([b"medium"]) == []  # the next 100 MB object reuses these pages
+    store.allocate(b"large", 200 * MiB, "o")
+    assert store.release([b"large"]) == [(0, 1024 * MiB)]
