@@ -342,10 +342,14 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
                         f"{type(object_refs).__name__}")
     if not object_refs:
         return [], []
-    if set(map(type, object_refs)) != {ObjectRef} and not all(
-            isinstance(r, ObjectRef) for r in object_refs):
-        raise TypeError("wait() expected a list of ObjectRef")
-    if len(set(map(_object_id, object_refs))) != len(object_refs):
+    try:
+        ids = list(map(_object_id, object_refs))  # also the type check, in one pass
+    except AttributeError:
+        ids = None
+    if ids is None or not isinstance(object_refs[0], ObjectRef):
+        if not all(isinstance(r, ObjectRef) for r in object_refs):
+            raise TypeError("wait() expected a list of ObjectRef") from None
+    if len(set(ids)) != len(ids):
         raise ValueError("Wait requires a list of unique object refs.")
     if num_returns <= 0 and object_refs:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
@@ -354,7 +358,7 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
                          f"to wait ({num_returns} > {len(object_refs)}).")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
-    return core.wait(list(object_refs), num_returns, timeout)
+    return core.wait(list(object_refs), num_returns, timeout, ids)
 
 
 _object_id = operator.attrgetter("_id")

@@ -484,10 +484,11 @@ class CoreWorker:
                     self._value(ref, entry)
         return [self._value(ref, entry) for ref, entry in zip(refs, entries)]
 
-    def wait(self, refs: list[ObjectRef], num_returns: int,
-             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None,
+             ids: list[bytes] | None = None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """``ids``: the refs' object ids, when the caller has them already."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        entries = list(map(self.refs.entries.get, map(_object_id, refs)))
+        entries = list(map(self.refs.entries.get, ids or map(_object_id, refs)))
         if None in entries or None in map(_payload, entries):
             entries = [self._entry_for(ref) for ref in refs]  # errors, fetches of borrows
             try:
