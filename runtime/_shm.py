@@ -39,7 +39,9 @@ def _path(name: str) -> str:
 
 COPY_SLICE = 64 << 20  # a copy reporting progress reports every this many bytes
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
-_PREFAULT_BYTES = 8 << 20
+# Only writes this large fault their pages in first: smaller objects mostly land on pages
+# already in use (freed space keeps its pages), where the call costs ~18% of the copy.
+_PREFAULT_BYTES = 256 << 20
 _MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
 
 
