@@ -56,7 +56,7 @@ class Counter:
     def incr(self, k):
         self.n += k
         return self.n""",
-    """cellfleet.get(nap.remote(1.5))  # long enough for the cell's live strip
+    """cellfleet.get(nap.remote(4))  # long enough for the cell's live strip, even under load
 parts = [stage1.remote(load.remote(i)) for i in range(6)]
 total = combine.remote(*parts)
 nested = outer.remote(3)
