@@ -359,14 +359,25 @@ class FreeObjects(Message):
     object_ids: list
 
 
-@_message(37)
-class PinObjects(Message):
-    object_ids: list
-
-
 @_message(38)
 class UnpinObjects(Message):
     object_ids: list
+
+
+@_message(90)
+class GetObjects(Message):
+    """Asks the node's store where objects are, by id; each is pinned for the asker before
+    the answer, one ``[offset, size]`` per id (``None``: not on this node), sent once every
+    one of them is sealed."""
+
+    object_ids: list
+
+
+@_message(91)
+class SealObject(Message):
+    """The creator has written all of an object's bytes: it may be read."""
+
+    object_id: bytes
 
 
 @_message(39)

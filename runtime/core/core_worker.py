@@ -467,7 +467,8 @@ class CoreWorker:
         offset = fut.result()
         progress = _context.copy_progress if size >= LARGE_COPY_BYTES else None
         self.arena.write(offset, obj.chunks(), progress)
-        return ["s", obj.kind, offset, size, self.node_id, self.raylet_address]
+        self._call_soon(lambda: self.raylet.send(m.SealObject(object_id)))
+        return ["s", obj.kind, size, self.node_id, self.raylet_address]
 
     async def _allocate(self, object_id: bytes, size: int, owner: str) -> int:
         self._drain()  # releases queued before this put go first: their space is reusable
@@ -571,13 +572,33 @@ class CoreWorker:
         """Deserialize a payload; a shared-memory one is a zero-copy, pinned view."""
         if payload[0] == "i":
             return deserialize_inline(payload[1])
-        _, _, offset, size, node_id, _ = payload
+        return self.read_payloads([(object_id, payload)])[0]
+
+    def read_payloads(self, items: list[tuple[bytes, list]]) -> list[tuple[int, Any]]:
+        """Deserialize several payloads, asking the raylet once for all the shared-memory ones
+        (it pins them for this process before it answers where they are)."""
+        stored = [object_id for object_id, payload in items if payload[0] == "s"]
+        where = self.run(self._locate(stored)) if stored else []
+        located = dict(zip(stored, where))
+        return [deserialize_inline(payload[1]) if payload[0] == "i"
+                else self._view(object_id, payload, located[object_id])
+                for object_id, payload in items]
+
+    async def _locate(self, object_ids: list[bytes]) -> list:
+        self._drain()  # this thread's earlier seals and releases go first
+        return await self.raylet.request(m.GetObjects(object_ids))
+
+    def _view(self, object_id: bytes, payload: list, where: list | None) -> tuple[int, Any]:
+        """A pinned, zero-copy view of an object the raylet has located."""
+        node_id = payload[3]
         if node_id != self.node_id:
             raise exceptions.RaySystemError(
                 f"object {object_id.hex()} is on node {node_id.hex()}; objects cannot move "
                 "between nodes on this cluster"
             )
-        self._call_soon(lambda: self.raylet.send(m.PinObjects([object_id])))
+        if where is None:
+            raise exceptions.ObjectLostError(object_id.hex(), "")
+        offset, size = where
 
         def unpin() -> None:
             if not self._closed:
@@ -614,8 +635,18 @@ class CoreWorker:
         entry = self._entry_for(ref)
 
         def resolve(e: ObjectEntry) -> None:
+            if e.payload[0] == "s":  # on the I/O thread: ask the raylet without blocking it
+                self._loop.create_task(resolve_stored(e.payload))
+                return
             try:
                 out.set_result(self._value(ref, e))
+            except BaseException as exc:
+                out.set_exception(exc)
+
+        async def resolve_stored(payload: list) -> None:
+            try:
+                where = await self.raylet.request(m.GetObjects([ref._id]))
+                out.set_result(self._view(ref._id, payload, where[0])[1])
             except BaseException as exc:
                 out.set_exception(exc)
 
@@ -899,7 +930,7 @@ class CoreWorker:
                 "worker_id": result.worker_id.hex(), "node_id": result.node_id.hex(),
                 "error_message": result.error_text or None,
                 # bytes of each return: shared memory's size, or the inline pickle and buffers
-                "return_sizes": [p[3] if p[0] == "s" else len(p[1][1]) + sum(map(len, p[1][2]))
+                "return_sizes": [p[2] if p[0] == "s" else len(p[1][1]) + sum(map(len, p[1][2]))
                                  for p in result.returns[:spec.num_returns]],
             })
         else:

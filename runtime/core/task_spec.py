@@ -8,7 +8,7 @@ from typing import Any
 __all__ = ["ArgSlot", "TaskResult", "TaskSpec"]
 
 # An object payload: ["i", [kind, pickle, buffers]] inline, or
-# ["s", kind, offset, size, node_id, raylet_address] in a node's shared-memory arena.
+# ["s", kind, size, node_id, raylet_address] in a node's shared-memory arena, found by id.
 Payload = list
 
 

@@ -2,8 +2,12 @@
 
 Processes on the node map the arena themselves and copy object bytes in and out directly;
 the store only hands out space, remembers each object's owner and readers, and frees space
-once the owner has released the object and no reader still maps it. Objects are immutable once
-their creator has written them and reported their location to the owner.
+once the owner has released the object and no reader still maps it.
+
+Objects are known by id, never by offset outside the node: a creator allocates space, writes
+the bytes and seals the object (``seal``); a reader asks for objects by id (``locate``), which
+pins each one for that reader before saying where it is, so it cannot be freed or moved while
+mapped. An object is immutable once sealed; one whose creator went away unsealed is dropped.
 
 Freeing a large block answers with the range whose memory to give back to the system (the
 whole free extent the block joined): the raylet punches it out of the arena file, so deleting a
@@ -37,6 +41,8 @@ class StoredObject:
     owner: str
     readers: dict[Any, int] = field(default_factory=dict)  # reader connection -> pin count
     released: bool = False  # the owner no longer needs it
+    sealed: bool = False  # its creator has written all of it
+    writer: Any = None  # the creator's connection, until it seals
 
 
 class ObjectStore:
@@ -52,7 +58,7 @@ class ObjectStore:
     def capacity(self) -> int:
         return self.allocator.capacity
 
-    def allocate(self, object_id: bytes, size: int, owner: str) -> int:
+    def allocate(self, object_id: bytes, size: int, owner: str, writer: Any = None) -> int:
         """Reserve space for a new object; ObjectStoreFullError says what is in the way."""
         existing = self.objects.get(object_id)
         if existing is not None:  # a retried task writing the same return again
@@ -60,6 +66,7 @@ class ObjectStore:
                 raise RaySystemError(
                     f"object {object_id.hex()} is being read and cannot be written again")
             if existing.size == size:
+                existing.sealed, existing.writer, existing.released = False, writer, False
                 return existing.offset
             # The earlier attempt's block may be smaller: writing there would overrun it.
             del self.objects[object_id]
@@ -74,8 +81,31 @@ class ObjectStore:
                 "objects you no longer need, or start the cluster with a larger "
                 "object_store_memory."
             )
-        self.objects[object_id] = StoredObject(offset, size, owner)
+        self.objects[object_id] = StoredObject(offset, size, owner, writer=writer)
         return offset
+
+    def seal(self, object_id: bytes) -> bool:
+        """The creator has written the object: readers may map it. False if it is unknown."""
+        obj = self.objects.get(object_id)
+        if obj is None:
+            return False
+        obj.sealed, obj.writer = True, None
+        return True
+
+    def locate(self, reader: Any, object_ids: list[bytes]) -> list[list[int] | bool | None]:
+        """Where each object is, ``[offset, size]``, pinned for ``reader`` first; ``None`` for
+        an object not in this store, ``False`` for one not sealed yet (ask again once it is)."""
+        where: list[list[int] | bool | None] = []
+        for object_id in object_ids:
+            obj = self.objects.get(object_id)
+            if obj is None:
+                where.append(None)
+            elif not obj.sealed:
+                where.append(False)
+            else:
+                obj.readers[reader] = obj.readers.get(reader, 0) + 1
+                where.append([obj.offset, obj.size])
+        return where
 
     def release(self, object_ids: list[bytes]) -> list[tuple[int, int]]:
         """The owner is done with these objects: free them once no reader maps them.
@@ -86,12 +116,6 @@ class ObjectStore:
                 obj.released = True
                 self._free_if_unused(object_id, obj)
         return self._take_reclaim()
-
-    def pin(self, reader: Any, object_ids: list[bytes]) -> None:
-        for object_id in object_ids:
-            obj = self.objects.get(object_id)
-            if obj is not None:
-                obj.readers[reader] = obj.readers.get(reader, 0) + 1
 
     def unpin(self, reader: Any, object_ids: list[bytes]) -> list[tuple[int, int]]:
         for object_id in object_ids:
@@ -107,8 +131,13 @@ class ObjectStore:
         return self._take_reclaim()
 
     def reader_gone(self, reader: Any) -> list[tuple[int, int]]:
+        """A connection closed: its pins end, and objects it left unsealed are dropped."""
         for object_id, obj in list(self.objects.items()):
-            if obj.readers.pop(reader, None) is not None:
+            if obj.writer is reader and not obj.sealed:
+                obj.released = True
+                obj.readers.clear()
+                self._free_if_unused(object_id, obj)
+            elif obj.readers.pop(reader, None) is not None:
                 self._free_if_unused(object_id, obj)
         return self._take_reclaim()
 

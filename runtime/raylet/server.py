@@ -60,6 +60,8 @@ class Raylet:
         self._lease_futures: dict[int, asyncio.Future] = {}
         self._background: set[asyncio.Future] = set()  # GPU ids on their way to workers
         self._next_request = 1
+        # Readers waiting for objects to be sealed: object id -> [(reader, ids, answer)].
+        self._unsealed: dict[bytes, list[tuple[Connection, list, asyncio.Future]]] = {}
         self._carry_out(self.scheduler.start())
 
     def handlers(self) -> HandlerTable:
@@ -73,7 +75,8 @@ class Raylet:
             m.NotifyUnblocked: self.notify_unblocked,
             m.AllocateObject: self.allocate_object,
             m.FreeObjects: lambda conn, msg: self._reclaim(self.store.release(msg.object_ids)),
-            m.PinObjects: lambda conn, msg: self.store.pin(conn, msg.object_ids),
+            m.SealObject: self.seal_object,
+            m.GetObjects: self.get_objects,
             m.UnpinObjects: lambda conn, msg: self._reclaim(
                 self.store.unpin(conn, msg.object_ids)),
             m.GetNodeStats: lambda conn, msg: self.stats(),
@@ -98,6 +101,7 @@ class Raylet:
     def connection_closed(self, conn: Connection) -> None:
         client: _Client | None = conn.state
         self._reclaim(self.store.reader_gone(conn))
+        self._creator_gone(conn)
         if client is None:
             return
         if client.kind == "worker":
@@ -216,7 +220,37 @@ class Raylet:
                 self.arena.discard(offset, size)
 
     def allocate_object(self, conn: Connection, msg: m.AllocateObject) -> int:
-        return self.store.allocate(msg.object_id, msg.size, msg.owner_address)
+        return self.store.allocate(msg.object_id, msg.size, msg.owner_address, writer=conn)
+
+    def seal_object(self, conn: Connection, msg: m.SealObject) -> None:
+        if self.store.seal(msg.object_id):
+            for reader, ids, answer in self._unsealed.pop(msg.object_id, ()):
+                if reader.is_open and not answer.done():  # a gone reader's pins would leak
+                    self._answer_locations(reader, ids, answer)
+
+    def get_objects(self, conn: Connection, msg: m.GetObjects) -> Any:
+        """Where objects are, pinned for the reader; waits for any not sealed yet."""
+        answer = asyncio.get_running_loop().create_future()
+        self._answer_locations(conn, msg.object_ids, answer)
+        return answer
+
+    def _answer_locations(self, reader: Connection, ids: list, answer: asyncio.Future) -> None:
+        where = self.store.locate(reader, ids)
+        unsealed = [object_id for object_id, at in zip(ids, where) if at is False]
+        if not unsealed:
+            answer.set_result(where)
+            return
+        # Ask again once the first unsealed one is sealed; pins taken now are given back.
+        self._reclaim(self.store.unpin(
+            reader, [object_id for object_id, at in zip(ids, where) if at]))
+        self._unsealed.setdefault(unsealed[0], []).append((reader, ids, answer))
+
+    def _creator_gone(self, conn: Connection) -> None:
+        """Readers waiting for objects that will never be sealed now hear they are not here."""
+        for object_id in [oid for oid in self._unsealed if oid not in self.store.objects]:
+            for reader, ids, answer in self._unsealed.pop(object_id):
+                if reader.is_open and not answer.done():
+                    self._answer_locations(reader, ids, answer)
 
     # -- reporting ------------------------------------------------------------------------
 

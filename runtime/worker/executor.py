@@ -380,10 +380,9 @@ class TaskExecutor:
         args, kwargs = pickle.loads(spec.args)
         if not spec.arg_refs:
             return args, kwargs
-        values = [
-            self.core.read_payload(object_id, payload)[1]
-            for (object_id, _), payload in zip(spec.arg_refs, spec.resolved)
-        ]
+        values = [value for _, value in self.core.read_payloads(
+            [(object_id, payload) for (object_id, _), payload in zip(spec.arg_refs,
+                                                                    spec.resolved)])]
         args = tuple(values[a.index] if type(a) is ArgSlot else a for a in args)
         kwargs = {k: values[v.index] if type(v) is ArgSlot else v for k, v in kwargs.items()}
         return args, kwargs

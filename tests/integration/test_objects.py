@@ -399,6 +399,20 @@ def test_large_array_is_a_read_only_zero_copy_view_of_the_arena(cluster, empty_s
 # -- reference counting ------------------------------------------------------------------
 
 
+def test_objects_are_read_by_id_not_by_where_they_once_were(cluster, empty_store):
+    """A stale payload never reads another object's bytes: the raylet finds objects by id."""
+    core = ray._context.core
+    first = ray.put(np.full(BIG, 1, dtype=np.uint8))
+    payload = core.refs.entries[first._id].payload
+    first_id = first._id
+    del first
+    wait_until(lambda: store_used() == 0, timeout=10)
+    second = ray.put(np.full(BIG, 2, dtype=np.uint8))  # most likely in the same block
+    with pytest.raises(exceptions.ObjectLostError):
+        core.read_payload(first_id, payload)
+    assert ray.get(second)[0] == 2
+
+
 def test_put_and_del_move_store_usage(cluster, empty_store):
     ref = ray.put(big_array())
     assert store_used() >= BIG  # allocated before put returns

@@ -13,7 +13,8 @@ MiB = 2**20
 def test_freeing_a_large_object_answers_its_range_to_give_back() -> None:
     store = ObjectStore(64 * MiB)
     offset = store.allocate(b"big", 8 * MiB, "owner")
-    store.pin("reader", [b"big"])
+    store.seal(b"big")
+    assert store.locate("reader", [b"big"]) == [[offset, 8 * MiB]]
     assert store.release([b"big"]) == []  # still mapped by a reader: nothing freed yet
     ((start, size),) = store.unpin("reader", [b"big"])
     assert start <= offset and size >= 8 * MiB and store.allocator.used == 0
@@ -54,7 +55,8 @@ def test_a_retried_return_larger_than_the_first_attempt_gets_a_block_of_its_own(
 def test_a_return_that_is_being_read_is_not_written_again() -> None:
     store = ObjectStore(64 * MiB)
     store.allocate(b"ret", 1 * MiB, "owner")
-    store.pin("reader", [b"ret"])
+    store.seal(b"ret")
+    store.locate("reader", [b"ret"])
     with pytest.raises(RaySystemError, match="being read"):
         store.allocate(b"ret", 2 * MiB, "owner")
 
@@ -66,3 +68,33 @@ def test_a_free_below_an_eighth_of_the_store_keeps_its_pages_for_reuse() -> None
     assert store.release([b"medium"]) == []  # the next 100 MB object reuses these pages
     store.allocate(b"large", 200 * MiB, "o")
     assert store.release([b"large"]) == [(0, 1024 * MiB)]
+
+
+def test_readers_learn_where_an_object_is_only_once_it_is_sealed() -> None:
+    store = ObjectStore(64 * MiB)
+    offset = store.allocate(b"obj", MiB, "owner", writer="creator")
+    assert store.locate("reader", [b"obj", b"other"]) == [False, None]
+    assert store.objects[b"obj"].readers == {}  # nothing pinned for an unsealed object
+    assert store.seal(b"obj") and not store.seal(b"other")
+    assert store.locate("reader", [b"obj"]) == [[offset, MiB]]
+    store.release([b"obj"])
+    assert b"obj" in store.objects  # pinned by the reader
+    store.unpin("reader", [b"obj"])
+    assert store.objects == {}
+
+
+def test_an_object_its_creator_left_unsealed_is_dropped_with_the_creator() -> None:
+    store = ObjectStore(64 * MiB)
+    store.allocate(b"torn", MiB, "owner", writer="creator")
+    store.allocate(b"done", MiB, "owner", writer="creator")
+    store.seal(b"done")
+    store.reader_gone("creator")
+    assert list(store.objects) == [b"done"] and store.allocator.used == MiB
+
+
+def test_a_retried_write_of_the_same_size_is_unsealed_until_sealed_again() -> None:
+    store = ObjectStore(64 * MiB)
+    offset = store.allocate(b"ret", MiB, "owner", writer="attempt1")
+    store.seal(b"ret")
+    assert store.allocate(b"ret", MiB, "owner", writer="attempt2") == offset
+    assert store.locate("reader", [b"ret"]) == [False]
