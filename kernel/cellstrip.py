@@ -23,7 +23,7 @@ from typing import Any
 from cellfleet import _context
 from cellfleet.widgets.model import COLORS, SHORT, STATES
 
-__all__ = ["CellStrips", "StripModel", "render_strip", "render_summary"]
+__all__ = ["CellStrips", "StripModel", "render_strip", "render_summary", "settled"]
 
 MAX_FUNCTIONS = 8
 MAX_SPANS = 300
@@ -190,6 +190,16 @@ def render_summary(model: Any, seconds: float) -> str:
             f"{tail}")
 
 
+def settled(model: Any, since_end: float) -> bool:
+    """Whether an ended cell's strip is final: every task it knows of ended, or ``SETTLE_S``
+    passed. A cell whose tasks' events have not come yet (none known) is not settled."""
+    if since_end > SETTLE_S:
+        return True
+    return bool(model.total()) and all(
+        model.counts[k]["FINISHED"] + model.counts[k]["FAILED"] == model.group_size(k)
+        for k in model.counts)
+
+
 class _Strip:
     def __init__(self, tag: str, parent: dict) -> None:
         self.tag = tag
@@ -236,8 +246,8 @@ class CellStrips:
         """On the timer's thread: the cell still runs after ``after`` s, follow its tasks."""
         from cellfleet.widgets.feed import NoClusterError, feed
 
-        if strip.ended is not None:
-            self._strips.pop(strip.tag, None)
+        if strip.ended is not None and strip.ended - strip.started < self.after:
+            self._strips.pop(strip.tag, None)  # a quick cell that ended as the timer fired
             return
         try:
             source = feed()
@@ -261,22 +271,26 @@ class CellStrips:
         now = time.time()
         model = strip.model
         if strip.ended is not None:
-            settled = all(model.counts[k]["FINISHED"] + model.counts[k]["FAILED"]
-                          == model.group_size(k) for k in model.counts)
-            if settled or now - strip.ended > SETTLE_S:
-                source.remove(strip.listener)
-                self._strips.pop(strip.tag, None)
-                if strip.display_id is not None:
-                    last = max((r.get("end_time") or 0 for r in model.records.values()),
-                               default=0) or strip.ended
-                    line = render_summary(model, max(last, strip.ended) - strip.started)
-                    self._publish("update_display_data", strip, line,
-                                  f'<div class="cellfleet-strip-summary" style="color:'
-                                  f'var(--jp-ui-font-color2,#666);font-size:12px">'
-                                  f"{html.escape(line)}</div>")
+            if not settled(model, now - strip.ended):
                 return
+            source.remove(strip.listener)
+            self._strips.pop(strip.tag, None)
+            if not model.total():
+                return  # the cell ran long, but none of its tasks
+            last = max((r.get("end_time") or 0 for r in model.records.values()),
+                       default=0) or strip.ended
+            line = render_summary(model, max(last, strip.ended) - strip.started)
+            # a cell that ended before its tasks' events came never showed a strip: its
+            # summary is a new output, not an update
+            kind = "display_data" if strip.display_id is None else "update_display_data"
+            strip.display_id = strip.display_id or uuid.uuid4().hex
+            self._publish(kind, strip, line,
+                          f'<div class="cellfleet-strip-summary" style="color:'
+                          f'var(--jp-ui-font-color2,#666);font-size:12px">'
+                          f"{html.escape(line)}</div>")
+            return
         if strip.display_id is None:
-            if now - strip.started < self.after or strip.ended is not None or not model.total():
+            if now - strip.started < self.after or not model.total():
                 return
             strip.display_id = uuid.uuid4().hex
             kind = "display_data"
