@@ -239,7 +239,7 @@ async def overview(cluster: ClusterInfo) -> dict:
     actor_states = Counter(a.get("state") for a in raw_actors)
     return {"total_tasks": model.total(), "legend": model.legend(), "functions": functions,
             "nodes": node_rows, "actors": dict(actor_states),
-            "stream": state.spans(time.time() - 60, 1000)["spans"]}
+            "stream": state.spans(time.time() - 60, 1000)["spans"], "recent": state.recent()}
 
 
 async def logs(cluster: ClusterInfo, *, wait: float = 0.0, tail: int = 200) -> dict:

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from cellfleet import _messages as m
-from cellfleet.widgets.model import DONE_STATES, GraphModel
+from cellfleet.widgets.model import DONE_STATES, GraphModel, was_cancelled
 
 from .discovery import ClusterInfo
 
@@ -82,6 +82,24 @@ class ClusterState:
                     out[actor] = out.get(actor, 0) + 1
         return out
 
+    def recent(self, limit: int = 12) -> list[dict[str, Any]]:
+        """The newest tasks submitted: function, state, node, worker, attempt, duration."""
+        out = []
+        for record in reversed(self.model.records.values()):
+            if "name" not in record:
+                continue
+            start, end = record.get("start_time"), record.get("end_time")
+            out.append({
+                "task_id": record["task_id"], "name": record["name"], "state": record["state"],
+                "cancelled": was_cancelled(record), "node": record.get("node_id"),
+                "pid": record.get("worker_pid"), "attempt": record.get("attempt_number") or 0,
+                "duration": end - start if start and end else None, "tag": record.get("tag"),
+                "owner": record.get("owner"),
+            })
+            if len(out) >= limit:
+                break
+        return out
+
     def spans(self, since: float, limit: int = MAX_SPANS, cursor: int = 0) -> dict[str, Any]:
         """Timeline spans of the newest ``limit`` tasks that ran, ending after ``since``; with
         the ``cursor`` of an earlier answer, only those of the tasks changed after it."""
@@ -105,6 +123,8 @@ class ClusterState:
                 "worker": f"{(record.get('node_id') or '?')[:8]}:"
                           f"{record.get('worker_pid') or '?'}",
                 "error": (record.get("error_message") or "")[:300] or None,
+                "node": record.get("node_id"), "attempt": record.get("attempt_number") or 0,
+                "cancelled": was_cancelled(record),
             })
             if len(out) >= limit:
                 break

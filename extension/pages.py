@@ -80,6 +80,7 @@ a { color: var(--accent); }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 14px; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; min-width: 0; }
 .card h2 { margin-top: 2px; }
+.card.wide { margin-top: 14px; }
 table.cf { width: 100%%; border-collapse: collapse; table-layout: fixed; }
 table.cf th { text-align: left; color: var(--fg2); font-weight: 600;
   border-bottom: 1px solid var(--line); padding: 3px 8px 3px 0; }
@@ -180,14 +181,14 @@ def cluster_list(base: str, clusters: list[ClusterInfo], theme: str = "light") -
 def _timeline_layout():
     spans = ColumnDataSource({k: [] for k in (
         "left", "right", "bottom", "top", "color", "line", "name", "state", "worker",
-        "duration", "error")}, name="spans")
+        "duration", "error", "node", "attempt")}, name="spans")
     fig = figure(height=460, sizing_mode="stretch_width", tools="xpan,xwheel_zoom,box_zoom,reset",
                  name="timeline_fig", y_range=Range1d(0, 1, name="rows_range"))
     r = fig.quad("left", "right", "bottom", "top", source=spans, fill_color="color",
                  line_color="line", line_width=1.5)
     fig.add_tools(HoverTool(renderers=[r], tooltips=[
-        ("function", "@name"), ("state", "@state"), ("worker", "@worker"),
-        ("duration", "@duration"), ("error", "@error")]))
+        ("function", "@name"), ("state", "@state"), ("node", "@node"), ("worker", "@worker"),
+        ("attempt", "@attempt"), ("duration", "@duration"), ("error", "@error")]))
     fig.xaxis.axis_label = "seconds since the first task shown"
     fig.yaxis.ticker = FixedTicker(ticks=[], name="rows_ticker")
     fig.yaxis.axis_label = "node:pid"
@@ -219,7 +220,8 @@ _BODIES = {
 <div class="card"><h2>Task stream <span class="muted">(last minute)</span></h2>
 <div id="stream"></div></div>
 <div class="card"><h2>Nodes</h2><div id="nodes"></div></div>
-<div class="card"><h2>Actors</h2><div id="actors"></div></div></div>""",
+<div class="card"><h2>Actors</h2><div id="actors"></div></div></div>
+<div class="card wide"><h2>Recent tasks</h2><div id="recent"></div></div>""",
     "graph": '<div id="graph"></div>',
     "timeline": '<div id="keys" class="keys"></div>{plot}',
     "actors": '<div id="actors"></div>',

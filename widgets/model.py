@@ -20,7 +20,9 @@ from typing import Any
 
 from cellfleet.gcs.task_events import TASK_STATES as STATES
 
-__all__ = ["COLORS", "DONE_STATES", "SHORT", "STATES", "GraphModel", "state_at"]
+__all__ = [
+    "COLORS", "DONE_STATES", "SHORT", "STATES", "GraphModel", "state_at", "was_cancelled",
+]
 
 COLORS = {  # as in static/taskgraph.js
     "PENDING_ARGS_AVAIL": "#8c8c8c",
@@ -394,7 +396,10 @@ class GraphModel:
     def _task_node(self, record: dict) -> dict:
         start, end = record.get("start_time"), record.get("end_time")
         error = record.get("error_message")
-        if error and len(error) > MAX_ERROR_CHARS:
+        cancelled = was_cancelled(record)
+        if cancelled:
+            error = f"TaskCancelledError: task {record['task_id']} was cancelled"
+        elif error and len(error) > MAX_ERROR_CHARS:
             error = error[:MAX_ERROR_CHARS] + "\n… (cut)"
         tag = record.get("tag") or ""
         return {
@@ -408,7 +413,8 @@ class GraphModel:
             "return_sizes": list(record.get("return_sizes") or ()),
             "node": record.get("node_id"), "pid": record.get("worker_pid"),
             "duration": end - start if start and end else None,
-            "error": error, "attempt": record.get("attempt_number") or 0,
+            "error": error, "cancelled": cancelled,
+            "attempt": record.get("attempt_number") or 0,
             "reason": record.get("placement_reason") or record.get("scheduling_reason"),
             "parent": record.get("parent_task_id"),
             "cell": self.cell_labels.get(tag) or (tag[:8] if tag else None),
@@ -429,6 +435,20 @@ class GraphModel:
             label = f"{key} × {count} · {parts}"
         return {"id": node_id, "kind": "more" if more else "group", "label": label,
                 "key": key, "count": count, "state": main, "states": states}
+
+
+# How a worker reports a task cancelled while it ran: the KeyboardInterrupt (or, in an async
+# actor, the CancelledError) the cancel raised in it, which its owner turns into a
+# TaskCancelledError; a call cancelled as it ended is reported as "cancelled".
+_CANCEL_ERRORS = ("KeyboardInterrupt", "CancelledError", "TaskCancelledError")
+
+
+def was_cancelled(record: dict) -> bool:
+    """Whether a failed task's record is that of a cancelled task."""
+    if record.get("state") != "FAILED":
+        return False
+    error = (record.get("error_message") or "").strip()
+    return error == "cancelled" or error.split(":", 1)[0] in _CANCEL_ERRORS
 
 
 def group_key(record: dict) -> str:

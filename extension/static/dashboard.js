@@ -44,6 +44,10 @@ function table(cols, rows, empty) {
   }).join("") + "</tr>").join("");
   return `<table class="cf"><tr>${head}</tr>${body}</table>`;
 }
+function taskPill(t) {
+  return t.cancelled ? '<span class="pill" style="background:#868e96">cancelled</span>' : pill(t.state);
+}
+function attempt(t) { return t.attempt ? `${t.attempt + 1} (retried)` : "1"; }
 function pill(state) {
   const color = {ALIVE: "#2f9e44", PENDING: "#e0a800", RESTARTING: "#f0700a", DEAD: "#e03131"}[state]
     || C.colors[state] || "#8c8c8c";
@@ -105,6 +109,16 @@ function overview(d) {
     ["object store", (n) => meter(n.store_used, n.store_capacity,
       `${bytes(n.store_used)} / ${bytes(n.store_capacity)}`, "#7048e8")],
   ], d.nodes);
+  $("recent").innerHTML = table([
+    ["function", (t) => t.name, "", "22%"],
+    ["state", (t) => taskPill(t), "", "100px"],
+    ["node", (t) => short(t.node), "", "110px"],
+    ["worker pid", (t) => String(t.pid || ""), "num", "90px"],
+    ["attempt", (t) => attempt(t), "num", "100px"],
+    ["duration", (t) => secs(t.duration), "num", "90px"],
+    ["cell", (t) => t.tag ? short(t.tag, 8) : "", "", "90px"],
+    ["task", (t) => short(t.task_id, 16)],
+  ], d.recent || [], "no task yet");
   const actors = Object.entries(d.actors);
   $("actors").innerHTML = actors.length ? `<div class="keys">${actors.map(([s, n]) =>
     `${pill(s)} ${n}`).join(" ")}</div>` : '<div class="empty">no actor</div>';
@@ -122,7 +136,7 @@ function timeline(d) {
   const now = Date.now() / 1000;
   for (const s of spans) if (t0 === null || s.start < t0) t0 = s.start;
   const S = {left: [], right: [], bottom: [], top: [], color: [], line: [], name: [], state: [],
-             worker: [], duration: [], error: []};
+             worker: [], duration: [], error: [], node: [], attempt: []};
   for (const s of spans) {
     const i = rows.get(s.worker);
     S.left.push(s.start - t0); S.right.push((s.end || now) - t0);
@@ -130,6 +144,8 @@ function timeline(d) {
     S.color.push(colorOf(s.name)); S.line.push(s.state === "FAILED" ? "#e03131" : null);
     S.name.push(s.name); S.state.push(C.short[s.state] || s.state); S.worker.push(s.worker);
     S.duration.push(s.end ? secs(s.end - s.start) : "running"); S.error.push(s.error || "");
+    S.node.push((s.node || "").slice(0, 12)); S.attempt.push(attempt(s));
+    if (s.cancelled) S.state[S.state.length - 1] = "cancelled";
   }
   const src = model("spans"); if (src) src.data = S;
   const ticker = model("rows_ticker"), axis = model("rows_axis"), range = model("rows_range");

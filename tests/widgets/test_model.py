@@ -228,3 +228,19 @@ def test_object_sizes_reach_edges_and_details():
     assert nodes[b]["arg_sizes"] == [1234, None]  # the second is nobody's in the view
     (edge,) = model.view()["edges"]
     assert edge["bytes"] == 1234 and edge["obj"] == a + "01"
+
+
+def test_a_cancelled_task_says_so_with_its_node_and_attempt():
+    model = GraphModel("all")
+    a, b, c = _tid(1), _tid(2), _tid(3)
+    model.add_events([_submit(a, "slow"), _submit(b, "bad"), _submit(c, "flaky"),
+                      [bytes.fromhex(a), "FAILED", 2.0, {"error_message": "KeyboardInterrupt",
+                                                         "node_id": "ab" * 14}],
+                      [bytes.fromhex(b), "FAILED", 2.0, {"error_message": "ValueError: no"}],
+                      [bytes.fromhex(c), "PENDING_NODE_ASSIGNMENT", 2.0, {"attempt_number": 2}],
+                      [bytes.fromhex(c), "FINISHED", 3.0, {"node_id": "cd" * 14}]])
+    nodes = {n["id"]: n for n in model.view()["nodes"]}
+    assert nodes[a]["cancelled"] and nodes[a]["error"].startswith("TaskCancelledError")
+    assert "KeyboardInterrupt" not in nodes[a]["error"] and nodes[a]["node"] == "ab" * 14
+    assert not nodes[b]["cancelled"] and nodes[b]["error"] == "ValueError: no"
+    assert nodes[c]["attempt"] == 2 and nodes[c]["node"] == "cd" * 14

@@ -252,14 +252,16 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
     details.replaceChildren(...[
       close,
       h("h3", {}, n.fn),
-      h("div", { class: "cf-state", style: `--c:${COLORS[n.state]}` }, SHORT[n.state] || n.state),
+      h("div", { class: "cf-state", style: `--c:${COLORS[n.state]}` },
+        n.cancelled ? "cancelled" : (SHORT[n.state] || n.state)),
       h("table", { class: "cf-kv" },
         row("task", h("code", {}, n.id)),
         row("cell", n.cell),
         row("node", n.node ? h("code", { title: n.node }, n.node.slice(0, 12)) : null),
         row("worker pid", n.pid),
         row("duration", seconds(n.duration)),
-        row("retries", n.attempt ? String(n.attempt) : null),
+        row("attempt", n.attempt ? `${n.attempt + 1} (after ${n.attempt} ` +
+          `retr${n.attempt === 1 ? "y" : "ies"})` : null),
         row("placement", n.reason),
         row("returns", returns),
         row("actor", n.actor ? h("code", {}, n.actor.slice(0, 12)) : null)),
@@ -334,6 +336,7 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
     for (const n of view.nodes) {
       const box = g.node(n.id);
       const grp = s("g", { class: `cf-node cf-${n.kind}`, "data-id": n.id, "data-state": n.state,
+                           "data-cancelled": n.cancelled ? "1" : null,
                            transform: `translate(${box.x - box.width / 2},${box.y - box.height / 2})` });
       grp.style.setProperty("--c", COLORS[n.state] || "#8c8c8c");
       grp.append(s("rect", { width: box.width, height: box.height, rx: n.kind === "task" ? 5 : 8 }));
@@ -353,7 +356,10 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
       grp.append(text);
       const tip = s("title");
       tip.textContent = n.kind === "task"
-        ? `${n.fn} · ${SHORT[n.state] || n.state}${n.duration != null ? " · " + seconds(n.duration) : ""}`
+        ? `${n.fn} · ${n.cancelled ? "cancelled" : SHORT[n.state] || n.state}` +
+          (n.duration != null ? " · " + seconds(n.duration) : "") +
+          (n.node ? ` · node ${n.node.slice(0, 8)}` : "") +
+          (n.attempt ? ` · attempt ${n.attempt + 1}` : "")
         : `${n.label}\nclick to show these tasks`;
       grp.append(tip);
       grp.addEventListener("click", (ev) => {
