@@ -29,7 +29,7 @@ def pending_tasks(tag: str | None = None, task_ids: set[bytes] | None = None) ->
 
     async def collect() -> list[tuple]:
         out = []
-        for spec, _ in list(core._pending.values()):
+        for spec in core.tasks.specs():
             if spec.parent_task_id != DRIVER_TASK_ID:
                 continue
             if tag is not None and spec.tag != tag:

@@ -41,10 +41,25 @@ from .._serialization import (
 from .._service import raise_fd_limit
 from .._shm import SharedArena
 from .actor_submitter import ActorSubmitter
+from .dependency_resolver import DependencyResolver
 from .events import FLUSH_INTERVAL_S, EventBuffer
 from .object_ref import ObjectRef
 from .reference_table import ObjectEntry, ReferenceTable
 from .submitter import LeasedWorker, TaskSubmitter
+from .task_manager import (
+    ArgumentsResolved,
+    Cancel,
+    CancelRequested,
+    Complete,
+    Dequeued,
+    ResultReceived,
+    Retry,
+    Schedule,
+    SchedulingFailed,
+    TaskManager,
+    TaskSubmitted,
+    WorkerLost,
+)
 from .task_spec import ArgSlot, TaskResult, TaskSpec
 
 __all__ = ["CoreWorker"]
@@ -100,12 +115,12 @@ class CoreWorker:
         self.inbound: dict[str, Connection] = {}
         # Borrow registrations the owners have not acknowledged yet (see after_borrows).
         self._borrows_in_flight: set[asyncio.Future] = set()
-        self._pending: dict[bytes, tuple[TaskSpec, list[bytes]]] = {}  # task id -> spec, refs
+        self.tasks = TaskManager()
+        self.resolver = DependencyResolver()
         self._exported: set[bytes] = set()
         self._closed = False
         self.submitter: TaskSubmitter | None = None
         self.actor_submitter: ActorSubmitter | None = None
-        self._cancelled: set[bytes] = set()
         self.refs: ReferenceTable  # set in start(), once the address is known
 
     @property
@@ -620,7 +635,7 @@ class CoreWorker:
         except Exception as exc:
             logger.info("owner of %s unreachable: %s", object_id.hex(), exc)
             payload = _error_payload(exceptions.OwnerDiedError(object_id.hex(), entry.owner))
-        self._set_ready(entry, payload)
+        self._set_ready(object_id, entry, payload)
 
     def _get_object_status(self, conn: Connection, msg: m.GetObjectStatus) -> Any:
         entry = self.refs.entries.get(msg.object_id)
@@ -663,7 +678,7 @@ class CoreWorker:
         self._call_soon(attach)
         return out
 
-    def _set_ready(self, entry: ObjectEntry, payload: list) -> None:
+    def _set_ready(self, object_id: bytes, entry: ObjectEntry, payload: list) -> None:
         with self.refs.lock:
             entry.payload = payload
             waiters, entry.waiters = entry.waiters, []
@@ -674,6 +689,11 @@ class CoreWorker:
                     waiter.one_ready(failed)
         for callback in callbacks:
             callback(entry)
+        if self.resolver.is_awaited(object_id):
+            for task_id in self.resolver.ready(object_id):
+                spec = self.tasks.spec(task_id)
+                if spec is not None:
+                    self._dispatch(spec)
 
     # -- submission -----------------------------------------------------------------------
 
@@ -681,7 +701,7 @@ class CoreWorker:
                     num_returns: int, resources: dict, max_retries: int,
                     retry_exceptions: bool, task_name: str | None = None,
                     actor_id: bytes = b"", method: str = "", actor_options: dict | None = None,
-                    holds: list[bytes] = ()) -> list[ObjectRef]:
+                    holds: list[bytes] = (), strategy: list | None = None) -> list[ObjectRef]:
         """Submit a task, an actor's creation (``actor_id``) or an actor call (and ``method``).
 
         ``holds``: objects the task keeps alive until it finishes (an actor's handle ref).
@@ -696,7 +716,7 @@ class CoreWorker:
             submission_tag.get() if parent is None else parent.tag,
             resources, max_retries, retry_exceptions,
             actor_id=actor_id, method=method, actor_options=actor_options,
-            namespace=self.namespace,
+            namespace=self.namespace, strategy=strategy,
         )
         refs = []
         for index in range(1, num_returns + 1):
@@ -720,35 +740,12 @@ class CoreWorker:
         self._call_soon(lambda: self._cancel(ref._id[:16], force, recursive))
 
     def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
-        pending = self._pending.get(task_id)
-        if pending is None:
-            return  # finished already, or not ours
-        spec = pending[0]
-        self._cancelled.add(task_id)
-        if recursive:
-            for child, _ in list(self._pending.values()):
-                if child.parent_task_id == task_id:
-                    self._cancel(child.task_id, force, recursive)
-        cancelled = _error_payload(exceptions.TaskCancelledError(task_id.hex()))
-        if spec.actor_id:
-            if self.actor_submitter.drop(spec):
-                self._finish(spec, None, cancelled)
-                return
-            conn = self.actor_submitter.connection_of(spec)
-        else:
-            if self.submitter.cancel_queued(task_id) is not None:
-                self._finish(spec, None, cancelled)
-                return
-            worker = self.submitter.workers_by_task.get(task_id)
-            conn = worker.conn if worker is not None else None
-        if conn is not None:
-            conn.send(m.CancelTask(task_id, force, recursive))
-        # otherwise its arguments are pending: _dispatch sees it is cancelled
+        self._carry_out(self.tasks.handle(CancelRequested(task_id, "cancel", recursive, force)))
 
     def cancel_children(self, parent_task_id: bytes) -> None:
         """Cancel (recursively) every pending task submitted by ``parent_task_id``."""
         def cancel_all() -> None:
-            for child, _ in list(self._pending.values()):
+            for child in self.tasks.specs():
                 if child.parent_task_id == parent_task_id:
                     self._cancel(child.task_id, False, True)
         self._call_soon(cancel_all)
@@ -796,82 +793,107 @@ class CoreWorker:
 
     def _resolve(self, spec: TaskSpec, submitted: list[bytes]) -> None:
         """Wait (on the I/O thread) for top-level arguments, then queue the task."""
-        self._pending[spec.task_id] = (spec, submitted)
+        task_id = spec.task_id
+        self.tasks.handle(TaskSubmitted(task_id, "submit", spec, submitted))
         if spec.method:
             self.actor_submitter.enqueue(spec)  # calls keep their order from here on
-        entries = [self.refs.entries.get(object_id) for object_id, _ in spec.arg_refs]
-        waiting = [e for e in entries if e is not None and e.payload is None]
-        if not waiting:
-            self._dispatch(spec, entries)
-            return
-        remaining = [len(waiting)]
+        entries = self.refs.entries
+        waiting = []
+        for object_id, _ in spec.arg_refs:
+            entry = entries.get(object_id)
+            if entry is not None and entry.payload is None:
+                waiting.append(object_id)
+                if not entry.owned and not entry.fetching:
+                    entry.fetching = True
+                    self._loop.create_task(self._fetch(object_id, entry))
+        if self.resolver.wait_for(task_id, waiting):
+            self._dispatch(spec)
 
-        def one_ready(_: ObjectEntry) -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                self._dispatch(spec, entries)
-
-        for entry in waiting:
-            entry.callbacks.append(one_ready)
-            if not entry.owned and not entry.fetching:
-                entry.fetching = True
-                self._loop.create_task(self._fetch(spec.arg_refs[entries.index(entry)][0],
-                                                   entry))
-
-    def _dispatch(self, spec: TaskSpec, entries: list[ObjectEntry | None]) -> None:
-        if spec.task_id not in self._pending:
-            return  # cancelled while its arguments were pending
+    def _dispatch(self, spec: TaskSpec) -> None:
+        """Every argument is ready: the task manager decides whether the task goes."""
         error = None
-        if spec.task_id in self._cancelled:
-            error = _error_payload(exceptions.TaskCancelledError(spec.task_id.hex()))
         resolved = []
-        for (object_id, owner), entry in zip(spec.arg_refs, entries):
-            if error is not None:
-                break
+        entries = self.refs.entries
+        for object_id, owner in spec.arg_refs:
+            entry = entries.get(object_id)
             if entry is None:
                 error = _error_payload(exceptions.ObjectLostError(object_id.hex(), owner))
-            elif _is_error(entry.payload):
+                break
+            if _is_error(entry.payload):
                 error = entry.payload  # failures propagate downstream
-            else:
-                resolved.append(entry.payload)
-        if error is not None:
-            if spec.method:
-                self.actor_submitter.drop(spec)
-            self._finish(spec, None, error)
-            return
+                break
+            resolved.append(entry.payload)
         spec.resolved = resolved
-        self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT")
-        if spec.method:
-            self.actor_submitter.ready(spec)
-        elif spec.actor_id:
-            options = spec.actor_options
-            self.actor_submitter.create(
-                spec, "detached_actor" if options.get("detached") else "actor",
-                options["run_resources"])
-        else:
-            self.submitter.submit(spec)
+        if error is not None and spec.method:
+            self.actor_submitter.drop(spec)  # a call that cannot run leaves the actor's line
+        self._carry_out(self.tasks.handle(ArgumentsResolved(spec.task_id, "args", error)))
 
-    def task_pushed(self, spec: TaskSpec, node_id: bytes, worker_id: bytes) -> None:
+    def _carry_out(self, instructions: list) -> None:
+        """Do what the task manager decided."""
+        for instruction in instructions:
+            spec = instruction.spec
+            kind = type(instruction)
+            if kind is Complete:
+                error = instruction.error
+                if isinstance(error, BaseException):
+                    error = _error_payload(error)
+                self._finish(spec, instruction.result, error, instruction.submitted)
+            elif kind is Schedule:
+                self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT")
+                if spec.method:
+                    self.actor_submitter.ready(spec)
+                elif spec.actor_id:
+                    options = spec.actor_options
+                    self.actor_submitter.create(
+                        spec, "detached_actor" if options.get("detached") else "actor",
+                        options["run_resources"])
+                else:
+                    self.submitter.submit(spec)
+            elif kind is Retry:
+                self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT",
+                                 {"attempt_number": spec.attempt})
+                self.submitter.submit(spec)
+            elif kind is Cancel:
+                self._cancel_at(spec, instruction.force, instruction.recursive)
+
+    def _cancel_at(self, spec: TaskSpec, force: bool, recursive: bool) -> None:
+        """Take a cancelled task out of its queue, or tell its worker to stop it."""
+        task_id = spec.task_id
+        if spec.actor_id:
+            if self.actor_submitter.drop(spec):
+                self._carry_out(self.tasks.handle(Dequeued(task_id, "cancel")))
+                return
+            conn = self.actor_submitter.connection_of(spec)
+        else:
+            if self.submitter.cancel_queued(task_id) is not None:
+                self._carry_out(self.tasks.handle(Dequeued(task_id, "cancel")))
+                return
+            worker = self.submitter.workers_by_task.get(task_id)
+            conn = worker.conn if worker is not None else None
+        if conn is not None:
+            conn.send(m.CancelTask(task_id, force, recursive))
+        # otherwise its arguments are pending: their arrival completes it as cancelled
+
+    def task_pushed(self, spec: TaskSpec, node_id: bytes, worker_id: bytes,
+                    placement: str = "") -> None:
         self.events.task(spec.task_id, "SUBMITTED_TO_WORKER", {
             "node_id": node_id.hex(), "worker_id": worker_id.hex(),
-            "attempt_number": spec.attempt,
+            "attempt_number": spec.attempt, "placement": placement,
         })
 
     def fail_task(self, spec: TaskSpec, error: BaseException) -> None:
         """End a task with ``error`` as the value of all its returns."""
-        if spec.task_id in self._pending:
-            self._finish(spec, None, _error_payload(error))
+        self._carry_out(self.tasks.handle(SchedulingFailed(spec.task_id, "failed", error)))
 
     def _task_pushed(self, spec: TaskSpec, worker: LeasedWorker) -> None:
-        self.task_pushed(spec, worker.node_id, worker.worker_id)
+        self.task_pushed(spec, worker.node_id, worker.worker_id, worker.reason)
 
     def _task_results(self, conn: Connection, msg: m.TaskResults) -> None:
         for items in msg.results:
             result = TaskResult.from_wire(items)
-            pending = self._pending.get(result.task_id)
-            if pending is None:
-                continue
-            spec = pending[0]
+            spec = self.tasks.spec(result.task_id)
+            if spec is None:
+                continue  # late: the task was completed (cancelled) already
             if spec.method:
                 self.actor_submitter.call_done(spec)
             elif spec.actor_id:
@@ -879,42 +901,18 @@ class CoreWorker:
             else:
                 self.submitter.task_done(result.task_id, spec.function_id,
                                          result.end - result.start)
-                if not result.ok and result.retryable and self._retry(spec):
-                    continue
-            self._finish(spec, result, None)
-
-    def _retry(self, spec: TaskSpec) -> bool:
-        if spec.task_id in self._cancelled:
-            return False
-        if spec.max_retries != -1 and spec.attempt >= spec.max_retries:
-            return False
-        spec.attempt += 1
-        self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT", {"attempt_number": spec.attempt})
-        self.submitter.submit(spec)
-        return True
+            self._carry_out(self.tasks.handle(ResultReceived(result.task_id, "result",
+                                                             result)))
 
     def _task_worker_lost(self, spec: TaskSpec, worker: LeasedWorker) -> None:
-        if spec.task_id in self._cancelled:
-            self.fail_task(spec, exceptions.TaskCancelledError(spec.task_id.hex()))
-            return
-        if self._retry(spec):
-            return
-        self._finish(spec, None, _error_payload(exceptions.WorkerCrashedError(
-            f"The worker running {spec.name}() died unexpectedly "
-            f"(after {spec.attempt + 1} attempt(s); max_retries={spec.max_retries}). "
-            "It may have run out of memory or been killed; check the worker log in the "
-            "session's logs directory."
-        )))
+        self._carry_out(self.tasks.handle(WorkerLost(spec.task_id, "worker-lost")))
 
     def _task_failed_to_schedule(self, spec: TaskSpec, exc: BaseException) -> None:
-        if not isinstance(exc, exceptions.RayError):
-            exc = exceptions.RaySystemError(f"could not lease a worker for {spec.name}(): {exc}")
-        self._finish(spec, None, _error_payload(exc))
+        self._carry_out(self.tasks.handle(SchedulingFailed(spec.task_id, "lease", exc)))
 
-    def _finish(self, spec: TaskSpec, result: TaskResult | None, error: list | None) -> None:
+    def _finish(self, spec: TaskSpec, result: TaskResult | None, error: list | None,
+                submitted: list[bytes]) -> None:
         """Record a task's outcome: fill its return objects and release its arguments."""
-        pending = self._pending.pop(spec.task_id, None)
-        self._cancelled.discard(spec.task_id)
         for index in range(spec.num_returns):
             object_id = object_id_for(spec.task_id, index + 1)
             payload = error if result is None else result.returns[index]
@@ -927,7 +925,7 @@ class CoreWorker:
                 continue
             if result is not None and result.contained and result.contained[index]:
                 self.refs.set_contains(object_id, result.contained[index])
-            self._set_ready(entry, payload)
+            self._set_ready(object_id, entry, payload)
         if result is not None:
             self.events.task(spec.task_id, "FINISHED" if result.ok else "FAILED", {
                 "start_time": result.start, "end_time": result.end, "worker_pid": result.pid,
@@ -939,8 +937,8 @@ class CoreWorker:
             })
         else:
             self.events.task(spec.task_id, "FAILED", {"error_message": "see the error object"})
-        if pending is not None and pending[1]:
-            self.refs.remove_submitted(pending[1])
+        if submitted:
+            self.refs.remove_submitted(submitted)
 
     # -- reference counting hooks (I/O thread) -----------------------------------------
 
