@@ -233,7 +233,9 @@ class TaskManager:
         if task is None:
             return []
         error = event.error
-        if not isinstance(error, exceptions.RayError):
+        if task.cancelled:
+            error = _cancelled(task)  # what the caller asked for, whatever else went wrong
+        elif not isinstance(error, exceptions.RayError):
             error = exceptions.RaySystemError(
                 f"could not lease a worker for {task.spec.name}(): {error}")
         return [self._complete(task, error=error)]
