@@ -308,6 +308,16 @@ class GetTableStats(Message):
     """The sizes of the GCS's bounded tables and what each dropped (``cellfleet status``)."""
 
 
+@_message(47)
+class ReportResources(Message):
+    """A raylet's free resources and load changed (sent at most every 50 ms; the GCS
+    broadcasts the cluster's changes on the ``resources`` channel)."""
+
+    node_id: bytes
+    available: dict
+    load: dict
+
+
 # --- raylet --------------------------------------------------------------------------------
 
 
@@ -324,11 +334,19 @@ class RegisterClient(Message):
 
 @_message(31)
 class RequestLease(Message):
-    """``kind``: "task", "actor" (dies with its owner) or "detached_actor"."""
+    """``kind``: "task", "actor" (dies with its owner) or "detached_actor"; ``strategy``:
+    ``util.scheduling_strategies.strategy_to_wire``. Answered ``[lease_id, worker_id,
+    address, node_id, reason]`` (granted), ``{"spill": raylet_address, "node_id", "reason"}``
+    (ask that node's raylet, with ``spilled`` and that ``reason``) or ``{"infeasible":
+    reason}`` (no node fits: ask again with ``wait_infeasible`` to wait for one)."""
 
     resources: dict
     scheduling_key: str
     kind: str
+    strategy: list | None = None
+    spilled: bool = False
+    wait_infeasible: bool = False
+    reason: str = ""
 
 
 @_message(32)

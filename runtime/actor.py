@@ -27,6 +27,7 @@ from .remote_function import (
     resources_from_options,
     signature_of,
 )
+from .util.scheduling_strategies import strategy_to_wire
 
 __all__ = ["ActorClass", "ActorClassInheritanceException", "ActorHandle", "ActorMethod",
            "actor_method", "exit_actor", "method"]
@@ -195,6 +196,7 @@ class ActorClass(ExportedCode):
         check_arguments(self._init_signature, self._name, args, kwargs)
         function_id = self._function_id(core, self._cls)
         opts = self._options
+        strategy = strategy_to_wire(opts.get("scheduling_strategy"))
         detached = opts.get("lifetime") == "detached"
         namespace = opts.get("namespace")
         namespace = core.namespace if namespace is None else namespace
@@ -223,6 +225,7 @@ class ActorClass(ExportedCode):
             actor_id=actor_id,
             actor_options={"max_concurrency": max_concurrency, "is_async": self._is_async,
                            "detached": detached, "run_resources": run},
+            strategy=strategy,
         )
         return ActorHandle(actor_id, self._name, self._methods, refs[0], self._signatures)
 

@@ -1,8 +1,9 @@
 """The ``cellfleet`` command: start, inspect and stop a cluster on this machine.
 
     cellfleet start --head [--port 6379] [--num-cpus N] ...   start a GCS and a raylet, detached
+    cellfleet start --address HEAD:PORT [--num-cpus N] ...    start a node that joins a cluster
     cellfleet status [--address HOST:PORT]                     nodes and jobs of every cluster
-    cellfleet stop [--all]                                     stop the current (or every) cluster
+    cellfleet stop [--all]                                     stop this machine's nodes
     cellfleet microbenchmark [...]                             run the runtime's microbenchmarks
     cellfleet kernel install|list|uninstall [...]              manage cellfleet kernelspecs
     cellfleet lab [--notebook-dir D] [--port P]                JupyterLab with the cellfleet kernel
@@ -17,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,7 @@ import psutil
 from . import _messages as m
 from ._rpc import connect
 from ._session import Session, find_token, root_dir
-from .exceptions import RayError
+from .exceptions import AuthenticationError, RayError
 
 if TYPE_CHECKING:
     from .node import HeadNode
@@ -64,16 +66,10 @@ def _last_line(path: Any) -> str:
 # -- start ----------------------------------------------------------------------------------
 
 
-def _start(args: argparse.Namespace) -> int:
-    """``cellfleet start --head``: a detached GCS and raylet, left running once they answer."""
+def _node_arguments(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--resources`` parsed, and every node option checked; CliError saying what is wrong."""
     from .api import _check_init_arguments
-    from .node import start_head
 
-    if args.address:
-        raise CliError(f"joining the cluster at {args.address} is not supported yet: multi-node "
-                       "clusters come later. Use 'cellfleet start --head' on this machine.")
-    if not args.head:
-        raise CliError("say what to start: 'cellfleet start --head' (or --address HOST:PORT)")
     try:
         resources = json.loads(args.resources) if args.resources else None
     except ValueError as exc:
@@ -83,18 +79,75 @@ def _start(args: argparse.Namespace) -> int:
                               args.object_store_memory)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    return resources
+
+
+def _cluster_token(address: str, token_file: str | None) -> bytes:
+    """The token to join ``address`` with: ``--token-file``, ``CELLFLEET_TOKEN``, or the
+    head's session on this machine."""
+    if token_file:
+        try:
+            return Path(token_file).read_text().strip().encode()
+        except OSError as exc:
+            raise CliError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
     try:
-        head = start_head(num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
-                          object_store_memory=args.object_store_memory,
-                          gcs_storage=args.gcs_storage, host=args.host, port=args.port,
-                          detached=True)
-    except OSError as exc:
+        return find_token(address)
+    except ConnectionError as exc:
+        raise CliError(f"{exc}, or pass --token-file PATH") from None
+
+
+def _join(args: argparse.Namespace) -> int:
+    """``cellfleet start --address HEAD:PORT``: a detached raylet that joins that cluster."""
+    from .api import _check_reachable, _resolve_address
+    from .node import start_worker_node
+
+    if args.head:
+        raise CliError("--head starts a new cluster and --address joins one: give one of them")
+    if args.gcs_storage:
+        raise CliError("--gcs-storage belongs to the head node: drop it when joining")
+    resources = _node_arguments(args)
+    try:
+        address = _resolve_address(args.address)
+    except (ValueError, ConnectionError) as exc:
         raise CliError(str(exc)) from None
     try:
-        _wait_until_ready(head)
-    except BaseException:
-        head.stop()
-        raise
+        _check_reachable(address)
+    except ConnectionError as exc:
+        raise CliError(str(exc), code=1) from None
+    token = _cluster_token(address, args.token_file)
+    try:
+        asyncio.run(_query(address, token, m.GetNodes(), timeout=5.0))
+    except AuthenticationError:
+        raise CliError(f"the cluster at {address} refused this node's token: use the 'token' "
+                       "file of the head's session (--token-file, or CELLFLEET_TOKEN)") from None
+    except UNREACHABLE as exc:
+        raise CliError(f"no cellfleet cluster answers at {address} "
+                       f"({str(exc) or type(exc).__name__}): is the head running, and is "
+                       "its port reachable from here?", code=1) from None
+    node = _started(lambda: start_worker_node(
+        address, token, num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
+        object_store_memory=args.object_store_memory, host=args.host, detached=True))
+    if Session.current() is None:
+        node.session.mark_current()
+    print(f"Started a cellfleet node at {node.raylet_address}, joined to the cluster at "
+          f"{address}\n  node id: {node.node_id.hex()}\n  session: {node.session.path}\n\n"
+          "Stop it with:\n    cellfleet stop")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    """``cellfleet start --head``: a detached GCS and raylet, left running once they answer."""
+    from .node import start_head
+
+    if args.address:
+        return _join(args)
+    if not args.head:
+        raise CliError("say what to start: 'cellfleet start --head' (or --address HOST:PORT)")
+    resources = _node_arguments(args)
+    head = _started(lambda: start_head(
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
+        object_store_memory=args.object_store_memory, gcs_storage=args.gcs_storage,
+        host=args.host, port=args.port, detached=True))
     head.session.mark_current()
     _announce(head)
     path = head.session.path
@@ -109,13 +162,27 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _started(start: Callable[[], HeadNode]) -> HeadNode:
+    """Start a node's processes and wait until they answer; stopped again if they do not."""
+    try:
+        node = start()
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        _wait_until_ready(node)
+    except BaseException:
+        node.stop()
+        raise
+    return node
+
+
 def _wait_until_ready(head: Any) -> None:
     """Poll until the GCS answers and lists the raylet's node alive; fail if a process dies."""
     token = head.session.token()
     deadline = time.monotonic() + START_TIMEOUT_S
     last_error = "no answer"
     while time.monotonic() < deadline:
-        for proc, name in zip(head.processes, ("gcs", "raylet"), strict=True):
+        for proc, name in zip(head.processes, head.names, strict=True):
             if proc.poll() is not None:
                 log = head.session.logs / f"{name}.log"
                 raise CliError(f"the {name} process exited during startup "
@@ -214,6 +281,11 @@ def _status(args: argparse.Namespace) -> int:
         capacity = store.get("capacity", node.get("store_capacity", 0))
         print(f"  object store           {_gib(store.get('used', 0))} used of {_gib(capacity)}"
               f", {store.get('num_objects', 0)} object(s)")
+        load = node.get("load") or {}
+        if node["alive"]:
+            print(f"  load                   {load.get('leased', 0)} leased, "
+                  f"{load.get('queued', 0)} queued, {load.get('idle_workers', 0)} idle "
+                  "worker(s)")
     print(f"\n{len(jobs)} job(s)")
     for job in jobs:
         state = "RUNNING" if job["alive"] else "FINISHED"
@@ -298,7 +370,7 @@ def _stop_session(session: Session) -> int:
             break
     Session.clear_current(session.path)
     address = session.info().get("gcs_address")
-    if address:
+    if address and session.info().get("head", True):  # a joined node leaves its cluster up
         from .extension.discovery import unregister_cluster
 
         unregister_cluster(address)
@@ -306,19 +378,22 @@ def _stop_session(session: Session) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    """``cellfleet stop [--all]``: the current cluster, or every session's live processes."""
-    if args.all:
-        sessions = [Session(p) for p in sorted(root_dir().glob("session_*"))]
-    else:
+    """``cellfleet stop [--all]``: the nodes ``cellfleet start`` started on this machine
+    (heads and joined nodes), or every session's live processes."""
+    sessions = [Session(p) for p in sorted(root_dir().glob("session_*"))]
+    if not args.all:
         current = Session.current()
-        sessions = [current] if current is not None else []
+        sessions = [s for s in sessions if s.info().get("detached") or s == current]
     stopped = 0
     for session in sessions:
         count = _stop_session(session)
         if count:
             stopped += 1
-            address = session.info().get("gcs_address", "?")
-            print(f"Stopped the cluster at {address} ({count} process(es), {session.path})")
+            info = session.info()
+            what = ("the cluster at" if info.get("head", True)
+                    else f"the node {info.get('raylet_address', '?')} of the cluster at")
+            print(f"Stopped {what} {info.get('gcs_address', '?')} ({count} process(es), "
+                  f"{session.path})")
     if not stopped:
         print("No running cellfleet cluster found.")
     return 0
@@ -330,9 +405,12 @@ def _stop(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellfleet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    start = sub.add_parser("start", help="start a head node on this machine")
+    start = sub.add_parser("start", help="start a head node, or a node that joins a cluster")
     start.add_argument("--head", action="store_true", help="start a head node (GCS + raylet)")
-    start.add_argument("--address", help="join the cluster at HOST:PORT (not supported yet)")
+    start.add_argument("--address", help="join the cluster whose head is at HOST:PORT")
+    start.add_argument("--token-file", default=None, metavar="PATH",
+                       help="the cluster's token when joining (default: CELLFLEET_TOKEN, or "
+                            "the head's session on this machine)")
     start.add_argument("--port", type=int, default=6379, help="the GCS port (default 6379)")
     start.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     start.add_argument("--num-cpus", type=int, default=None)

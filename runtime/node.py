@@ -1,6 +1,8 @@
-"""Starting a head node on this machine: the GCS and a raylet as separate processes.
+"""Starting nodes on this machine: a head (the GCS and a raylet) or a node that joins a
+cluster (a raylet of its own, with its own object store and workers, registered with the
+cluster's GCS).
 
-The parent binds both listening sockets itself and hands them to the children, so the ports
+The parent binds the listening sockets itself and hands them to the children, so the ports
 are known at once and nothing races for them; clients may connect before the children have
 finished starting (the kernel queues the connection until they accept it).
 """
@@ -20,7 +22,8 @@ from ._process import LifelinePipe, spawn
 from ._session import Session, reclaim_dead_sessions
 from .gcs.storage import redact_url
 
-__all__ = ["HeadNode", "default_object_store_memory", "node_resources", "start_head"]
+__all__ = ["HeadNode", "WorkerNode", "default_object_store_memory", "node_resources",
+           "start_head", "start_worker_node"]
 
 
 def default_object_store_memory() -> int:
@@ -32,7 +35,7 @@ def default_object_store_memory() -> int:
 
 def node_resources(num_cpus: int | None, num_gpus: int | None,
                    resources: dict[str, float] | None, object_store_memory: int,
-                   host: str) -> dict[str, float]:
+                   host: str, head: bool = True) -> dict[str, float]:
     total_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
     out: dict[str, float] = {"CPU": float(cpus)}
@@ -41,7 +44,8 @@ def node_resources(num_cpus: int | None, num_gpus: int | None,
     out["memory"] = float(int(0.7 * total_memory) - object_store_memory)
     out["object_store_memory"] = float(object_store_memory)
     out[f"node:{host}"] = 1.0
-    out["node:__internal_head__"] = 1.0
+    if head:
+        out["node:__internal_head__"] = 1.0
     out.update({k: float(v) for k, v in (resources or {}).items()})
     return out
 
@@ -69,10 +73,11 @@ class HeadNode:
     node_id: bytes
     processes: list[subprocess.Popen] = field(default_factory=list)
     lifeline: LifelinePipe | None = None
+    names: tuple[str, ...] = ("gcs", "raylet")  # of the processes, as their logs are named
 
     def startup_failure(self) -> str:
-        """Why a process of this head exited early (the last line of its log), or ''."""
-        for proc, name in zip(self.processes, ("gcs", "raylet")):
+        """Why a process of this node exited early (the last line of its log), or ''."""
+        for proc, name in zip(self.processes, self.names):
             try:
                 proc.wait(0.5)
             except subprocess.TimeoutExpired:
@@ -85,12 +90,12 @@ class HeadNode:
                 return f"the {name} exited: {lines[-1] if lines else 'no log'}"
         return ""
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the raylet (which stops its workers) and the GCS; kill what lingers, and
-        remove the arena a killed raylet could not."""
+    def stop(self, timeout: float = 5.0, graceful: bool = True) -> None:
+        """Stop the raylet (which stops its workers) and the GCS; kill what lingers (at once
+        unless ``graceful``), and remove the arena a killed raylet could not."""
         for proc in reversed(self.processes):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
         deadline = time.monotonic() + timeout
         for proc in self.processes:
             try:
@@ -103,6 +108,56 @@ class HeadNode:
         self.session.remove_arenas()
         self.session.release()
         Session.clear_current(self.session.path)
+
+
+@dataclass
+class WorkerNode(HeadNode):
+    """A raylet started on this machine that joined the cluster at ``gcs_address``."""
+
+    names: tuple[str, ...] = ("raylet",)
+
+
+def _spawn_raylet(session: Session, sock: socket.socket, gcs_address: str, node_id: bytes,
+                  resources: dict[str, float], store_memory: int,
+                  lifeline: LifelinePipe | None) -> subprocess.Popen:
+    return spawn(
+        "cellfleet.raylet",
+        ["--session-dir", str(session.path), "--listen-fd", str(sock.fileno()),
+         "--gcs-address", gcs_address, "--node-id", node_id.hex(),
+         "--resources", json.dumps(resources), "--object-store-memory", str(store_memory)],
+        lifeline=lifeline, log_path=session.logs / "raylet.log",
+        pass_fds=(sock.fileno(), session.lock_fd),
+    )
+
+
+def start_worker_node(gcs_address: str, token: bytes, *, num_cpus: int | None = None,
+                      num_gpus: int | None = None, resources: dict[str, float] | None = None,
+                      object_store_memory: int | None = None, host: str = "127.0.0.1",
+                      detached: bool = False) -> WorkerNode:
+    """Start a raylet on ``host`` that joins the cluster whose GCS is at ``gcs_address``.
+
+    The node gets a session directory of its own (logs, lock, arena names) holding the
+    cluster's ``token``. Unless ``detached``, its processes die with this process.
+    """
+    reclaim_dead_sessions()
+    session = Session.create()
+    session.token_file.write_text(token.decode())  # the file exists: it stays 0600
+    store_memory = object_store_memory or default_object_store_memory()
+    node_id = random_id()
+    lifeline = None if detached else LifelinePipe()
+    sock = _listen(host, 0)
+    raylet_address = "{}:{}".format(*sock.getsockname()[:2])
+    try:
+        raylet = _spawn_raylet(session, sock, gcs_address, node_id,
+                               node_resources(num_cpus, num_gpus, resources, store_memory, host,
+                                              head=False), store_memory, lifeline)
+    finally:
+        sock.close()
+    node = WorkerNode(session, gcs_address, raylet_address, node_id, [raylet], lifeline)
+    session.write_info(gcs_address=gcs_address, raylet_address=raylet_address,
+                       node_id=node_id.hex(), pids=[raylet.pid], started=time.time(),
+                       detached=detached, head=False)
+    return node
 
 
 def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -131,16 +186,9 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
         gcs = spawn("cellfleet.gcs", gcs_args, lifeline=lifeline, env=gcs_env,
                     log_path=session.logs / "gcs.log",
                     pass_fds=(gcs_sock.fileno(), session.lock_fd))
-        raylet = spawn(
-            "cellfleet.raylet",
-            [*common, "--listen-fd", str(raylet_sock.fileno()), "--gcs-address", gcs_address,
-             "--node-id", node_id.hex(),
-             "--resources", json.dumps(node_resources(num_cpus, num_gpus, resources,
-                                                      store_memory, host)),
-             "--object-store-memory", str(store_memory)],
-            lifeline=lifeline, log_path=session.logs / "raylet.log",
-            pass_fds=(raylet_sock.fileno(), session.lock_fd),
-        )
+        raylet = _spawn_raylet(session, raylet_sock, gcs_address, node_id,
+                               node_resources(num_cpus, num_gpus, resources, store_memory,
+                                              host), store_memory, lifeline)
     finally:
         gcs_sock.close()
         raylet_sock.close()

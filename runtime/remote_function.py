@@ -12,6 +12,7 @@ from typing import Any
 import cloudpickle
 
 from .core.object_ref import ObjectRef
+from .util.scheduling_strategies import strategy_to_wire
 
 __all__ = ["TASK_OPTIONS", "ArgumentCheck", "ExportedCode", "RemoteFunction", "check_arguments",
            "check_options", "resources_from_options", "signature_of"]
@@ -151,7 +152,7 @@ def resources_from_options(options: dict[str, Any], default_cpus: float) -> dict
     if options.get("num_gpus"):
         out["GPU"] = float(options["num_gpus"])
     if options.get("memory"):
-        out["memory"] = float(options["memory"])
+        out["memory"] = float(int(options["memory"]))  # whole bytes, rounded down as in Ray
     out.update({k: float(v) for k, v in (options.get("resources") or {}).items()})
     return {k: v for k, v in out.items() if v > 0}
 
@@ -185,6 +186,7 @@ class RemoteFunction(ExportedCode):
         check_options(options, TASK_OPTIONS, "a remote function")
         self._function = function
         self._options = {**_DEFAULTS, **options}
+        self._strategy = strategy_to_wire(options.get("scheduling_strategy"))
         self._name = getattr(function, "__name__", "task")
         self._signature = signature_of(function)
         self._registered: tuple[Any, bytes] | None = None  # (core, function id)
@@ -228,7 +230,7 @@ class RemoteFunction(ExportedCode):
             resources=resources_from_options(opts, 1),
             max_retries=opts["max_retries"],
             retry_exceptions=_retry_exceptions(opts["retry_exceptions"]),
-            task_name=opts.get("name"),
+            task_name=opts.get("name"), strategy=self._strategy,
         )
         if num_returns == 1:
             return refs[0]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _messages as m
 from .._graveyard import Graveyard, limit_from_env
 from ..exceptions import ActorDeathReason, ActorDiedError, RayError
+from .submitter import lease_worker
 from .task_spec import TaskResult, TaskSpec
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class ActorState:
     owned: bool = False
     lease_id: int = 0
     run_resources: dict | None = None
+    raylet: Connection | None = None  # the raylet that granted the actor's lease
 
 
 class ActorSubmitter:
@@ -128,10 +130,14 @@ class ActorSubmitter:
     async def _place(self, state: ActorState, spec: TaskSpec, kind: str) -> None:
         core = self._core
         try:
-            lease_id, worker_id, address, node_id = await core.raylet.request(
-                m.RequestLease(spec.resources, f"actor:{spec.actor_id.hex()}", kind))
-            state.lease_id = lease_id
-            await self._connect(state, address)
+            grant = await lease_worker(
+                core.raylet, core.peer,
+                m.RequestLease(spec.resources, f"actor:{spec.actor_id.hex()}", kind,
+                               spec.strategy),
+                lambda reason: logger.warning("actor %s cannot be placed yet: %s",
+                                              spec.name, reason))
+            state.lease_id, state.raylet = grant.lease_id, grant.raylet
+            await self._connect(state, grant.address)
         except Exception as exc:
             error = exc if isinstance(exc, RayError) else ActorDiedError(
                 spec.actor_id.hex(), ActorDeathReason.PROCESS_DIED,
@@ -140,7 +146,7 @@ class ActorSubmitter:
                 spec.actor_id.hex(), None, str(error)))
             core.fail_task(spec, error)
             return
-        core.task_pushed(spec, node_id, worker_id)
+        core.task_pushed(spec, grant.node_id, grant.worker_id, grant.reason)
         core.export_to(state.conn, spec)
         state.in_flight[spec.task_id] = spec
         state.conn.send(m.PushTasks([spec.to_wire()]))
@@ -162,7 +168,7 @@ class ActorSubmitter:
                 "address": state.address, "node_id": result.node_id, "pid": result.pid,
                 "worker_id": result.worker_id})
             if state.run_resources != spec.resources:
-                core.raylet.send(m.ShrinkLease(state.lease_id, state.run_resources))
+                state.raylet.send(m.ShrinkLease(state.lease_id, state.run_resources))
             self._flush(state)
             return
         detail = result.error_text if result is not None else ""
@@ -173,7 +179,7 @@ class ActorSubmitter:
                                         ActorDeathReason.CREATION_TASK_ERROR, detail))
         self._report(spec.actor_id, "DEAD", {
             "death_cause": ActorDeathReason.CREATION_TASK_ERROR.value, "death_detail": detail})
-        core.raylet.send(m.ReturnLease(state.lease_id, True))
+        state.raylet.send(m.ReturnLease(state.lease_id, True))
 
     # -- method calls ---------------------------------------------------------------------
 

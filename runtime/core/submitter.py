@@ -1,11 +1,16 @@
 """Direct task submission: lease workers from the raylet, push tasks to them, pipelined.
 
-Tasks whose arguments are ready wait in a queue per scheduling key (their resource shape).
-For each key the submitter keeps at most one lease request in flight at the raylet; every
-granted worker gets tasks pushed straight to it. A worker runs one task at a time; the
-submitter sends it more than one only for functions whose tasks have proven short, so a
-burst of tiny tasks is pipelined while long tasks still spread over all workers. A lease
-with nothing left to run goes back to the raylet after a short idle period.
+Tasks whose arguments are ready wait in a queue per scheduling key (their resource shape and
+scheduling strategy). For each key the submitter keeps at most one lease request in flight;
+every granted worker gets tasks pushed straight to it. A lease request goes to this node's
+raylet first; when that raylet answers "spill back to node X" the submitter asks X's raylet,
+and when it answers "infeasible" (no node of the cluster fits) the submitter warns and asks
+again to wait until a node that fits joins (:func:`lease_worker`).
+
+A worker runs one task at a time; the submitter sends it more than one only for functions
+whose tasks have proven short, so a burst of tiny tasks is pipelined while long tasks still
+spread over all workers. A lease with nothing left to run goes back to the raylet that
+granted it after a short idle period.
 
 Runs entirely on the core worker's I/O thread.
 """
@@ -15,20 +20,61 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .. import _messages as m
 from .._rpc import Connection
+from ..exceptions import RaySystemError
 from .task_spec import TaskSpec, scheduling_key
 
-__all__ = ["TaskSubmitter"]
+__all__ = ["LeaseGrant", "TaskSubmitter", "lease_worker"]
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_DEPTH = 64
 SHORT_TASK_S = 0.002
 LEASE_IDLE_S = 0.01
+MAX_SPILLBACKS = 16  # hops of one lease request before it fails (views that disagree)
+
+
+@dataclass(slots=True)
+class LeaseGrant:
+    """A granted lease: the worker, the raylet that granted it and why it is there."""
+
+    lease_id: int
+    worker_id: bytes
+    address: str
+    node_id: bytes
+    reason: str
+    raylet: Connection
+
+
+async def lease_worker(local: Connection, connect: Callable[[str], Awaitable[Connection]],
+                       request: m.RequestLease,
+                       on_infeasible: Callable[[str], None]) -> LeaseGrant:
+    """Ask ``local`` (this node's raylet) for a lease, following spillbacks to other nodes'
+    raylets; a lost remote raylet sends the request back to ``local``."""
+    conn = local
+    for _ in range(MAX_SPILLBACKS):
+        try:
+            reply = await conn.request(request)
+        except (ConnectionError, OSError):
+            if conn is local:
+                raise
+            conn, request.spilled = local, False  # the node went: decide again from here
+            continue
+        if isinstance(reply, list):
+            lease_id, worker_id, address, node_id, reason = reply
+            return LeaseGrant(lease_id, worker_id, address, node_id, reason, conn)
+        if "infeasible" in reply:
+            on_infeasible(reply["infeasible"])
+            request.wait_infeasible = True
+            continue
+        conn = await connect(reply["spill"])
+        request.spilled, request.reason = True, reply["reason"]
+    raise RaySystemError(f"the lease request for {request.resources} was spilled back "
+                         f"{MAX_SPILLBACKS} times without a node taking it")
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +84,8 @@ class LeasedWorker:
     address: str
     node_id: bytes
     key: tuple
+    raylet: Connection | None = None  # the raylet that granted the lease
+    reason: str = "local"  # why the lease is on its node (the task's placement reason)
     conn: Connection | None = None
     in_flight: dict[bytes, TaskSpec] = field(default_factory=dict)
     idle_timer: asyncio.TimerHandle | None = None
@@ -48,6 +96,7 @@ class LeasedWorker:
 @dataclass(slots=True, eq=False)
 class _KeyQueue:
     resources: dict
+    strategy: list | None = None
     tasks: deque[TaskSpec] = field(default_factory=deque)
     workers: list[LeasedWorker] = field(default_factory=list)
     lease_pending: bool = False
@@ -78,10 +127,13 @@ class TaskSubmitter:
         self.workers_by_task: dict[bytes, LeasedWorker] = {}
 
     def submit(self, spec: TaskSpec) -> None:
+        strategy = spec.strategy
         key = scheduling_key(spec.resources)
+        if strategy is not None:
+            key = (*key, ("strategy", *strategy))
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _KeyQueue(spec.resources)
+            queue = self._queues[key] = _KeyQueue(spec.resources, strategy)
         queue.tasks.append(spec)
         self._pump(key, queue)
 
@@ -116,7 +168,7 @@ class TaskSubmitter:
                 if worker.conn is None or worker.returned:
                     continue
                 batch = []
-                while tasks and self._can_take(worker, tasks[0]):
+                while tasks and self._can_take(worker, tasks[0], queue):
                     spec = tasks.popleft()
                     worker.in_flight[spec.task_id] = spec
                     self.workers_by_task[spec.task_id] = worker
@@ -129,11 +181,14 @@ class TaskSubmitter:
             queue.lease_pending = True
             self._loop.create_task(self._lease(key, queue))
 
-    def _can_take(self, worker: LeasedWorker, spec: TaskSpec) -> bool:
-        """An idle worker takes any task; a busy one only short tasks behind short ones."""
+    def _can_take(self, worker: LeasedWorker, spec: TaskSpec, queue: _KeyQueue) -> bool:
+        """An idle worker takes any task; a busy one only short tasks behind short ones (and
+        none of SPREAD's, which go to the nodes their leases spread over)."""
         if not worker.in_flight:
             return True
         if len(worker.in_flight) >= PIPELINE_DEPTH or not self._is_short(spec.function_id):
+            return False
+        if queue.strategy is not None and queue.strategy[0] == "SPREAD":
             return False
         return all(self._is_short(s.function_id) for s in worker.in_flight.values())
 
@@ -154,10 +209,10 @@ class TaskSubmitter:
     # -- leases ---------------------------------------------------------------------------
 
     async def _lease(self, key: tuple, queue: _KeyQueue) -> None:
+        request = m.RequestLease(queue.resources, repr(key), "task", queue.strategy)
         try:
-            lease_id, worker_id, address, node_id = await self._raylet().request(
-                m.RequestLease(queue.resources, repr(key), "task")
-            )
+            grant = await lease_worker(self._raylet(), self._connect_raylet, request,
+                                       self._warn_infeasible)
         except Exception as exc:
             queue.lease_pending = False
             failed, queue.tasks = list(queue.tasks), deque()
@@ -165,7 +220,9 @@ class TaskSubmitter:
                 self._on_failed(spec, exc)
             return
         queue.lease_pending = False
-        worker = LeasedWorker(lease_id, worker_id, address, node_id, key)
+        worker = LeasedWorker(grant.lease_id, grant.worker_id, grant.address, grant.node_id,
+                              key, grant.raylet, grant.reason)
+        address, worker_id = grant.address, grant.worker_id
         if not queue.tasks:
             self._return(worker, failed=False)
             return
@@ -182,6 +239,13 @@ class TaskSubmitter:
         self._pump(key, queue)
         if not worker.in_flight:
             self._schedule_return(worker)
+
+    def _connect_raylet(self, address: str) -> Awaitable[Connection]:
+        return self._connect(address, None)
+
+    def _warn_infeasible(self, reason: str) -> None:
+        logger.warning("a task cannot be scheduled yet: %s. Add a node that has these "
+                       "resources (cellfleet start --address ..., or Cluster.add_node).", reason)
 
     def _schedule_return(self, worker: LeasedWorker) -> None:
         if worker.idle_timer is None and not worker.returned:
@@ -202,8 +266,8 @@ class TaskSubmitter:
         queue = self._queues.get(worker.key)
         if queue is not None and worker in queue.workers:
             queue.workers.remove(worker)
-        raylet = self._raylet()
-        if raylet is not None:
+        raylet = worker.raylet or self._raylet()
+        if raylet is not None and raylet.is_open:
             raylet.send(m.ReturnLease(worker.lease_id, failed))
 
     def _worker_lost(self, worker: LeasedWorker) -> None:

@@ -47,6 +47,7 @@ class TaskSpec:
     method: str = ""
     actor_options: dict | None = None  # creation only: max_concurrency, is_async
     namespace: str = ""
+    strategy: list | None = None  # the owner's scheduling_strategy (not sent to workers)
 
     @property
     def kind(self) -> str:

@@ -23,6 +23,7 @@ from .._graveyard import Graveyard, limit_from_env
 from .._rpc import Connection, HandlerTable
 from .actors import ActorChanged, ActorForgotten, ActorTable
 from .nodes import NodeDied, NodeForgotten, NodeTable
+from .resource_view import ResourceView
 from .storage import MemoryStorage, RedisStorage
 from .task_events import TaskEventStore
 
@@ -39,6 +40,7 @@ MAX_TASK_EVENTS = 20_000  # task records (and object records) kept, ~1.4 KB each
 MAX_SUBSCRIBER_BACKLOG = 16 * 2**20  # unread bytes after which a subscriber misses logs
 OBSERVABILITY_CHANNELS = frozenset({"logs", "tasks"})
 TASKS_PUBLISH_S = 1.0  # the "tasks" channel sends changed task records at most this often
+RESOURCES_PUBLISH_S = 0.02  # the "resources" channel gathers changes this long, then sends
 
 
 def _pack(value: Any) -> bytes:
@@ -57,6 +59,8 @@ class GcsServer:
         self.storage = storage
         self.node_table = NodeTable(node_timeout_s)
         self.nodes = self.node_table.nodes
+        self.resource_view = ResourceView()
+        self._resources_publish: asyncio.TimerHandle | None = None
         self.jobs: dict[int, dict[str, Any]] = {}
         self.finished_jobs = Graveyard(MAX_FINISHED_JOBS)
         self._last_job_id = 0  # job ids are never reused, even once forgotten
@@ -100,6 +104,7 @@ class GcsServer:
         return {
             m.RegisterNode: self.register_node,
             m.Heartbeat: self.heartbeat,
+            m.ReportResources: self.report_resources,
             m.GetNodes: lambda conn, msg: list(self._public_nodes()),
             m.RegisterJob: self.register_job,
             m.FinishJob: lambda conn, msg: self._finish_job(msg.job_id),
@@ -177,14 +182,40 @@ class GcsServer:
         }
         epoch = self.node_table.register(node, time.time())
         self._node_conns[conn] = (msg.node_id, epoch)
+        self.resource_view.node_added(msg.node_id, msg.raylet_address, msg.resources)
+        self._resources_changed()
         await self.storage.put("nodes", msg.node_id, _pack(node))
-        self.publish("node", {"node_id": msg.node_id, "alive": True})
-        return {"nodes": list(self._public_nodes())}
+        self.publish("node", {"node_id": msg.node_id, "alive": True,
+                              "raylet_address": msg.raylet_address})
+        return {"nodes": list(self._public_nodes()), "view": self.resource_view.snapshot()}
 
     def heartbeat(self, conn: Connection, msg: m.Heartbeat) -> bool:
         """False tells a raylet the GCS holds its node dead: it must register again."""
-        return self.node_table.heartbeat(msg.node_id, time.time(), available=msg.available,
-                                         store=msg.store, load=msg.load)
+        alive = self.node_table.heartbeat(msg.node_id, time.time(), available=msg.available,
+                                          store=msg.store, load=msg.load)
+        if alive and self.resource_view.report(msg.node_id, msg.available, msg.load):
+            self._resources_changed()
+        return alive
+
+    def report_resources(self, conn: Connection, msg: m.ReportResources) -> None:
+        node = self.nodes.get(msg.node_id)
+        if node is None or not node["alive"]:
+            return
+        node["available"], node["load"] = msg.available, msg.load
+        if self.resource_view.report(msg.node_id, msg.available, msg.load):
+            self._resources_changed()
+
+    def _resources_changed(self) -> None:
+        """Broadcast the view's changes to the raylets soon (changes within the window go
+        together)."""
+        if self._resources_publish is None:
+            self._resources_publish = asyncio.get_running_loop().call_later(
+                RESOURCES_PUBLISH_S, self._publish_resources)
+
+    def _publish_resources(self) -> None:
+        self._resources_publish = None
+        if self.resource_view.pending():
+            self.publish("resources", self.resource_view.changes())
 
     def _public_nodes(self):
         for node in self.nodes.values():
@@ -195,6 +226,8 @@ class GcsServer:
             if isinstance(action, NodeDied):
                 node = self.nodes[action.node_id]
                 logger.warning("node %s is dead: %s", action.node_id.hex(), action.reason)
+                if self.resource_view.node_removed(action.node_id):
+                    self._resources_changed()
                 self._spawn(self.storage.put("nodes", action.node_id, _pack(node)))
                 self.publish("node", {"node_id": action.node_id, "alive": False,
                                       "reason": action.reason})

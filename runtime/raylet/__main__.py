@@ -25,16 +25,28 @@ logger = logging.getLogger("cellfleet.raylet")
 
 async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: bytes,
                                registration: m.RegisterNode, stop: asyncio.Event) -> None:
-    """Connect and register with the GCS; reconnect whenever the connection drops."""
+    """Connect and register with the GCS; reconnect whenever the connection drops.
+
+    The raylet subscribes to the cluster's resource changes before it registers, so the view
+    in the registration's answer plus the broadcasts after it miss nothing.
+    """
+
+    def published(conn: Connection, msg: m.Publish) -> None:
+        if msg.channel == "resources":
+            raylet.resources_published(msg.data)
+
     while not stop.is_set():
         try:
-            conn: Connection = await connect(args.gcs_address, token, timeout=2.0)
-            await conn.request(registration)
+            conn: Connection = await connect(args.gcs_address, token, {m.Publish: published},
+                                             timeout=2.0)
+            conn.send(m.Subscribe("resources"))
+            reply = await conn.request(registration)
         except (ConnectionError, OSError, RayError) as exc:
             logger.info("waiting for the GCS at %s: %s", args.gcs_address, exc)
             await asyncio.sleep(0.05 if raylet.gcs is None else 0.5)
             continue
         raylet.gcs = conn
+        raylet.resources_published(reply.get("view", []), replace=True)
         await conn.closed
         logger.warning("lost the GCS connection; reconnecting")
 

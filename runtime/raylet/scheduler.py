@@ -37,6 +37,10 @@ class LeaseRequest:
     resources: dict[str, float]
     owner: Any  # the requesting connection, opaque here
     kind: str = "task"  # "task", "actor" or "detached_actor"
+    strategy: list | None = None  # util.scheduling_strategies.strategy_to_wire
+    spilled: bool = False  # another raylet sent it here: run it here if this node can
+    wait_infeasible: bool = False  # told it fits no node: wait for one that fits
+    reason: str = "local"  # why it is queued here (the placement reason of its grant)
 
 
 @dataclass(slots=True)
@@ -125,18 +129,27 @@ class LocalScheduler:
     # -- events ---------------------------------------------------------------------------
 
     def request_lease(self, request: LeaseRequest) -> list:
-        missing = {
-            k: v for k, v in request.resources.items() if v > self.total.get(k, 0.0) + 1e-9
-        }
+        missing = self.missing(request.resources)
         if missing:
             have = {k: self.total.get(k, 0.0) for k in missing}
             return [Reject(request, f"it requires {missing} but this node has {have}")]
-        gpus = request.resources.get("GPU", 0.0)
-        if gpus > 1 and gpus != int(gpus):
-            return [Reject(request, f"it requires {gpus:g} GPUs: more than one GPU must be a "
-                                    "whole number (use num_gpus=2, or a fraction below 1)")]
+        bad = invalid_request(request.resources)
+        if bad:
+            return [Reject(request, bad)]
         self.queue.append(request)
         return self.schedule()
+
+    def missing(self, resources: dict[str, float]) -> dict[str, float]:
+        """What of ``resources`` this node does not have at all (even when idle)."""
+        return {k: v for k, v in resources.items() if v > self.total.get(k, 0.0) + 1e-9}
+
+    def fits_now(self, resources: dict[str, float]) -> bool:
+        """Could a request of ``resources`` be granted now, behind the queued ones?"""
+        reserved: dict[str, float] = {}
+        for queued in self.queue:
+            for k, v in queued.resources.items():
+                reserved[k] = reserved.get(k, 0.0) + v
+        return self._fits(resources, reserved)
 
     def cancel_requests(self, owner: Any) -> tuple[list[LeaseRequest], list]:
         """Drop the queued requests of ``owner`` (it left); returns them (to answer) and what
@@ -308,6 +321,15 @@ class LocalScheduler:
     def _give_back(self, resources: dict[str, float]) -> None:
         for k, v in resources.items():
             self.available[k] = self.available.get(k, 0.0) + v
+
+
+def invalid_request(resources: dict[str, float]) -> str:
+    """Why no node could ever grant ``resources`` as asked (a malformed amount), or ''."""
+    gpus = resources.get("GPU", 0.0)
+    if gpus > 1 and gpus != int(gpus):
+        return (f"it requires {gpus:g} GPUs: more than one GPU must be a whole number "
+                "(use num_gpus=2, or a fraction below 1)")
+    return ""
 
 
 def _held(resources: dict[str, float], blocked: bool) -> dict[str, float]:

@@ -18,6 +18,7 @@ from .. import _messages as m
 from .._rpc import Connection, HandlerTable
 from .._shm import SharedArena
 from ..exceptions import TaskUnschedulableError
+from .cluster_scheduler import ClusterScheduler, Infeasible, Spill
 from .object_store import ObjectStore
 from .pool_state import PoolLimits
 from .scheduler import Grant, LeaseRequest, LocalScheduler, Reject, SpawnWorker, StopWorker
@@ -28,6 +29,7 @@ __all__ = ["Raylet"]
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+REPORT_S = 0.05  # free resources and load go to the GCS at most this often when they change
 MAINTAIN_S = 0.25  # how often start deadlines, idle workers and exited starts are checked
 
 
@@ -53,6 +55,9 @@ class Raylet:
         self.node_id = node_id
         self.arena = arena
         self.scheduler = LocalScheduler(dict(resources), limits, prestart)
+        self.cluster = ClusterScheduler(node_id, self.scheduler)
+        self._report: asyncio.TimerHandle | None = None
+        self._reported: tuple[dict, int] | None = None  # the figures the GCS has
         self.store = store
         self.store_name = store_name
         self.pool = pool
@@ -102,15 +107,16 @@ class Raylet:
         client: _Client | None = conn.state
         self._reclaim(self.store.reader_gone(conn))
         self._creator_gone(conn)
-        if client is None:
-            return
-        if client.kind == "worker":
-            self.pool.remove(client.worker_id)
-            self.worker_exited(client.worker_id)
-        self._reclaim(self.store.owner_gone(client.address))
-        if self.gcs is not None and self.gcs.is_open:
-            self.gcs.send(m.ProcessExited(client.address))  # its borrows end with it
-        cancelled, actions = self.scheduler.cancel_requests(conn)
+        if client is not None:
+            if client.kind == "worker":
+                self.pool.remove(client.worker_id)
+                self.worker_exited(client.worker_id)
+            self._reclaim(self.store.owner_gone(client.address))
+            if self.gcs is not None and self.gcs.is_open:
+                self.gcs.send(m.ProcessExited(client.address))  # its borrows end with it
+        # Owners on other nodes lease here without registering: their requests and leases
+        # end with their connection too.
+        cancelled, actions = self.cluster.cancel_requests(conn)
         for request in cancelled:
             self._lease_futures.pop(request.request_id).cancel()  # nobody waits for it now
         self._carry_out(actions)
@@ -136,8 +142,9 @@ class Raylet:
         self._next_request += 1
         future = asyncio.get_running_loop().create_future()
         self._lease_futures[request_id] = future
-        request = LeaseRequest(request_id, msg.resources, conn, msg.kind)
-        self._carry_out(self.scheduler.request_lease(request))
+        request = LeaseRequest(request_id, msg.resources, conn, msg.kind, msg.strategy,
+                               msg.spilled, msg.wait_infeasible, msg.reason or "local")
+        self._carry_out(self.cluster.request_lease(request))
         return future
 
     def return_lease(self, conn: Connection, msg: m.ReturnLease) -> None:
@@ -153,6 +160,12 @@ class Raylet:
 
     def notify_unblocked(self, conn: Connection, msg: m.NotifyUnblocked) -> None:
         self.scheduler.worker_unblocked(conn.state.worker_id)
+        self._report_soon()
+
+    def resources_published(self, rows: list, replace: bool = False) -> None:
+        """The GCS broadcast changes of other nodes' resources (``replace``: the whole view):
+        parked requests may fit now."""
+        self._carry_out(self.cluster.update_nodes(rows, replace))
 
     def _carry_out(self, actions: list) -> None:
         for action in actions:
@@ -175,6 +188,17 @@ class Raylet:
                     future.set_exception(
                         TaskUnschedulableError(f"cannot schedule the task: {action.reason}")
                     )
+            elif isinstance(action, Spill):
+                future = self._lease_futures.pop(action.request.request_id)
+                if not future.done():
+                    future.set_result({"spill": action.address, "node_id": action.node_id,
+                                       "reason": action.reason})
+            elif isinstance(action, Infeasible):
+                future = self._lease_futures.pop(action.request.request_id)
+                if not future.done():
+                    future.set_result({"infeasible": action.reason})
+        if actions:
+            self._report_soon()
 
     def _grant(self, action: Grant, future: asyncio.Future) -> None:
         worker = self.pool.workers.get(action.lease.worker_id)
@@ -183,7 +207,7 @@ class Raylet:
                                                         worker is not None))
             return
         future.set_result([action.lease.lease_id, worker.worker_id, worker.address,
-                           self.node_id])
+                           self.node_id, action.request.reason])
 
     async def _grant_with_gpus(self, action: Grant, future: asyncio.Future) -> None:
         """Tell the worker its GPU ids before its leaseholder can push it a task."""
@@ -268,6 +292,21 @@ class Raylet:
             ],
             "pid": os.getpid(),
         }
+
+    def _report_soon(self) -> None:
+        if self._report is None and self.gcs is not None:
+            self._report = asyncio.get_running_loop().call_later(REPORT_S, self._send_report)
+
+    def _send_report(self) -> None:
+        """The node's free resources and queue to the GCS, if they changed since last sent."""
+        self._report = None
+        gcs = self.gcs
+        figures = (self.scheduler.available, len(self.scheduler.queue))
+        if gcs is None or not gcs.is_open or figures == self._reported:
+            return
+        self._reported = (dict(figures[0]), figures[1])
+        gcs.send(m.ReportResources(self.node_id, self.scheduler.available,
+                                   self.scheduler.load()))
 
     async def heartbeat_loop(self) -> None:
         """The node's figures to the GCS every second; one heartbeat in flight at a time, so

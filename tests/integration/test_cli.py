@@ -135,10 +135,11 @@ def test_start_with_bad_options_fails_cleanly(args: list[str], message: str) -> 
     assert Session.current() is None
 
 
-def test_start_joining_another_node_is_not_there_yet() -> None:
-    result = cli("start", "--address", "127.0.0.1:6379")
-    assert result.returncode == 2
-    assert "multi-node" in result.stderr and "Traceback" not in result.stderr
+def test_joining_a_head_that_is_not_there_fails_cleanly() -> None:
+    result = cli("start", "--address", f"127.0.0.1:{free_port()}", timeout=20)
+    assert result.returncode == 1
+    assert "nothing answers" in result.stderr and "Traceback" not in result.stderr
+    assert not own_processes()
 
 
 def test_init_auto_without_a_cluster() -> None:

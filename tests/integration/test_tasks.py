@@ -206,12 +206,16 @@ def test_one_cpu_tasks_run_concurrently_on_two_cpus(cluster, tmp_path):
     assert ray.get([meet.remote(a, b), meet.remote(b, a)], timeout=30) == [True, True]
 
 
-def test_infeasible_num_cpus_is_rejected(cluster):
-    with pytest.raises(exceptions.TaskUnschedulableError) as info:
-        ray.get(add.options(num_cpus=3).remote(1), timeout=20)
-    assert "CPU" in str(info.value)
-    with pytest.raises(exceptions.TaskUnschedulableError, match="accelerator"):
-        ray.get(add.options(resources={"accelerator": 1}).remote(1), timeout=20)
+def test_infeasible_tasks_wait_with_a_warning(cluster, caplog):
+    # As in Ray: a task no node can run stays pending (until a node that fits joins).
+    refs = [add.options(num_cpus=3).remote(1),
+            add.options(resources={"accelerator": 1}).remote(1)]
+    with pytest.raises(exceptions.GetTimeoutError):
+        ray.get(refs, timeout=1)
+    wait_until(lambda: "accelerator" in caplog.text, message="the infeasible warning")
+    assert "cannot be scheduled yet" in caplog.text and "'CPU': 3.0" in caplog.text
+    for ref in refs:
+        ray.cancel(ref)
     # The cluster still runs ordinary tasks.
     assert ray.get(add.remote(1), timeout=20) == 11
 

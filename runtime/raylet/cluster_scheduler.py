@@ -1,0 +1,249 @@
+"""Bottom-up scheduling across nodes: run here, or spill back to another node, as a state class.
+
+Every lease request reaches the submitter's own raylet first (the Ray paper's bottom-up
+scheduler). This class decides, from the node's :class:`~.scheduler.LocalScheduler` and its
+view of the other nodes (their totals, free resources and queues as the GCS last broadcast
+them), where the request goes:
+
+- ``DEFAULT``: here when it can start here now; else to the node that can start it now (the
+  shortest queue, then the most free CPU); else here, queued, when this node has what it asks
+  for; else to the node with the shortest queue among those that have it.
+- ``SPREAD``: round robin over the nodes that can start it now (all nodes that have what it
+  asks for, when none can).
+- ``NODE_AFFINITY``: that node. Hard: refused when the node is dead, unknown or lacks the
+  resources. Soft: ``DEFAULT`` in those cases.
+
+A request no node of the cluster could ever run is *infeasible*: the first answer says so (the
+submitter warns its user and asks again, to wait), and the request waits here until a node
+that fits joins. A request another raylet spilled here stays here when this node has what it
+asks for, so requests do not bounce between nodes whose views differ.
+
+After spilling a request to a node, the view counts its resources there as taken until the
+next broadcast, so a burst of requests spreads over the free nodes rather than piling on one.
+No I/O: the raylet feeds events and carries out the actions (``Spill``, ``Infeasible`` and the
+local scheduler's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..util.scheduling_strategies import describe
+from .scheduler import LeaseRequest, LocalScheduler, Reject, invalid_request
+
+__all__ = ["ClusterScheduler", "Infeasible", "NodeView", "Spill"]
+
+
+@dataclass(slots=True)
+class NodeView:
+    """Another node as this raylet sees it (from the GCS's resource broadcasts)."""
+
+    node_id: bytes
+    address: str  # its raylet
+    total: dict[str, float]
+    available: dict[str, float]
+    queued: int = 0
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> NodeView:
+        return cls(row["node_id"], row["address"], dict(row["total"]),
+                   dict(row["available"]), int(row.get("queued", 0)))
+
+
+@dataclass(slots=True)
+class Spill:
+    """Answer the request: ask the raylet at ``address`` (node ``node_id``) instead."""
+
+    request: LeaseRequest
+    node_id: bytes
+    address: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Infeasible:
+    """Answer the request: no node of the cluster has what it asks for (yet)."""
+
+    request: LeaseRequest
+    reason: str
+
+
+def node_name(node_id: bytes) -> str:
+    """A node as placement reasons name it: the first 8 hex digits of its id."""
+    return node_id.hex()[:8]
+
+
+def _has(total: dict[str, float], resources: dict[str, float]) -> bool:
+    return all(total.get(k, 0.0) >= v - 1e-9 for k, v in resources.items())
+
+
+def _lacking(have: dict[str, float], resources: dict[str, float]) -> str:
+    names = [k for k, v in resources.items() if have.get(k, 0.0) < v - 1e-9]
+    return ", ".join(names) or "nothing"
+
+
+@dataclass
+class ClusterScheduler:
+    """Where this node's lease requests go: here (``local``) or to another node."""
+
+    node_id: bytes
+    local: LocalScheduler
+    nodes: dict[bytes, NodeView] = field(default_factory=dict)  # the other live nodes
+    parked: list[LeaseRequest] = field(default_factory=list)  # infeasible, waiting
+    _spread_cursor: int = 0
+
+    # -- events ---------------------------------------------------------------------------
+
+    def request_lease(self, request: LeaseRequest) -> list:
+        bad = invalid_request(request.resources)
+        if bad:
+            return [Reject(request, bad)]
+        return self._place(request)
+
+    def update_nodes(self, rows: list[dict[str, Any]], replace: bool = False) -> list:
+        """The GCS broadcast other nodes' figures (rows with ``alive`` False have gone);
+        ``replace``: the rows are the whole view (a registration's answer)."""
+        if replace:
+            self.nodes.clear()
+        for row in rows:
+            if row["node_id"] == self.node_id:
+                continue
+            if row.get("alive", True):
+                self.nodes[row["node_id"]] = NodeView.from_row(row)
+            else:
+                self.nodes.pop(row["node_id"], None)
+        return self._retry_parked()
+
+    def cancel_requests(self, owner: Any) -> tuple[list[LeaseRequest], list]:
+        """Drop the requests of ``owner`` (it left), queued here or parked."""
+        parked = [r for r in self.parked if r.owner is owner]
+        if parked:
+            self.parked = [r for r in self.parked if r.owner is not owner]
+        cancelled, actions = self.local.cancel_requests(owner)
+        return parked + cancelled, actions
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def _place(self, request: LeaseRequest) -> list:
+        resources = request.resources
+        if request.spilled and not self.local.missing(resources):
+            return self._here(request, request.reason)
+        strategy = request.strategy
+        if strategy and strategy[0] == "NODE_AFFINITY":
+            return self._affinity(request, strategy[1], bool(strategy[2]))
+        if strategy and strategy[0] == "SPREAD":
+            return self._spread(request)
+        return self._default(request, "")
+
+    def _default(self, request: LeaseRequest, prefix: str) -> list:
+        resources = request.resources
+        here_has = not self.local.missing(resources)
+        if here_has and self.local.fits_now(resources):
+            return self._here(request, prefix + "local")
+        free = [n for n in self.nodes.values() if _has(n.available, resources)]
+        if free:
+            best = min(free, key=lambda n: (n.queued, -n.available.get("CPU", 0.0), n.node_id))
+            why = (f"it had no free {_lacking(self.local.available, resources)} "
+                   f"(queue {len(self.local.queue)})" if here_has
+                   else f"it has no {_lacking(self.local.total, resources)}")
+            return [self._spill(request, best, f"{prefix}spilled back from "
+                                               f"{node_name(self.node_id)}: {why}")]
+        if here_has:
+            return self._here(request, prefix + "local (queued: no node has it free)")
+        able = [n for n in self.nodes.values() if _has(n.total, resources)]
+        if able:
+            best = min(able, key=lambda n: (n.queued, n.node_id))
+            return [self._spill(request, best, f"{prefix}spilled back from "
+                                               f"{node_name(self.node_id)}: it has no "
+                                               f"{_lacking(self.local.total, resources)}")]
+        return self._infeasible(request)
+
+    def _spread(self, request: LeaseRequest) -> list:
+        resources = request.resources
+        order = sorted([self.node_id, *self.nodes])
+        able = [i for i, node_id in enumerate(order) if self._has_total(node_id, resources)]
+        if not able:
+            return self._infeasible(request)
+        free = [i for i in able if self._fits_now(order[i], resources)] or able
+        after = [i for i in free if i >= self._spread_cursor]
+        pick = (after or free)[0]
+        self._spread_cursor = pick + 1
+        node_id = order[pick]
+        if node_id == self.node_id:
+            return self._here(request, "SPREAD")
+        return [self._spill(request, self.nodes[node_id], "SPREAD")]
+
+    def _affinity(self, request: LeaseRequest, target: bytes, soft: bool) -> list:
+        label = describe(request.strategy)
+        resources = request.resources
+        if target == self.node_id or target in self.nodes:
+            if self._has_total(target, resources):
+                if target == self.node_id:
+                    return self._here(request, label)
+                return [self._spill(request, self.nodes[target], label)]
+            problem = f"node {node_name(target)} has no {self._lacking_total(target, resources)}"
+        else:
+            problem = f"node {node_name(target)} is dead or not part of this cluster"
+        if soft:
+            return self._default(request, f"{label}: {problem}; ")
+        return [Reject(request, f"{label}: {problem}")]
+
+    def _here(self, request: LeaseRequest, reason: str) -> list:
+        request.reason = reason
+        return self.local.request_lease(request)
+
+    def _spill(self, request: LeaseRequest, node: NodeView, reason: str) -> Spill:
+        if _has(node.available, request.resources):
+            for k, v in request.resources.items():  # taken there until the next broadcast
+                node.available[k] = node.available.get(k, 0.0) - v
+        else:
+            node.queued += 1
+        return Spill(request, node.node_id, node.address, reason)
+
+    def _infeasible(self, request: LeaseRequest) -> list:
+        if request.wait_infeasible:
+            self.parked.append(request)
+            return []
+        return [Infeasible(request, self.infeasible_reason(request.resources))]
+
+    def infeasible_reason(self, resources: dict[str, float]) -> str:
+        """The warning for a request no node has what it needs for."""
+        shapes = [self.local.total, *(n.total for n in self.nodes.values())]
+        lacking = _lacking(self._union(shapes), resources)
+        detail = (f"no node has enough {lacking}" if lacking != "nothing"
+                  else "no single node has all of them")
+        return (f"no node of the cluster ({len(shapes)} node(s)) has the resources "
+                f"{resources} ({detail}); it waits until a node that has them joins")
+
+    def _retry_parked(self) -> list:
+        parked, self.parked = self.parked, []
+        actions: list = []
+        for request in parked:
+            actions += self._place(request)  # parks it again while still infeasible
+        return actions
+
+    # -- the view -------------------------------------------------------------------------
+
+    def _has_total(self, node_id: bytes, resources: dict[str, float]) -> bool:
+        if node_id == self.node_id:
+            return not self.local.missing(resources)
+        return _has(self.nodes[node_id].total, resources)
+
+    def _lacking_total(self, node_id: bytes, resources: dict[str, float]) -> str:
+        total = self.local.total if node_id == self.node_id else self.nodes[node_id].total
+        return _lacking(total, resources)
+
+    def _fits_now(self, node_id: bytes, resources: dict[str, float]) -> bool:
+        if node_id == self.node_id:
+            return self.local.fits_now(resources)
+        return _has(self.nodes[node_id].available, resources)
+
+    @staticmethod
+    def _union(shapes: list[dict[str, float]]) -> dict[str, float]:
+        """Per resource, the most any one node has (what "fits some node" compares with)."""
+        best: dict[str, float] = {}
+        for shape in shapes:
+            for k, v in shape.items():
+                best[k] = max(best.get(k, 0.0), v)
+        return best
