@@ -44,7 +44,7 @@ from .actor_submitter import ActorSubmitter
 from .dependency_resolver import DependencyResolver
 from .events import FLUSH_INTERVAL_S, EventBuffer
 from .object_ref import ObjectRef
-from .reference_table import ObjectEntry, ReferenceTable
+from .reference_counter import ObjectEntry, ReferenceCounter
 from .submitter import LeasedWorker, TaskSubmitter
 from .task_manager import (
     ArgumentsResolved,
@@ -121,7 +121,7 @@ class CoreWorker:
         self._closed = False
         self.submitter: TaskSubmitter | None = None
         self.actor_submitter: ActorSubmitter | None = None
-        self.refs: ReferenceTable  # set in start(), once the address is known
+        self.refs: ReferenceCounter  # set in start(), once the address is known
 
     @property
     def namespace(self) -> str:
@@ -174,7 +174,7 @@ class CoreWorker:
         # Its worker id is its identity in the handshake: whoever leases this worker expects it.
         self._server, self.address = await serve(handlers, self.token, host=self.host,
                                                  listener=Listener(self.worker_id))
-        self.refs = ReferenceTable(self.address, self._queue, self._wake, self._on_free,
+        self.refs = ReferenceCounter(self.address, self._queue, self._wake, self._on_free,
                                    self._on_borrow)
         self.raylet, self.gcs = await asyncio.gather(
             connect(self.raylet_address, self.token, handlers),

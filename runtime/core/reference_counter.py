@@ -1,4 +1,5 @@
-"""Reference counting of objects by their owner, and every process's view of its refs.
+"""The reference counter (Ray's ReferenceCounter): objects counted by their owner, and every
+process's view of its refs.
 
 Each core worker keeps one entry per object it owns or borrows. An entry counts:
 
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ObjectEntry", "ReferenceTable"]
+__all__ = ["ObjectEntry", "ReferenceCounter"]
 
 
 @dataclass(slots=True, eq=False)
@@ -42,7 +43,7 @@ class ObjectEntry:
     size: int = 0
 
 
-class ReferenceTable:
+class ReferenceCounter:
     """The objects one core worker owns or borrows, and when each can go."""
 
     def __init__(self, address: str, queue: deque, wake: Callable[[], None],
