@@ -2,8 +2,9 @@
 
 An actor is a worker process of its own that holds one instance of a class; its methods run
 there, in the order each caller submitted them. A handle holds a reference to the actor's
-creation object: when no handle is left anywhere (and no call is pending), the owner kills a
-non-detached actor, the way an unreachable object is freed.
+creation object (handles from ``get_actor`` too: the GCS record names it): when no handle is
+left anywhere (and no call is pending), the owner kills a non-detached actor, the way an
+unreachable object is freed.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def _core():
 
 class ActorClass(ExportedCode):
     """The result of ``@remote`` on a class: ``Cls.remote(*args)`` starts an actor."""
+
+    _kind = "actor"
 
     def __init__(self, cls: type, options: dict[str, Any]) -> None:
         check_options(options, ACTOR_OPTIONS, "an actor class")
@@ -227,6 +230,8 @@ class ActorClass(ExportedCode):
                            "detached": detached, "run_resources": run},
             strategy=strategy,
         )
+        # Handles looked up by name hold the creation object too (see ActorHandle._from_record).
+        core.request("gcs", m.UpdateActor(actor_id, "", {"creation_object_id": refs[0]._id}))
         return ActorHandle(actor_id, self._name, self._methods, refs[0], self._signatures)
 
     def __repr__(self) -> str:
@@ -246,8 +251,15 @@ class ActorHandle:
         self._signatures = signatures or {}  # known where the class was decorated
 
     @classmethod
-    def _from_record(cls, record: dict) -> ActorHandle:
-        return cls(record["actor_id"], record["class_name"], record["methods"], None)
+    def _from_record(cls, record: dict, keep_alive: bool = True) -> ActorHandle:
+        """A handle to the actor of a GCS record. With ``keep_alive`` it holds a reference to
+        the actor's creation object, as every handle does in Ray: the actor lives while any
+        handle does (the owner counts this process as a borrower)."""
+        creation = record.get("creation_object_id")
+        ref = None
+        if keep_alive and creation and not record.get("detached"):
+            ref = ObjectRef(creation, record["owner"])
+        return cls(record["actor_id"], record["class_name"], record["methods"], ref)
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})

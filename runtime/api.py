@@ -187,6 +187,7 @@ def init(
     log_to_driver: bool = True,
     local_mode: bool = False,
     job_config: JobConfig | None = None,
+    _memory: float | None = None,
     **unsupported: Any,
 ) -> RuntimeInfo:
     """Start a local cluster (GCS, raylet, workers) or connect to a running one.
@@ -197,6 +198,7 @@ def init(
     Redis, which must demand a password (``?password_file=PATH`` reads it from a file).
     ``local_mode=True`` (deprecated in Ray) runs tasks in worker processes all the same.
     ``job_config``: a ``JobConfig``; its ``code_search_path`` is put on the workers' path.
+    ``_memory``: the node's ``memory`` resource in bytes (rounded down, as tasks' ``memory``).
     """
     global _head
     if local_mode:
@@ -205,7 +207,7 @@ def init(
     if job_config is not None and not isinstance(job_config, JobConfig):
         raise TypeError(f"job_config must be a JobConfig, got {type(job_config).__name__}")
     ignored = {"include_dashboard", "dashboard_host", "dashboard_port", "configure_logging",
-               "logging_level", "_temp_dir", "runtime_env", "_system_config", "_memory",
+               "logging_level", "_temp_dir", "runtime_env", "_system_config",
                "_node_ip_address", "_metrics_export_port", "_redis_password",
                "_plasma_directory", "_enable_object_reconstruction", "_tracing_startup_hook"}
     unknown = set(unsupported) - ignored
@@ -221,6 +223,10 @@ def init(
                 "to 'ray.init()'."
             )
         _check_init_arguments(address, num_cpus, num_gpus, resources, object_store_memory)
+        if _memory is not None:
+            if not isinstance(_memory, (int, float)) or _memory < 0:
+                raise ValueError(f"_memory must be a non-negative number of bytes, got {_memory!r}")
+            resources = {**(resources or {}), "memory": float(int(_memory))}
         gcs_address = _resolve_address(address)
         if namespace is None and job_config is not None:
             namespace = job_config.ray_namespace
@@ -251,6 +257,8 @@ def init(
                 if reason:
                     raise ConnectionError(f"the local cluster did not start: {reason}") from exc
             raise
+        if head is not None:  # as Ray's init: return once the GCS counts the node's resources
+            core.run(_until_registered(core, head.node_id, NODE_WAIT_S))
         if log_to_driver:
             core.log_handler = print_logs
         _context.core = core
@@ -404,6 +412,24 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
 
 KILL_WAIT_S = 5.0  # how long kill() waits for the GCS to record the actor's death
+NODE_WAIT_S = 10.0  # how long init() waits for the GCS to list the node it started
+
+
+async def _until_registered(core: CoreWorker, node_id: bytes, limit: float) -> None:
+    """Wait (at most ``limit`` seconds) until the GCS lists node ``node_id`` as alive."""
+    import asyncio
+
+    deadline = time.monotonic() + limit
+    delay = 0.002
+    while time.monotonic() < deadline:
+        try:
+            nodes = await core.gcs.request(m.GetNodes())
+        except Exception:  # noqa: BLE001 - the GCS went: the next call says so
+            return
+        if any(n["node_id"] == node_id and n["alive"] for n in nodes):
+            return
+        await asyncio.sleep(delay)  # the raylet is registering
+        delay = min(delay * 2, 0.1)
 
 
 async def _until_dead(core: CoreWorker, actor_id: bytes, limit: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import cloudpickle
 
+from ._serialization import dumps_function
 from .core.object_ref import ObjectRef
 from .util.scheduling_strategies import strategy_to_wire
 
@@ -28,6 +30,8 @@ TASK_OPTIONS = {
 DECORATOR_ONLY = {"max_calls", "concurrency_groups"}
 _DEFAULTS = {"num_returns": 1, "max_retries": 3, "retry_exceptions": False}
 LARGE_ARGUMENT_BYTES = 100 * 2**20  # passed by value above this: suggest put()
+EXPORT_WARN_BYTES = 10**7  # Ray's FUNCTION_SIZE_WARN_THRESHOLD
+EXPORT_LIMIT_BYTES = 10**8  # Ray's FUNCTION_SIZE_ERROR_THRESHOLD
 _SMALL_TYPES = (int, float, bool, type(None), ObjectRef)
 _RESOURCE_PRECISION = 0.0001
 # keyword -> the types it takes (Ray's checks, with Ray's messages)
@@ -157,6 +161,23 @@ def resources_from_options(options: dict[str, Any], default_cpus: float) -> dict
     return {k: v for k, v in out.items() if v > 0}
 
 
+def check_export_size(size: int, kind: str, name: str) -> None:
+    """Refuse to export code that pickles to more than ``EXPORT_LIMIT_BYTES`` (Ray's limit and
+    words); warn above ``EXPORT_WARN_BYTES``. Such code captured a large object by accident."""
+    if size <= EXPORT_WARN_BYTES:
+        return
+    advice = ("Check that its definition is not implicitly capturing a large array or other "
+              "object in scope. Tip: use ray.put() to put large objects in the Ray object "
+              "store, and pass the ref or get() it inside.")
+    if size > EXPORT_LIMIT_BYTES:
+        raise ValueError(f"The {kind} {name} is too large ({size // 2**20} MiB > "
+                         f"FUNCTION_SIZE_ERROR_THRESHOLD={EXPORT_LIMIT_BYTES // 2**20} MiB). "
+                         + advice)
+    warnings.warn(f"The {kind} {name} is very large ({size // 2**20} MiB): it is sent to "
+                  f"every worker that runs it. {advice}", UserWarning,
+                  stacklevel=_user_stacklevel())
+
+
 class ExportedCode:
     """What remote functions and actor classes share: their code, exported once per runtime.
 
@@ -168,8 +189,11 @@ class ExportedCode:
     _registered: tuple[Any, bytes] | None
     _name: str
 
+    _kind = "remote function"  # how errors name it
+
     def _function_id(self, core: Any, code: Any) -> bytes:
         if self._registered is None or self._registered[0] is not core:
+            check_export_size(len(dumps_function(code)), self._kind, self._name)
             self._registered = (core, core.register_function(code, self._name))
         return self._registered[1]
 
@@ -189,6 +213,7 @@ class RemoteFunction(ExportedCode):
         self._strategy = strategy_to_wire(options.get("scheduling_strategy"))
         self._name = getattr(function, "__name__", "task")
         self._signature = signature_of(function)
+        self._decorator = getattr(function, "__ray_invocation_decorator__", None)
         self._registered: tuple[Any, bytes] | None = None  # (core, function id)
         self._warned_large = [False]  # shared by the copies options() makes
         functools.update_wrapper(self, function)
@@ -214,7 +239,15 @@ class RemoteFunction(ExportedCode):
         target = self.options(**options) if options else self
         return target.remote(*(args or ()), **(kwargs or {}))
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit a call; its ObjectRef (a list for ``num_returns`` > 1, None for 0). A
+        function's ``__ray_invocation_decorator__`` wraps the submission, as in Ray: it is
+        given ``submit(args, kwargs)`` and returns what ``.remote()`` returns."""
+        if self._decorator is not None:
+            return self._decorator(self._submit)(args, kwargs)
+        return self._submit(args, kwargs)
+
+    def _submit(self, args: tuple, kwargs: dict) -> ObjectRef | list[ObjectRef] | None:
         from .api import _core
 
         core = _core()
@@ -252,12 +285,23 @@ class RemoteFunction(ExportedCode):
                 "copies it into the object store. Put it there once and pass the ref: "
                 f"ref = cellfleet.put(value), then {self._name}.remote(ref) (the task gets "
                 "the value). This warning is shown once per function.",
-                UserWarning, stacklevel=3)
+                UserWarning, stacklevel=_user_stacklevel())
             sys.stderr.flush()  # shown before the long copy starts (a notebook buffers stderr)
             return
 
     def __repr__(self) -> str:
         return f"RemoteFunction({self._name})"
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside the runtime."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _nbytes(value: Any) -> int:

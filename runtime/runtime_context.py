@@ -62,7 +62,9 @@ class RuntimeContext:
         actor_id = self._core.actor_id
         if not actor_id:
             raise RuntimeError("This method is only available in an actor.")
-        return ActorHandle._from_record(self._core.request("gcs", m.WaitActor(actor_id)))
+        # The actor's handle to itself does not keep it alive (it would never go otherwise).
+        record = self._core.request("gcs", m.WaitActor(actor_id))
+        return ActorHandle._from_record(record, keep_alive=False)
 
     def get_actor_name(self) -> str | None:
         """The current actor's name ("" for an unnamed one; None outside an actor)."""

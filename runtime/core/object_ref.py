@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _context
+from .._ids import object_id_for, random_id
 
 __all__ = ["ObjectID", "ObjectRef"]
 
@@ -87,6 +88,16 @@ class ObjectRef:
 
     def is_nil(self) -> bool:
         return not any(self._id)
+
+    @classmethod
+    def nil(cls) -> ObjectRef:
+        """The all-zero id, naming no object (Ray's ``ObjectRef.nil()``)."""
+        return cls(object_id_for(bytes(16), 0))
+
+    @classmethod
+    def from_random(cls) -> ObjectRef:
+        """A ref with a random id that names no object and owns nothing."""
+        return cls(object_id_for(random_id(), 0))
 
     def __await__(self):
         import asyncio

@@ -1,11 +1,13 @@
 """The GCS's actor table as a plain state class: records, names, deaths, owners' exits.
 
-An actor goes PENDING -> ALIVE -> DEAD (its owner reports each step). Its name is taken while
-it is not DEAD. A non-detached actor shares its owner's fate, as in Ray: when the process that
-created it exits (the raylet reports it), the actor is DEAD and its name free, even though no
-owner is left to say so. Dead records are kept up to a bound (``Graveyard``) so that late
-lookups get the cause. Nothing here does I/O: changes come back as actions for the server
-(publish, write through, wake the waiters) to carry out.
+An actor goes PENDING -> ALIVE -> DEAD (its owner reports each step). Its record names its
+creation object (``creation_object_id``): handles looked up by name hold a reference to it, so
+they keep a non-detached actor alive as the handle ``.remote()`` returned does. Its name is
+taken while it is not DEAD. A non-detached actor shares its owner's fate, as in Ray: when the
+process that created it exits (the raylet reports it), the actor is DEAD and its name free,
+even though no owner is left to say so. Dead records are kept up to a bound (``Graveyard``) so
+that late lookups get the cause. Nothing here does I/O: changes come back as actions for the
+server (publish, write through, wake the waiters) to carry out.
 """
 
 from __future__ import annotations
@@ -78,11 +80,15 @@ class ActorTable:
         return None, [ActorChanged(actor, False)]
 
     def update(self, actor_id: bytes, state: str, info: dict[str, Any]) -> list:
-        """Its owner reports a new state; the first death's reason stays."""
+        """Its owner reports a new state, or with ``state=""`` only adds to the record (the
+        creation object's id, known once the creation task is submitted); the first death's
+        reason stays."""
         actor = self.actors.get(actor_id)
         if actor is None or actor["state"] == "DEAD":
             return []
         actor.update(info)
+        if not state:
+            return [ActorChanged(actor, False)]
         actor["state"] = state
         if state == "DEAD":
             actor["end_time"] = self._clock()

@@ -12,6 +12,11 @@ Ray's rules, kept here so their tests need no processes:
   the next start by a growing back-off, so a broken environment does not spin.
 * Idle task workers beyond ``soft_limit`` (Ray's ``num_workers_soft_limit``, the node's CPUs)
   stop once idle for ``idle_timeout_s`` (Ray's ``idle_worker_killing_time_threshold_ms``).
+* Workers are kept apart by the kind of work they ran (Ray issue 22504): a worker that ran a
+  GPU task serves only GPU tasks after it, one that ran a CPU-only task only CPU-only tasks, so
+  a CPU task never runs in a process that set up a GPU (``CUDA_VISIBLE_DEVICES``, a CUDA
+  context). An actor never gets a worker that held a lease: a task worker may own objects,
+  and an actor's worker exits with the actor (Ray issue 20554).
 * At most ``max_workers`` task workers run (actors' dedicated workers are not counted). Workers
   blocked in ``get`` still count: nested tasks need them. When the cap is reached, nothing is
   starting and every task worker is blocked, no worker can come free: after
@@ -79,9 +84,8 @@ class WorkerPoolState:
         self.starting: dict[bytes, float] = {}  # worker id -> when its process was started
         self.registered: set[bytes] = set()
         self.idle: dict[bytes, float] = {}  # worker id -> idle since (oldest first)
-        # Workers that have held a lease. An actor never gets one of these: a task worker
-        # may own objects, and an actor's worker exits with the actor (Ray issue 20554).
-        self.used: set[bytes] = set()
+        # Workers that have held a lease -> whether that was GPU work (see the module's rules).
+        self.used: dict[bytes, bool] = {}
         self.stopping: set[bytes] = set()  # registered workers being stopped
         self._overdue: set[bytes] = set()  # starts failed at their deadline, not yet exited
         self.queued = 0  # starts wanted but not begun
@@ -98,10 +102,22 @@ class WorkerPoolState:
 
     def demand(self, task_wanted: int, actor_wanted: int, actor_workers: int) -> list:
         """The scheduler lacks workers for ``task_wanted`` task and ``actor_wanted`` actor
-        requests; ``actor_workers`` registered workers host actors. Start what is allowed."""
+        requests; ``actor_workers`` registered workers host actors. Start what is allowed.
+
+        Idle workers left then are of the wrong kind for every waiting task (it would have
+        taken them otherwise)."""
         room = max(0, self.limits.max_workers - self.task_workers(actor_workers))
+        stops = []
+        for worker_id in list(self.idle)[:max(0, task_wanted - room)]:
+            # At the cap, idle workers of the other kind (GPU or not) hold the places the
+            # waiting tasks need: they give them up.
+            del self.idle[worker_id]
+            self.stopping.add(worker_id)
+            room += 1
+            stops.append(StopWorker(worker_id, "idle, of another kind than the tasks waiting "
+                                               "at the worker cap"))
         self._wanted = actor_wanted + min(task_wanted, room)
-        return self._admit()
+        return stops + self._admit()
 
     def spawn_failed(self, worker_id: bytes) -> list:
         """The process of a :class:`SpawnWorker` could not be created."""
@@ -124,25 +140,29 @@ class WorkerPoolState:
         self._overdue.discard(worker_id)
         self.registered.discard(worker_id)
         self.idle.pop(worker_id, None)
-        self.used.discard(worker_id)
+        self.used.pop(worker_id, None)
         self.stopping.discard(worker_id)
 
     def make_idle(self, worker_id: bytes) -> None:
         if worker_id in self.registered and worker_id not in self.stopping:
             self.idle[worker_id] = self._clock()
 
-    def take_idle(self) -> bytes:
-        """The most recently idle worker (so the oldest idle ones are the first to stop)."""
-        worker_id, _ = self.idle.popitem()
-        self.used.add(worker_id)
-        return worker_id
+    def take_idle(self, gpu: bool = False) -> bytes | None:
+        """The most recently idle worker (so the oldest idle ones are the first to stop) that
+        is fresh or ran the same kind of work (``gpu`` or not); None if there is none."""
+        for worker_id in reversed(self.idle):
+            if self.used.get(worker_id, gpu) == gpu:
+                del self.idle[worker_id]
+                self.used[worker_id] = gpu
+                return worker_id
+        return None
 
     def take_fresh(self) -> bytes | None:
         """The most recently registered idle worker that never held a lease, if any."""
         for worker_id in reversed(self.idle):
             if worker_id not in self.used:
                 del self.idle[worker_id]
-                self.used.add(worker_id)
+                self.used[worker_id] = False
                 return worker_id
         return None
 

@@ -151,6 +151,23 @@ class LocalScheduler:
                 reserved[k] = reserved.get(k, 0.0) + v
         return self._fits(resources, reserved)
 
+    def waiting_for_resources(self) -> list[LeaseRequest]:
+        """The queued requests that wait for resources (not only for a worker), in order."""
+        waiting: list[LeaseRequest] = []
+        reserved: dict[str, float] = {}
+        for request in self.queue:
+            if not self._fits(request.resources, reserved):
+                waiting.append(request)
+            for k, v in request.resources.items():
+                reserved[k] = reserved.get(k, 0.0) + v
+        return waiting
+
+    def withdraw(self, requests: list[LeaseRequest]) -> list:
+        """Take queued requests out (they go to other nodes); what their absence lets through."""
+        gone = {id(r) for r in requests}
+        self.queue = deque(r for r in self.queue if id(r) not in gone)
+        return self.schedule()
+
     def cancel_requests(self, owner: Any) -> tuple[list[LeaseRequest], list]:
         """Drop the queued requests of ``owner`` (it left); returns them (to answer) and what
         their absence lets through."""
@@ -236,7 +253,8 @@ class LocalScheduler:
                 continue
             actor = request.kind in ACTOR_KINDS
             worker = self.workers.take_fresh() if actor else (
-                self.workers.take_idle() if self.workers.idle else None)
+                self.workers.take_idle(request.resources.get("GPU", 0.0) > 0)
+                if self.workers.idle else None)
             if worker is None:
                 kept.append(request)
                 if actor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import os
 import string
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import cloudpickle
 import numpy as np
 import pytest
 from gates import touch, wait_for_file
-from helpers import wait_until
 
 import cellfleet as ray
 
@@ -674,27 +672,6 @@ def test_difference_unschedulable_tasks_fail_at_once(cluster):
         ray.get(too_big.remote(), timeout=20)
     with pytest.raises(ray.exceptions.TaskUnschedulableError):
         ray.get(too_big.options(num_cpus=1, resources={"TPU": 1}).remote(), timeout=20)
-
-
-def test_difference_get_actor_handles_do_not_keep_an_actor_alive(cluster):
-    @ray.remote
-    class Named:
-        def pid(self):
-            return os.getpid()
-
-    owner_handle = Named.options(name="short-lived").remote()
-    ray.get(owner_handle.pid.remote(), timeout=20)
-    looked_up = ray.get_actor("short-lived")
-    del owner_handle
-    wait_until(lambda: _raises_actor_died(looked_up), message="the named actor to die")
-
-
-def _raises_actor_died(handle) -> bool:
-    try:
-        ray.get(handle.pid.remote(), timeout=20)
-        return False
-    except ray.exceptions.RayActorError:
-        return True
 
 
 OTHER_JOB = """

@@ -270,14 +270,18 @@ def test_fractional_gpus_share_one_id_and_a_whole_gpu_takes_a_free_one() -> None
 
 
 def test_a_worker_is_told_its_gpu_ids_only_when_they_change() -> None:
-    s = LocalScheduler({"CPU": 2.0, "GPU": 1.0})
+    s = LocalScheduler({"CPU": 2.0, "GPU": 2.0})
     s.worker_registered(b"w1")
-    (plain,) = s.request_lease(request(1))
-    assert not plain.tell_worker and plain.lease.gpu_ids == []
-    (gpu,) = s.return_lease(plain.lease.lease_id) + s.request_lease(gpu_request(2, 1.0))
-    assert gpu.tell_worker and gpu.lease.gpu_ids == [0]
-    (again,) = s.return_lease(gpu.lease.lease_id) + s.request_lease(request(3))
-    assert again.tell_worker and again.lease.gpu_ids == []  # its CUDA devices are reset
+    (first,) = s.request_lease(gpu_request(1, 1.0))
+    assert first.tell_worker and first.lease.gpu_ids == [0]
+    (same,) = s.return_lease(first.lease.lease_id) + s.request_lease(gpu_request(2, 1.0))
+    assert same.lease.worker_id == b"w1" and same.lease.gpu_ids == [0] and not same.tell_worker
+    s.worker_registered(b"w2")
+    (other,) = s.request_lease(gpu_request(3, 1.0))
+    assert other.lease.worker_id == b"w2" and other.lease.gpu_ids == [1] and other.tell_worker
+    s.return_lease(same.lease.lease_id)
+    (moved,) = s.return_lease(other.lease.lease_id) + s.request_lease(gpu_request(4, 1.0))
+    assert moved.lease.worker_id == b"w2" and moved.lease.gpu_ids == [0] and moved.tell_worker
 
 
 def test_a_blocked_gpu_lease_gives_back_its_cpus_but_keeps_its_gpu() -> None:
