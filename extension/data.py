@@ -18,11 +18,14 @@ from typing import Any
 from cellfleet import _messages as m
 from cellfleet._rpc import connect
 
+from . import kernels
 from .discovery import ClusterInfo
 from .live import state_of
 
 __all__ = [
+    "NotCancelled",
     "actors",
+    "cancel",
     "gcs",
     "graph",
     "logs",
@@ -37,6 +40,7 @@ __all__ = [
 MAX_TASKS = 1_000_000
 WINDOW = 10_000  # tasks read by the pages' periodic requests
 TIMEOUT_S = 5.0
+OWNED_TTL_S = 2.0  # how long the kernels' answers about their objects are served
 
 
 def plain(value: Any) -> Any:
@@ -165,7 +169,82 @@ async def actors(cluster: ClusterInfo) -> list[dict]:
     return out
 
 
-async def objects(cluster: ClusterInfo, *, largest: int = 20) -> dict:
+class NotCancelled(Exception):
+    """A cancel the dashboard could not carry out; the message says why and what to do."""
+
+
+async def cancel(cluster: ClusterInfo, task_id: str, kernel_manager: Any) -> dict:
+    """Cancel a running or queued task through the notebook kernel that submitted it."""
+    if kernel_manager is None:
+        raise NotCancelled("tasks are cancelled by the process that submitted them: this "
+                           "dashboard runs outside Jupyter, so cancel it there "
+                           "(cellfleet.cancel(ref)) or open the dashboard in JupyterLab")
+    replies = await kernels.ask_all(
+        kernel_manager, {"op": "cancel", "task_id": task_id, "gcs": cluster.address},
+        first=cluster.kernel_id)
+    for reply in replies:
+        if reply.get("status") == "ok":
+            return {"cancelled": task_id, "kernel_id": reply["kernel_id"]}
+    errors = [r["error"] for r in replies if r.get("status") in ("error", "not_owner")]
+    raise NotCancelled(errors[0] if errors else
+                       f"no notebook kernel of this Jupyter server submitted task {task_id}: "
+                       "cancel it in the process that submitted it")
+
+
+async def _owned(cluster: ClusterInfo, kernel_manager: Any, tags: list[str],
+                 limit: int) -> list[dict]:
+    """What the notebook kernels of this server say about the objects they own (kept in the
+    cluster's state for ``OWNED_TTL_S``; a stale answer is served while a new one comes)."""
+    state = state_of(cluster)
+
+    async def fetch() -> list[dict]:
+        replies = await kernels.ask_all(
+            kernel_manager, {"op": "objects", "limit": limit, "tags": tags,
+                             "gcs": cluster.address}, first=cluster.kernel_id)
+        state.owned = (time.monotonic(), [r for r in replies if r.get("status") == "ok"])
+        return state.owned[1]
+
+    if kernel_manager is None:
+        return []
+    fetched, replies = state.owned
+    if replies is None:
+        return await fetch()
+    if time.monotonic() - fetched > OWNED_TTL_S and not state.owned_refreshing:
+        state.owned_refreshing = True
+        task = asyncio.ensure_future(fetch())
+        task.add_done_callback(lambda t: setattr(state, "owned_refreshing", False))
+    return replies
+
+
+def _object_rows(raw_objects: list[dict], owned: list[dict], names: dict[str, str],
+                 largest: int) -> list[dict]:
+    """The largest objects: the GCS's records (puts: call site, cell) merged with what their
+    owners say (task returns too; references, borrowers)."""
+    rows: dict[str, dict] = {}
+    for obj in raw_objects:
+        rows[obj["object_id"]] = dict(plain(obj), references=None, borrowers=None)
+    cells: dict[str, str] = {}
+    for reply in owned:
+        cells.update(reply.get("cells") or {})
+        owner_name = names.get(reply["kernel_id"]) or f"kernel {reply['kernel_id'][:8]}"
+        for obj in reply.get("objects") or ():
+            row = rows.setdefault(obj["object_id"], {"object_id": obj["object_id"]})
+            for key in ("size", "where", "node_id", "source", "tag"):
+                if row.get(key) is None:
+                    row[key] = obj.get(key)
+            row.update(owner=reply.get("address"), owner_name=owner_name, task=obj.get("task"),
+                       references=obj.get("references") or {},
+                       borrowers=obj.get("borrowers") or [])
+    top = sorted(rows.values(), key=lambda o: o.get("size") or 0, reverse=True)[:largest]
+    for row in top:
+        row["cell"] = cells.get(row.get("tag") or "")
+    return top
+
+
+async def objects(cluster: ClusterInfo, *, largest: int = 20, kernel_manager: Any = None,
+                  names: dict[str, str] | None = None) -> dict:
+    """Store use per node (with the history the extension keeps) and the largest objects,
+    each with the code that made it and what keeps it alive (see ``_object_rows``)."""
     raw_objects, raw_nodes = await ask(cluster, m.ListObjects(WINDOW), m.GetNodes())
     per_node = {}
     for node in raw_nodes:
@@ -183,12 +262,15 @@ async def objects(cluster: ClusterInfo, *, largest: int = 20) -> dict:
         if entry is not None:
             entry["live_objects"] += 1
             entry["live_bytes"] += obj.get("size") or 0
-    top = sorted(raw_objects, key=lambda o: o.get("size") or 0, reverse=True)[:largest]
+    tags = list(dict.fromkeys(o["tag"] for o in sorted(
+        raw_objects, key=lambda o: o.get("size") or 0, reverse=True)[:largest] if o.get("tag")))
+    owned = await _owned(cluster, kernel_manager, tags, largest)
+    top = _object_rows(raw_objects, owned, names or {}, largest)
     state = state_of(cluster)
     state.sample_usage(list(per_node.values()))
     history = {nid: [list(p) for p in points] for nid, points in state.usage.items()}
-    return {"nodes": list(per_node.values()), "total": len(raw_objects), "largest": plain(top),
-            "history": history}
+    return {"nodes": list(per_node.values()), "total": len(raw_objects), "largest": top,
+            "history": history, "owners_asked": len(owned)}
 
 
 async def timeline(cluster: ClusterInfo, *, since: float = 0.0, limit: int = 5000,

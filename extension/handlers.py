@@ -6,6 +6,7 @@ relative to a base URL::
 
     cellfleet/api/clusters
     cellfleet/api/clusters/<id>/(nodes|tasks|graph|view|overview|actors|objects|timeline|logs)
+    cellfleet/api/clusters/<id>/cancel    POST {"task_id": hex}: through the notebook's kernel
     cellfleet/dashboard/                  clusters, with links
     cellfleet/dashboard/<id>/             a cluster's overview
     cellfleet/dashboard/<id>/<page>       graph, timeline, actors, objects, nodes
@@ -120,7 +121,11 @@ class _Logic:
             elif endpoint == "actors":
                 result = {"actors": await data.actors(cluster)}
             elif endpoint == "objects":
-                result = await data.objects(cluster, largest=_int(q("largest", None), 20))
+                names = {k: v.rsplit("/", 1)[-1] for k, v in (await self._notebooks()).items()
+                         if k and v}
+                result = await data.objects(cluster, largest=_int(q("largest", None), 20, 1, 200),
+                                            kernel_manager=self.settings.get("kernel_manager"),
+                                            names=names)
             elif endpoint == "timeline":
                 result = await data.timeline(cluster, since=_float(q("since", None), 0.0),
                                              cursor=_int(q("cursor", None), 0, 0, 2**62))
@@ -131,6 +136,24 @@ class _Logic:
                 raise tornado.web.HTTPError(404)
         except ConnectionError as exc:
             raise tornado.web.HTTPError(502, f"cluster {cid} unreachable: {exc}") from None
+        self._json(result)
+
+    async def cancel_body(self, cid: str) -> None:
+        """POST ``{"task_id": HEX}``: cancel the task through the notebook that submitted it."""
+        cluster = self._cluster(cid)
+        try:
+            task_id = str(json.loads(self.request.body or b"{}").get("task_id", ""))
+        except (ValueError, AttributeError):
+            raise tornado.web.HTTPError(400, 'send JSON: {"task_id": "<32 hex digits>"}') \
+                from None
+        if len(task_id) != 32 or any(c not in "0123456789abcdef" for c in task_id):
+            raise tornado.web.HTTPError(400, f"not a task id: {task_id!r} (32 hex digits)")
+        try:
+            result = await data.cancel(cluster, task_id, self.settings.get("kernel_manager"))
+        except data.NotCancelled as exc:
+            self.set_status(409)
+            self._json({"cancelled": None, "error": str(exc)})
+            return
         self._json(result)
 
     async def page_body(self, cid: str | None, page: str | None) -> None:
@@ -144,7 +167,8 @@ class _Logic:
         if page not in pages.PAGES and page != "index":
             raise tornado.web.HTTPError(404, f"no dashboard page {page}")
         notebook = (await self._notebooks()).get(cluster.kernel_id) if cluster.kernel_id else None
-        self.finish(pages.render(page, self.base_path, cluster, theme, notebook=notebook))
+        self.finish(pages.render(page, self.base_path, cluster, theme, notebook=notebook,
+                                 xsrf=self.xsrf_token.decode()))
 
     async def component_body(self, kind: str) -> None:
         from cellfleet.widgets.assets import css_source, esm_source
@@ -164,17 +188,20 @@ def routes(base_url: str, api_base: type, page_base: type,
     classes and ``wrap`` its authentication decorator for ``get``."""
     root = base_url.rstrip("/") + "/"
 
-    def handler(name: str, body: Callable, base: type = api_base) -> type:
-        async def get(self, *args):
+    def handler(name: str, body: Callable, base: type = api_base, method: str = "get") -> type:
+        async def call(self, *args):
             await body(self, *args)
 
-        return type(name, (_Logic, base), {"get": wrap(get), "base_path": root})
+        return type(name, (_Logic, base), {method: wrap(call), "base_path": root})
 
     async def clusters(self):
         await self.clusters_body()
 
     async def api(self, cid, endpoint):
         await self.api_body(cid, endpoint)
+
+    async def cancel(self, cid):
+        await self.cancel_body(cid)
 
     async def page(self, cid=None, name=None):
         await self.page_body(cid, name)
@@ -187,6 +214,8 @@ def routes(base_url: str, api_base: type, page_base: type,
     return [
         (rf"{root}cellfleet/api/clusters/?", handler("ClustersHandler", clusters)),
         (rf"{root}cellfleet/api/clusters/(\w+)/({endpoints})/?", handler("ApiHandler", api)),
+        (rf"{root}cellfleet/api/clusters/(\w+)/cancel/?",
+         handler("CancelHandler", cancel, method="post")),
         (rf"{root}cellfleet/dashboard/?", handler("ListPage", page, page_base)),
         (rf"{root}cellfleet/dashboard/(\w+)/?()", handler("IndexPage", page, page_base)),
         (rf"{root}cellfleet/dashboard/(\w+)/({pages_re})/?", handler("Page", page, page_base)),

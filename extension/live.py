@@ -41,6 +41,8 @@ class ClusterState:
         self.lock = asyncio.Lock()
         self.last_changes = 0  # records read by the last refresh
         self.changed: deque[tuple[int, list[str]]] = deque(maxlen=CHANGE_LOG)  # cursor, tasks
+        self.owned: tuple[float, list[dict] | None] = (0.0, None)  # the kernels' objects
+        self.owned_refreshing = False
 
     async def refresh(self, ask: Any) -> None:
         """Read what changed since the cursor (``ask(*messages)`` answers GCS requests)."""

@@ -105,6 +105,15 @@ code, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; fon
 .pill { display: inline-block; padding: 0 6px; border-radius: 3px; color: #fff;
   font-size: 12px; font-weight: 600; }
 .empty { color: var(--fg2); padding: 8px 0; }
+.notice { margin: -4px 0 10px; padding: 4px 10px; border-left: 3px solid var(--accent);
+  background: var(--bg2); }
+.notice.bad { border-left-color: #e03131; }
+.btn { font: inherit; font-size: 12px; color: var(--fg); background: var(--bg2);
+  border: 1px solid var(--line); border-radius: 3px; padding: 0 8px; cursor: pointer; }
+.btn:hover { border-color: var(--accent); }
+.refs { display: flex; flex-wrap: wrap; gap: 2px 4px; }
+.ref { display: inline-block; padding: 0 5px; border-radius: 3px; font-size: 11px;
+  background: var(--bg2); border: 1px solid var(--line); white-space: nowrap; }
 #graph { height: calc(100vh - 90px); min-height: 420px; }
 #graph .cf-graph { --cf-height: 100%%; height: 100%%; }
 """
@@ -232,8 +241,9 @@ _BODIES = {
 
 
 def render(page: str, base: str, cluster: ClusterInfo, theme: str = "light",
-           notebook: str | None = None) -> str:
-    """A cluster's page (``index`` is the overview); ``notebook`` names the cluster."""
+           notebook: str | None = None, xsrf: str = "") -> str:
+    """A cluster's page (``index`` is the overview); ``notebook`` names the cluster; ``xsrf``
+    is the token the page's POSTs (a cancel) send back in ``X-XSRFToken``."""
     title = "Overview" if page == "index" else PAGES[page]
     body = _BODIES[page]
     script = ""
@@ -245,7 +255,8 @@ def render(page: str, base: str, cluster: ClusterInfo, theme: str = "light",
         head = f'<link rel="stylesheet" href="{base}cellfleet/static/taskgraph.css">'
     config = {"api": f"{base}cellfleet/api/clusters/{cluster.id}/", "page": page,
               "colors": STATE_COLORS, "short": SHORT, "interval": 1000,
-              "module": f"{base}cellfleet/static/taskgraph.js", "theme": theme}
+              "module": f"{base}cellfleet/static/taskgraph.js", "theme": theme,
+              "xsrf": xsrf}
     return _page(f"{title} · {_name(cluster, notebook)}", base,
                  _header(base, cluster, page, theme, notebook) + body, theme=theme,
                  script=script + f"<script type='module'>{_live_js()}</script>", config=config,

@@ -23,6 +23,7 @@ from traitlets import Float, Integer, Unicode, default
 import cellfleet
 from cellfleet.core.core_worker import submission_tag
 
+from . import control
 from .cellstrip import CellStrips
 from .cluster import KernelRuntime, parse_num_cpus
 from .interrupts import cancel_cell
@@ -106,6 +107,7 @@ class CellfleetKernel(IPythonKernel):
         shell.set_custom_exc(_RUNTIME_ERRORS, _render_runtime_error)
         hold_results_for_output(shell, self.runtime.output_barrier)
         self.progress.install()
+        control.install(self)  # the dashboard's cancel and objects requests
         self.runtime.start(background=True)
 
     # -- cells --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from IPython.display import display
 from .assets import css_source, esm_source
 from .feed import CELL_LABELS, NoClusterError, current_job_id, feed
 from .model import SCOPES, GraphModel
+from .owner import cancel_task
 
 __all__ = ["NoClusterError", "TaskGraph"]
 
@@ -124,15 +125,5 @@ def _running_cell() -> str | None:
 
 def _cancel(model: GraphModel, task_id: str) -> None:
     """Cancel a task this process submitted (the graph's Cancel button)."""
-    import cellfleet
-    from cellfleet.core.object_ref import ObjectRef
-
-    record = model.records.get(task_id)
-    if not record or not record.get("returns") or not record.get("owner"):
-        return
-    ref = ObjectRef(bytes.fromhex(record["returns"][0]), record["owner"])
-    try:
-        cellfleet.cancel(ref)
-    except Exception:  # noqa: BLE001 - the task may have ended meanwhile
-        pass
-
+    if task_id in model.records:
+        cancel_task(task_id)  # a task that ended meanwhile is not held here: nothing to do

@@ -23,6 +23,8 @@ function secs(x) {
   if (x == null) return "";
   return x < 1 ? (x * 1000).toFixed(x < 0.01 ? 2 : 0) + " ms" : x.toFixed(2) + " s";
 }
+// An object id is its task's id and an index: the ids of one process share their start.
+function oid(id) { return id ? `<code title="${esc(id)}">…${esc(id.slice(-14))}</code>` : ""; }
 function short(id, n) { return id ? `<code title="${esc(id)}">${esc(id.slice(0, n || 12))}</code>` : ""; }
 function bar(parts, total) {
   return '<span class="bar">' + parts.filter(([n]) => n > 0).map(([n, color, tip]) =>
@@ -118,6 +120,9 @@ function overview(d) {
     ["duration", (t) => secs(t.duration), "num", "90px"],
     ["cell", (t) => t.tag ? short(t.tag, 8) : "", "", "90px"],
     ["task", (t) => short(t.task_id, 16)],
+    ["", (t) => ["FINISHED", "FAILED"].includes(t.state) ? "" :
+      `<button class="btn" data-cancel="${esc(t.task_id)}" title="cancel this task">Cancel</button>`,
+      "", "80px"],
   ], d.recent || [], "no task yet");
   const actors = Object.entries(d.actors);
   $("actors").innerHTML = actors.length ? `<div class="keys">${actors.map(([s, n]) =>
@@ -179,14 +184,49 @@ function objects(d) {
     ["spilled", (n) => bytes(n.spilled), "num", "90px"],
   ], d.nodes);
   $("largest").innerHTML = table([
-    ["object", (o) => short(o.object_id, 16), "", "150px"],
-    ["size", (o) => bytes(o.size), "num", "90px"],
-    ["where", (o) => o.where || "", "", "110px"],
-    ["node", (o) => short(o.node_id), "", "110px"],
-    ["made by", (o) => o.source || "", "", "80px"],
-    ["owner (keeps it alive)", (o) => o.owner || ""],
-    ["cell", (o) => o.tag ? short(o.tag, 8) : "", "", "90px"],
+    ["object", (o) => oid(o.object_id), "", "140px"],
+    ["size", (o) => bytes(o.size), "num", "80px"],
+    ["where", (o) => `<span>${esc((o.where || "").replace("_", " "))} ${short(o.node_id, 8)}</span>`,
+      "", "150px"],
+    ["made by", (o) => madeBy(o), "", "18%"],
+    ["cell", (o) => o.cell || (o.tag ? short(o.tag, 8) : ""), "", "70px"],
+    ["owner", (o) => o.owner_name || o.owner || "", "", "13%"],
+    ["kept alive by", (o) => refs(o)],
+    ["borrowers", (o) => (o.borrowers || []).join(", ") ||
+      (o.references ? "none" : ""), "", "12%"],
   ], d.largest, "no object in the store");
+}
+
+const REF_NAMES = {
+  LOCAL_REFERENCE: ["ref", "an ObjectRef in its owner (LOCAL_REFERENCE)"],
+  USED_BY_PENDING_TASK: ["pending task", "a task that takes it has not ended (USED_BY_PENDING_TASK)"],
+  CAPTURED_IN_OBJECT: ["in an object", "a live object holds a ref to it (CAPTURED_IN_OBJECT)"],
+  PINNED_IN_MEMORY: ["zero-copy value", "a value read from it without a copy pins it (PINNED_IN_MEMORY)"],
+  BORROWED: ["borrowed", "other processes hold refs to it"],
+};
+function refs(o) {
+  if (!o.references) {
+    return `<span class="muted" title="its owner ${esc(o.owner || "")} is not a notebook of this ` +
+      'Jupyter server: only the owner knows">owner elsewhere</span>';
+  }
+  const chips = Object.entries(o.references).map(([k, n]) => {
+    const [label, tip] = REF_NAMES[k] || [k, k];
+    return `<span class="ref" title="${esc(tip)}">${esc(label)}${n > 1 ? " ×" + n : ""}</span>`;
+  });
+  return chips.length ? `<span class="refs">${chips.join("")}</span>`
+    : '<span class="muted">nothing: being freed</span>';
+}
+// "put at In [3], line 2" or "put at script.py:14" (a notebook cell's code is a temporary file)
+function madeBy(o) {
+  if (o.source === "task" || o.task) {
+    return `<span title="a return of task ${esc(o.task || "")}">${esc(o.task || "a task")}() returned it</span>`;
+  }
+  const site = o.call_site || "";
+  const m = site.match(/^(.*):(\d+)$/);
+  if (!m) return "put";
+  const cellFile = /ipykernel_\d+\/\d+\.py$/.test(m[1]);
+  const where = cellFile && o.cell ? `${o.cell}, line ${m[2]}` : `${m[1].split("/").pop()}:${m[2]}`;
+  return `<span title="${esc(site)}">put at ${esc(where)}</span>`;
 }
 
 function nodes(d) {
@@ -223,6 +263,36 @@ function actors(d) {
   ], d.actors, "no actor");
 }
 
+function notice(text, bad) {
+  let el = $("notice");
+  if (!el) {
+    el = document.createElement("div");
+    el.id = "notice";
+    document.querySelector("header").after(el);
+  }
+  el.className = bad ? "notice bad" : "notice";
+  el.textContent = text;
+}
+// Cancel through the notebook kernel that submitted the task (Jupyter's auth and XSRF token).
+async function cancelTask(taskId) {
+  notice(`cancelling task ${taskId.slice(0, 12)}…`);
+  try {
+    const r = await fetch(url("cancel"), {
+      method: "POST", credentials: "same-origin", body: JSON.stringify({task_id: taskId}),
+      headers: {"Content-Type": "application/json", "X-XSRFToken": C.xsrf || ""},
+    });
+    const body = await r.json().catch(() => ({}));
+    if (r.ok) notice(`cancelled task ${taskId.slice(0, 12)}: its notebook's get() raises TaskCancelledError`);
+    else notice(`could not cancel: ${body.error || body.message || "HTTP " + r.status}`, true);
+  } catch (err) {
+    notice(`could not cancel: ${err.message}`, true);
+  }
+}
+document.addEventListener("click", (e) => {
+  const button = e.target.closest && e.target.closest("button[data-cancel]");
+  if (button) { button.disabled = true; cancelTask(button.dataset.cancel); }
+});
+
 let graph = null, version = -1, expanded = [];
 async function graphPage(d) {
   if (d.unchanged) return;
@@ -230,7 +300,7 @@ async function graphPage(d) {
   if (!graph) {
     const mod = await import(url(C.module));
     graph = mod.createGraph($("graph"), {
-      send: () => {}, live: () => true, cancel: false,
+      send: (msg) => { if (msg.type === "cancel") cancelTask(msg.task); }, live: () => true,
       expand: (keys) => { expanded = keys; version = -1; tick(); },
     });
   }
