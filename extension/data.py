@@ -324,21 +324,72 @@ async def overview(cluster: ClusterInfo) -> dict:
             "stream": state.spans(time.time() - 60, 1000)["spans"], "recent": state.recent()}
 
 
-async def logs(cluster: ClusterInfo, *, wait: float = 0.0, tail: int = 200) -> dict:
+MAX_LOG_FILES = 64  # the newest log files read per request
+MAX_LOG_BYTES = 64 * 1024  # read from one file per request
+
+
+def read_log(path: Path, *, tail: int, offset: int | None = None,
+             max_bytes: int = MAX_LOG_BYTES) -> tuple[list[str], int, int]:
+    """Lines of one log file without reading it whole: from byte ``offset`` on (at most
+    ``max_bytes``, whole lines), or its last ``tail`` lines (found in its last ``max_bytes``).
+    Returns the lines, the offset after them (pass it back for what follows) and the offset
+    they start at."""
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        start = max(0, size - max_bytes) if offset is None else min(max(0, offset), size)
+        f.seek(start)
+        chunk = f.read(max_bytes)
+    if offset is None and start > 0:  # the first line is cut: drop it
+        cut = chunk.find(b"\n") + 1
+        chunk, start = chunk[cut:], start + cut
+    end = chunk.rfind(b"\n") + 1 if len(chunk) == max_bytes else len(chunk)
+    if end == 0 and len(chunk) == max_bytes:  # one line longer than max_bytes
+        end = len(chunk)
+    lines = chunk[:end].decode(errors="replace").splitlines()
+    return (lines[-tail:] if offset is None else lines), start + end, start
+
+
+def _read_logs(directory: Path, tail: int, name: str | None,
+               offset: int | None) -> dict[str, Any]:
+    """The session's log files' tails (or one file from ``offset``), newest files first."""
+    if name is not None:
+        path = directory / Path(name).name
+        if path.suffix != ".log" or not path.is_file():
+            return {"files": {}, "offsets": {}}
+        lines, after, _ = read_log(path, tail=tail, offset=offset)
+        return {"files": {path.name: lines}, "offsets": {path.name: after}}
+    paths = []
+    for path in directory.glob("*.log"):
+        try:
+            paths.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    files, offsets = {}, {}
+    for _, path in sorted(paths, reverse=True)[:MAX_LOG_FILES]:
+        try:
+            lines, after, _ = read_log(path, tail=tail)
+        except OSError:
+            continue
+        files[path.name], offsets[path.name] = lines, after
+    return {"files": dict(sorted(files.items())), "offsets": offsets}
+
+
+async def logs(cluster: ClusterInfo, *, wait: float = 0.0, tail: int = 200,
+               file: str | None = None, offset: int | None = None) -> dict:
     """Recent log lines.
 
     History comes from the session's log files when the cluster's session directory is on this
-    machine; with ``wait`` > 0 the handler also subscribes to the GCS ``logs`` channel for
-    that many seconds and returns the tagged lines published meanwhile (a long poll).
+    machine: the last ``tail`` lines of the newest ``MAX_LOG_FILES`` files, or, with ``file``
+    and ``offset``, what that file holds from ``offset`` on (``offsets`` in an answer says
+    where to go on). Files are read in a thread, at most ``MAX_LOG_BYTES`` each, never whole
+    and never on the server's event loop. With ``wait`` > 0 the handler also subscribes to the
+    GCS ``logs`` channel for that many seconds and returns the tagged lines published
+    meanwhile (a long poll).
     """
-    files = {}
+    history: dict[str, Any] = {"files": {}, "offsets": {}}
     if cluster.session_dir:
-        for path in sorted(Path(cluster.session_dir, "logs").glob("*.log")):
-            try:
-                lines = path.read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            files[path.name] = lines[-tail:]
+        history = await asyncio.to_thread(_read_logs, Path(cluster.session_dir, "logs"),
+                                          max(1, tail), file, offset)
     live = []
     if wait > 0:
         got: asyncio.Queue = asyncio.Queue()
@@ -362,4 +413,4 @@ async def logs(cluster: ClusterInfo, *, wait: float = 0.0, tail: int = 200) -> d
                                  "name": name, "pid": pid, "stream": stream, "line": line})
         finally:
             conn.close()
-    return {"files": files, "live": live}
+    return {**history, "live": live}

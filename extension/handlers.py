@@ -130,8 +130,12 @@ class _Logic:
                 result = await data.timeline(cluster, since=_float(q("since", None), 0.0),
                                              cursor=_int(q("cursor", None), 0, 0, 2**62))
             elif endpoint == "logs":
+                offset = q("offset", None)
                 result = await data.logs(cluster, wait=_float(q("wait", None), 0.0),
-                                         tail=_int(q("tail", None), 200))
+                                         tail=_int(q("tail", None), 200, 1, 10_000),
+                                         file=q("file", None),
+                                         offset=None if offset in (None, "") else
+                                         _int(offset, 0, 0, 2**62))
             else:
                 raise tornado.web.HTTPError(404)
         except ConnectionError as exc:
