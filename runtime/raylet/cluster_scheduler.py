@@ -7,7 +7,8 @@ them), where the request goes:
 
 - ``DEFAULT``: here when it can start here now; else to the node that can start it now (the
   shortest queue, then the most free CPU); else here, queued, when this node has what it asks
-  for; else to the node with the shortest queue among those that have it.
+  for; else to the node with the shortest queue among those that have it. A request queued
+  here that waits for resources moves on when a broadcast shows a node that has them free.
 - ``SPREAD``: round robin over the nodes that can start it now (all nodes that have what it
   asks for, when none can).
 - ``NODE_AFFINITY``: that node. Hard: refused when the node is dead, unknown or lacks the
@@ -19,7 +20,9 @@ that fits joins. A request another raylet spilled here stays here when this node
 asks for, so requests do not bounce between nodes whose views differ.
 
 After spilling a request to a node, the view counts its resources there as taken until the
-next broadcast, so a burst of requests spreads over the free nodes rather than piling on one.
+next broadcast or clock tick (the node's figures may not change at all when its lease comes
+and goes between two reports), so a burst of requests spreads over the free nodes rather
+than piling on one.
 No I/O: the raylet feeds events and carries out the actions (``Spill``, ``Infeasible`` and the
 local scheduler's).
 """
@@ -42,13 +45,21 @@ class NodeView:
     node_id: bytes
     address: str  # its raylet
     total: dict[str, float]
-    available: dict[str, float]
+    reported: dict[str, float]  # free resources, as the node last reported them
+    reported_queued: int = 0
+    available: dict[str, float] = field(default_factory=dict)  # minus what was spilled there
     queued: int = 0
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> NodeView:
-        return cls(row["node_id"], row["address"], dict(row["total"]),
-                   dict(row["available"]), int(row.get("queued", 0)))
+        view = cls(row["node_id"], row["address"], dict(row["total"]), dict(row["available"]),
+                   int(row.get("queued", 0)))
+        view.forget_spills()
+        return view
+
+    def forget_spills(self) -> None:
+        self.available = dict(self.reported)
+        self.queued = self.reported_queued
 
 
 @dataclass(slots=True)
@@ -113,7 +124,12 @@ class ClusterScheduler:
                 self.nodes[row["node_id"]] = NodeView.from_row(row)
             else:
                 self.nodes.pop(row["node_id"], None)
-        return self._retry_parked()
+        return self._retry_parked() + self._rebalance()
+
+    def tick(self) -> None:
+        """Time passed: what was spilled to other nodes shows in their reports by now."""
+        for node in self.nodes.values():
+            node.forget_spills()
 
     def cancel_requests(self, owner: Any) -> tuple[list[LeaseRequest], list]:
         """Drop the requests of ``owner`` (it left), queued here or parked."""
@@ -141,11 +157,9 @@ class ClusterScheduler:
         here_has = not self.local.missing(resources)
         if here_has and self.local.fits_now(resources):
             return self._here(request, prefix + "local")
-        free = [n for n in self.nodes.values() if _has(n.available, resources)]
-        if free:
-            best = min(free, key=lambda n: (n.queued, -n.available.get("CPU", 0.0), n.node_id))
-            why = (f"it had no free {_lacking(self.local.available, resources)} "
-                   f"(queue {len(self.local.queue)})" if here_has
+        best = self._best_free(resources)
+        if best is not None:
+            why = (self._busy(resources) if here_has
                    else f"it has no {_lacking(self.local.total, resources)}")
             return [self._spill(request, best, f"{prefix}spilled back from "
                                                f"{node_name(self.node_id)}: {why}")]
@@ -158,6 +172,31 @@ class ClusterScheduler:
                                                f"{node_name(self.node_id)}: it has no "
                                                f"{_lacking(self.local.total, resources)}")]
         return self._infeasible(request)
+
+    def _rebalance(self) -> list:
+        """Requests queued here for want of resources go to nodes that have them free now
+        (DEFAULT ones: SPREAD, affinity and spilled requests stay where they were sent)."""
+        moved = []
+        if self.nodes:
+            for request in self.local.waiting_for_resources():
+                best = self._best_free(request.resources)
+                if request.strategy or request.spilled or best is None:
+                    continue
+                moved.append(self._spill(request, best, f"spilled back from "
+                                                        f"{node_name(self.node_id)}: "
+                                                        f"{self._busy(request.resources)}"))
+        return moved + self.local.withdraw([s.request for s in moved]) if moved else []
+
+    def _best_free(self, resources: dict[str, float]) -> NodeView | None:
+        """The other node that can start ``resources`` now: the shortest queue, then the most
+        free CPU."""
+        free = [n for n in self.nodes.values() if _has(n.available, resources)]
+        return min(free, key=lambda n: (n.queued, -n.available.get("CPU", 0.0), n.node_id),
+                   default=None)
+
+    def _busy(self, resources: dict[str, float]) -> str:
+        return (f"it had no free {_lacking(self.local.available, resources)} "
+                f"(queue {len(self.local.queue)})")
 
     def _spread(self, request: LeaseRequest) -> list:
         resources = request.resources

@@ -197,8 +197,7 @@ class Raylet:
                 future = self._lease_futures.pop(action.request.request_id)
                 if not future.done():
                     future.set_result({"infeasible": action.reason})
-        if actions:
-            self._report_soon()
+        self._report_soon()  # whatever led here may have changed the free resources
 
     def _grant(self, action: Grant, future: asyncio.Future) -> None:
         worker = self.pool.workers.get(action.lease.worker_id)
@@ -233,6 +232,7 @@ class Raylet:
             await asyncio.sleep(MAINTAIN_S)
             for worker_id in self.pool.exited_unregistered():
                 self.worker_failed_to_start(worker_id)
+            self.cluster.tick()
             self._carry_out(self.scheduler.tick())
 
     # -- objects --------------------------------------------------------------------------
@@ -285,6 +285,9 @@ class Raylet:
             "available": self.scheduler.available,
             "store": self.store.stats(),
             "load": self.scheduler.load(),
+            "cluster_view": {node.node_id.hex(): {"available": node.available,
+                                                  "queued": node.queued}
+                             for node in self.cluster.nodes.values()},
             "pool": self.scheduler.workers.stats(),
             "workers": [
                 {"worker_id": w.worker_id, "pid": w.process.pid, "address": w.address}
