@@ -39,10 +39,24 @@ def jupyter_routes(base_url: str) -> list[tuple]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    from tornado.ioloop import IOLoop
+
+    from .data import sample_stores
+    from .discovery import list_clusters
+
     web_app = serverapp.web_app
     base_url = web_app.settings.get("base_url", "/")
     web_app.add_handlers(".*$", jupyter_routes(base_url))
+    # the object stores' history, kept from the server's start (the objects page draws it)
+    web_app.settings["cellfleet_sampler"] = IOLoop.current().asyncio_loop.create_task(
+        sample_stores(list_clusters))
     serverapp.log.info("cellfleet dashboard at %scellfleet/dashboard/", base_url)
+
+
+def _unload_jupyter_server_extension(serverapp: Any) -> None:
+    sampler = serverapp.web_app.settings.pop("cellfleet_sampler", None)
+    if sampler is not None:
+        sampler.cancel()
 
 
 # jupyter_server < 2 name

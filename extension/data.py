@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "nodes",
     "objects",
     "overview",
+    "sample_stores",
     "tasks",
     "timeline",
     "view",
@@ -40,6 +42,8 @@ __all__ = [
 MAX_TASKS = 1_000_000
 WINDOW = 10_000  # tasks read by the pages' periodic requests
 TIMEOUT_S = 5.0
+SAMPLE_S = 2.0  # the object stores' use is sampled this often, page open or not
+MAX_CLUSTERS = 32  # clusters sampled
 OWNED_TTL_S = 2.0  # how long the kernels' answers about their objects are served
 
 
@@ -78,8 +82,23 @@ def _duration(task: dict) -> float | None:
     return end - start if start and end else None
 
 
+async def _nodes(cluster: ClusterInfo) -> list[dict]:
+    """The GCS's node table, as recent as ``live.STALE_S`` (see ``ClusterState.cached``)."""
+    async def fetch() -> list[dict]:
+        return (await ask(cluster, m.GetNodes()))[0]
+
+    return await state_of(cluster).cached("nodes", fetch)
+
+
+async def _actors(cluster: ClusterInfo) -> list[dict]:
+    async def fetch() -> list[dict]:
+        return (await ask(cluster, m.ListActors()))[0]
+
+    return await state_of(cluster).cached("actors", fetch)
+
+
 async def nodes(cluster: ClusterInfo) -> list[dict]:
-    (raw,) = await ask(cluster, m.GetNodes())
+    raw = await _nodes(cluster)
     out = []
     for node in raw:
         node = plain(node)
@@ -158,7 +177,7 @@ async def graph(cluster: ClusterInfo, *, since: float = 0.0, max_tasks: int = 20
 async def actors(cluster: ClusterInfo) -> list[dict]:
     state = state_of(cluster)
     await state.refresh(lambda *msgs: ask(cluster, *msgs))
-    (raw_actors,) = await ask(cluster, m.ListActors())
+    raw_actors = await _actors(cluster)
     pending = state.pending_calls()
     out = []
     for actor in raw_actors:
@@ -241,11 +260,8 @@ def _object_rows(raw_objects: list[dict], owned: list[dict], names: dict[str, st
     return top
 
 
-async def objects(cluster: ClusterInfo, *, largest: int = 20, kernel_manager: Any = None,
-                  names: dict[str, str] | None = None) -> dict:
-    """Store use per node (with the history the extension keeps) and the largest objects,
-    each with the code that made it and what keeps it alive (see ``_object_rows``)."""
-    raw_objects, raw_nodes = await ask(cluster, m.ListObjects(WINDOW), m.GetNodes())
+def _store_rows(raw_nodes: list[dict]) -> dict[str, dict]:
+    """Node id -> its object store's figures (what the GCS's heartbeats report)."""
     per_node = {}
     for node in raw_nodes:
         store = node.get("store") or {}
@@ -257,6 +273,40 @@ async def objects(cluster: ClusterInfo, *, largest: int = 20, kernel_manager: An
             "spilled": store.get("spilled", 0),
             "live_objects": 0, "live_bytes": 0,
         }
+    return per_node
+
+
+async def sample_stores(clusters: Callable[[], list[ClusterInfo]],
+                        interval: float = SAMPLE_S) -> None:
+    """Forever, every ``interval`` s: each cluster's store use per node into its history, so
+    the objects page's chart shows what the extension saw from its start (or since it first
+    found the cluster), not only from the moment the page opened."""
+    while True:
+        try:
+            found = await asyncio.to_thread(clusters)
+        except Exception:  # noqa: BLE001 - discovery failing now may work next time
+            found = []
+        for cluster in found[:MAX_CLUSTERS]:
+            try:
+                (raw,) = await ask(cluster, m.GetNodes())
+            except Exception:  # noqa: BLE001 - a cluster going away is no reason to stop
+                continue
+            state_of(cluster).sample_usage(list(_store_rows(raw).values()))
+        await asyncio.sleep(interval)
+
+
+async def objects(cluster: ClusterInfo, *, largest: int = 20, kernel_manager: Any = None,
+                  names: dict[str, str] | None = None) -> dict:
+    """Store use per node (with the history the extension keeps) and the largest objects,
+    each with the code that made it and what keeps it alive (see ``_object_rows``)."""
+    state = state_of(cluster)
+
+    async def fetch() -> list[dict]:
+        return (await ask(cluster, m.ListObjects(WINDOW)))[0]
+
+    raw_objects, raw_nodes = await asyncio.gather(state.cached("objects", fetch),
+                                                  _nodes(cluster))
+    per_node = _store_rows(raw_nodes)
     for obj in raw_objects:
         entry = per_node.get(obj.get("node_id") or "")
         if entry is not None:
@@ -266,7 +316,6 @@ async def objects(cluster: ClusterInfo, *, largest: int = 20, kernel_manager: An
         raw_objects, key=lambda o: o.get("size") or 0, reverse=True)[:largest] if o.get("tag")))
     owned = await _owned(cluster, kernel_manager, tags, largest)
     top = _object_rows(raw_objects, owned, names or {}, largest)
-    state = state_of(cluster)
     state.sample_usage(list(per_node.values()))
     history = {nid: [list(p) for p in points] for nid, points in state.usage.items()}
     return {"nodes": list(per_node.values()), "total": len(raw_objects), "largest": top,
@@ -291,16 +340,14 @@ async def view(cluster: ClusterInfo, *, expanded: set[str], version: int = -1) -
     current = state.model.version
     if current == version:
         return {"version": current, "unchanged": True}
-    result = state.model.view(expanded)
-    result["version"] = current
-    return result
+    return dict(state.view(expanded), version=current)
 
 
 async def overview(cluster: ClusterInfo) -> dict:
     """The cluster's status page: progress per function, nodes, actors, recent task stream."""
     state = state_of(cluster)
     await state.refresh(lambda *msgs: ask(cluster, *msgs))
-    raw_nodes, raw_actors = await ask(cluster, m.GetNodes(), m.ListActors())
+    raw_nodes, raw_actors = await asyncio.gather(_nodes(cluster), _actors(cluster))
     model = state.model
     functions = sorted(
         ({"name": key, "total": len(model.members[key]),

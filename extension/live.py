@@ -23,6 +23,8 @@ __all__ = ["ClusterState", "state_of"]
 
 MAX_CHANGES = 100_000  # per refresh (the GCS keeps 100,000 tasks)
 MIN_REFRESH_S = 0.2
+STALE_S = 1.0  # a request is answered from state at most this old (see ClusterState.refresh)
+MAX_VIEWS = 8  # graph views kept (per model version and opened groups)
 HISTORY = 3600  # store usage samples kept per node
 MAX_CLUSTERS = 32
 MAX_SPANS = 5000  # timeline spans per answer
@@ -43,8 +45,57 @@ class ClusterState:
         self.changed: deque[tuple[int, list[str]]] = deque(maxlen=CHANGE_LOG)  # cursor, tasks
         self.owned: tuple[float, list[dict] | None] = (0.0, None)  # the kernels' objects
         self.owned_refreshing = False
+        self._background: asyncio.Future | None = None
+        self._answers: dict[str, tuple[float, Any]] = {}  # GCS answers, see cached()
+        self._fetching: set[str] = set()
+        self._views: dict[tuple, dict] = {}
+        self.loop = asyncio.get_running_loop()
 
     async def refresh(self, ask: Any) -> None:
+        """Bring the model up to date, or nearly: a request finds it refreshed at most
+        ``STALE_S`` ago and never waits on the GCS then (the next refresh runs in the
+        background); only a model older than that, or never read, is awaited."""
+        if time.monotonic() - self.refreshed < STALE_S:
+            if self._background is None or self._background.done():
+                self._background = asyncio.ensure_future(self.read_changes(ask))
+                self._background.add_done_callback(_ignore_failure)
+            return
+        await self.read_changes(ask)
+
+    async def cached(self, key: str, fetch: Any) -> Any:
+        """``await fetch()``'s answer, kept ``STALE_S``: an older one is served while the next
+        is read in the background (the GCS round trip stays off the request's path)."""
+        held = self._answers.get(key)
+        now = time.monotonic()
+        if held is None or now - held[0] > 10 * STALE_S:
+            value = await fetch()
+            self._answers[key] = (time.monotonic(), value)
+            return value
+        if now - held[0] > STALE_S and key not in self._fetching:
+            self._fetching.add(key)
+
+            async def again() -> None:
+                try:
+                    self._answers[key] = (time.monotonic(), await fetch())
+                except (ConnectionError, OSError, asyncio.TimeoutError):
+                    pass  # the held answer stays; the next request tries again
+                finally:
+                    self._fetching.discard(key)
+
+            asyncio.ensure_future(again())
+        return held[1]
+
+    def view(self, expanded: set[str]) -> dict[str, Any]:
+        """The model's view, computed once per model version and set of opened groups."""
+        key = (self.model.version, frozenset(expanded))
+        held = self._views.get(key)
+        if held is None:
+            held = self._views[key] = self.model.view(expanded)
+            while len(self._views) > MAX_VIEWS:
+                del self._views[next(iter(self._views))]
+        return held
+
+    async def read_changes(self, ask: Any) -> None:
         """Read what changed since the cursor (``ask(*messages)`` answers GCS requests)."""
         async with self.lock:
             now = time.monotonic()
@@ -134,11 +185,22 @@ class ClusterState:
         return {"spans": out, "cursor": self.cursor}
 
 
+def _ignore_failure(future: asyncio.Future) -> None:
+    """A background refresh that failed (the GCS away): the next request's refresh retries."""
+    if not future.cancelled():
+        future.exception()
+
+
 _states: dict[str, ClusterState] = {}
 
 
 def state_of(cluster: ClusterInfo) -> ClusterState:
+    """The cluster's state in this server (called on its event loop; a state made on another
+    loop, one a test closed, is made again)."""
     state = _states.get(cluster.id)
+    if state is not None and state.loop is not asyncio.get_running_loop():
+        del _states[cluster.id]
+        state = None
     if state is None:
         if len(_states) >= MAX_CLUSTERS:
             del _states[next(iter(_states))]

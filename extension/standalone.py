@@ -14,6 +14,7 @@ from typing import Any
 
 import tornado.web
 
+from .data import sample_stores
 from .discovery import ClusterInfo, cluster_id, list_clusters
 from .handlers import routes
 
@@ -81,6 +82,8 @@ async def serve(address: str | None = None, port: int = 8266, host: str = "127.0
                 token: str | None = None) -> None:
     token = token or secrets.token_urlsafe(24)
     app = make_app(token, address)
+    source = app.settings.get("cellfleet_clusters") or list_clusters
+    sampler = asyncio.ensure_future(sample_stores(source))  # the objects page's history
     server = app.listen(port, host)
     bound = next(iter(server._sockets.values())).getsockname()[1]
     print(f"cellfleet dashboard: http://{host}:{bound}/cellfleet/dashboard/?token={token}",
@@ -88,7 +91,10 @@ async def serve(address: str | None = None, port: int = 8266, host: str = "127.0
     if address is None:
         for cluster in list_clusters():
             print(f"  cluster {cluster.id} at {cluster.address}", flush=True)
-    await asyncio.Event().wait()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        sampler.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

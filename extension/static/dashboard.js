@@ -23,7 +23,7 @@ function secs(x) {
   if (x == null) return "";
   return x < 1 ? (x * 1000).toFixed(x < 0.01 ? 2 : 0) + " ms" : x.toFixed(2) + " s";
 }
-// An object id is its task's id and an index: the ids of one process share their start.
+// Task ids (and object ids: a task's id and an index) of one process share their start.
 function oid(id) { return id ? `<code title="${esc(id)}">…${esc(id.slice(-14))}</code>` : ""; }
 function short(id, n) { return id ? `<code title="${esc(id)}">${esc(id.slice(0, n || 12))}</code>` : ""; }
 function bar(parts, total) {
@@ -119,7 +119,7 @@ function overview(d) {
     ["attempt", (t) => attempt(t), "num", "100px"],
     ["duration", (t) => secs(t.duration), "num", "90px"],
     ["cell", (t) => t.tag ? short(t.tag, 8) : "", "", "90px"],
-    ["task", (t) => short(t.task_id, 16)],
+    ["task", (t) => oid(t.task_id)],
     ["", (t) => ["FINISHED", "FAILED"].includes(t.state) ? "" :
       `<button class="btn" data-cancel="${esc(t.task_id)}" title="cancel this task">Cancel</button>`,
       "", "80px"],

@@ -293,3 +293,35 @@ async def test_standalone_dashboard_requires_its_token(cluster, jp_asyncio_loop)
         assert b"export function createGraph" in module.body
     finally:
         server.stop()
+
+
+async def test_objects_history_from_before_the_first_page_load(jp_fetch, cluster):
+    """The server samples every cluster's store from its start: the first request of the
+    objects page already gets the history (no page was open to ask for it)."""
+    from cellfleet.extension import data, live
+
+    cid = await cluster_id(jp_fetch, cluster)
+    info = discovery.find_cluster(cid)
+    state = live.state_of(info)
+
+    async def sampled():
+        return sum(len(points) for points in state.usage.values()) >= 2
+
+    await until(sampled, timeout=4 * data.SAMPLE_S + 5)
+    opened = time.time()
+    objects = await get(jp_fetch, "clusters", cid, "objects")
+    (points,) = objects["history"].values()
+    assert len(points) >= 2 and points[0][0] <= opened - data.SAMPLE_S / 2
+
+
+async def test_cancel_needs_a_task_id_and_a_notebook_that_submitted_it(jp_fetch, cluster):
+    cid = await cluster_id(jp_fetch, cluster)
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("cellfleet", "api", "clusters", cid, "cancel", method="POST",
+                       body=json.dumps({"task_id": "nope"}))
+    assert err.value.code == 400
+    with pytest.raises(HTTPClientError) as err:  # this process submitted it, not a notebook
+        await jp_fetch("cellfleet", "api", "clusters", cid, "cancel", method="POST",
+                       body=json.dumps({"task_id": inc.remote(1).task_id()}))
+    assert err.value.code == 409
+    assert "no notebook kernel of this Jupyter server" in err.value.response.body.decode()

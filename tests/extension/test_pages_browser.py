@@ -129,9 +129,16 @@ async def test_every_page_in_light_and_dark(jp_fetch, jp_serverapp, jp_http_port
                 if name == "objects":
                     text = await page.text_content("#stores")
                     assert "MiB" in text or "GiB" in text, text
+                    # the chart starts with the history the server kept, not empty
+                    points = await page.evaluate("Bokeh.documents[0].get_model_by_name("
+                                                 "'usage').data.xs[0].length")
+                    assert points >= 2, points
                 if name == "":
                     await _until(page, "document.querySelector('#functions table') !== null")
                     assert "square" in await page.text_content("#functions")
+                    # recent tasks: their node and attempt
+                    recent = await page.text_content("#recent")
+                    assert cluster["node_id"][:12] in recent and "fails" in recent, recent
                 background = await page.evaluate(
                     "getComputedStyle(document.body).backgroundColor")
                 assert background == ("rgb(17, 17, 17)" if theme == "dark"
