@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NodeAffinitySchedulingStrategy", "strategy_to_wire", "describe"]
+__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy",
+           "strategy_to_wire", "describe"]
 
 
 class NodeAffinitySchedulingStrategy:
@@ -42,6 +43,18 @@ class NodeAffinitySchedulingStrategy:
         return f"NodeAffinitySchedulingStrategy(node_id={self.node_id!r}, soft={self.soft})"
 
 
+class PlacementGroupSchedulingStrategy:
+    """Ray's strategy for running in a placement group's bundle. Placement groups are not
+    supported yet: the name exists so that code importing it loads, and using it as a
+    ``scheduling_strategy`` raises ValueError."""
+
+    def __init__(self, placement_group: Any, placement_group_bundle_index: int = -1,
+                 placement_group_capture_child_tasks: bool | None = None) -> None:
+        self.placement_group = placement_group
+        self.placement_group_bundle_index = placement_group_bundle_index
+        self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
+
+
 def strategy_to_wire(strategy: Any) -> list | None:
     """The strategy as the raylet reads it: None (DEFAULT), ``["SPREAD"]`` or
     ``["NODE_AFFINITY", node_id, soft]``; ValueError for anything else."""
@@ -51,7 +64,7 @@ def strategy_to_wire(strategy: Any) -> list | None:
         return ["SPREAD"]
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
         return ["NODE_AFFINITY", bytes.fromhex(strategy.node_id), strategy.soft]
-    if type(strategy).__name__ == "PlacementGroupSchedulingStrategy":
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
         raise ValueError("placement groups are not supported yet: use 'DEFAULT', 'SPREAD' or "
                          "NodeAffinitySchedulingStrategy")
     raise ValueError(f"Invalid scheduling_strategy {strategy!r}: use None, 'DEFAULT', 'SPREAD' "

@@ -145,3 +145,16 @@ def test_nil_and_random_object_refs() -> None:
     assert not first.is_nil() and first != second
     assert len(first.binary()) == len(nil.binary())
     assert pickle.loads(pickle.dumps(first)) == first
+
+
+def test_a_placement_group_strategy_is_refused_clearly() -> None:
+    from cellfleet.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = PlacementGroupSchedulingStrategy(None, placement_group_bundle_index=0)
+    with pytest.raises(ValueError, match="placement groups are not supported yet"):
+        noop.options(scheduling_strategy=strategy)
+
+
+@ray.remote
+def noop() -> None:
+    return None
