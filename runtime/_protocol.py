@@ -4,6 +4,9 @@ Every cellfleet port speaks the same protocol. A connection starts with a mutual
 challenge over the cluster's secret token; only after both sides have proven they hold the
 token does either side decode a frame. Frames are a 4-byte little-endian length followed by
 that many payload bytes; the payload is a msgpack-encoded message (see ``_messages``).
+Two length values above any frame's limit are control frames with no payload: ``PING_FRAME``
+asks the peer to show it is there and ``PONG_FRAME`` is its answer (keepalive, see
+``_connection_state``); a decoder counts the pings it has to answer and swallows the pongs.
 
 The handshake, server first::
 
@@ -38,6 +41,8 @@ from .exceptions import AuthenticationError, ProtocolError
 __all__ = [
     "MAGIC",
     "MAX_FRAME_SIZE",
+    "PING_FRAME",
+    "PONG_FRAME",
     "SERVER_ID_SIZE",
     "ClientHandshake",
     "FrameDecoder",
@@ -46,13 +51,17 @@ __all__ = [
     "new_server_id",
 ]
 
-MAGIC = b"CFLEET02"
+MAGIC = b"CFLEET03"
 NONCE_SIZE = 32
 SERVER_ID_SIZE = 16
 PROOF_SIZE = 32
 MAX_FRAME_SIZE = 1 << 31  # 2 GiB: large objects travel through shared memory, not frames
 
 _HEADER = struct.Struct("<I")
+_PING = 0xFFFF_FFFF  # control lengths: above MAX_FRAME_SIZE, so never a frame's
+_PONG = 0xFFFF_FFFE
+PING_FRAME = _HEADER.pack(_PING)
+PONG_FRAME = _HEADER.pack(_PONG)
 _SERVER_HELLO = len(MAGIC) + NONCE_SIZE + SERVER_ID_SIZE
 _CLIENT_HELLO = len(MAGIC) + NONCE_SIZE + PROOF_SIZE
 _CLIENT_ROLE = b"cellfleet-handshake-v2 client\0"
@@ -79,13 +88,20 @@ def encode_frame(payload: bytes) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into frames; checks the size before buffering a payload."""
+    """Splits a byte stream into frames; checks the size before buffering a payload.
 
-    __slots__ = ("_buffer", "_max_frame")
+    Control frames are not returned: ``pings`` counts the pings received and not yet answered
+    (the caller answers each with ``PONG_FRAME`` and resets it), pongs are dropped.
+    """
+
+    __slots__ = ("_buffer", "_max_frame", "pings")
 
     def __init__(self, max_frame: int = MAX_FRAME_SIZE) -> None:
+        if not 0 <= max_frame <= MAX_FRAME_SIZE:
+            raise ValueError(f"max_frame must be within 0..{MAX_FRAME_SIZE}, not {max_frame}")
         self._buffer = bytearray()
         self._max_frame = max_frame
+        self.pings = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every frame now complete, in order."""
@@ -97,6 +113,10 @@ class FrameDecoder:
         while end - pos >= 4:
             (size,) = _HEADER.unpack_from(buf, pos)
             if size > self._max_frame:
+                if size >= _PONG:  # a control frame: its header is all of it
+                    self.pings += size == _PING
+                    pos += 4
+                    continue
                 raise ProtocolError(f"frame of {size} bytes exceeds the {self._max_frame} limit")
             if end - pos - 4 < size:
                 break

@@ -7,7 +7,14 @@ happens here, once, before any handler sees a message; an unauthenticated or mal
 is logged and dropped and the server keeps serving.
 
 Writes are coalesced: everything sent during one event-loop iteration goes out in one
-``write`` call, which is what keeps pipelined task traffic cheap.
+``write`` call, which is what keeps pipelined task traffic cheap. ``send`` stays a plain
+synchronous call; what a connection does about a peer that stops reading or answering is
+decided by its ``ConnectionWatch`` (``_connection_state``, which has the numbers): past the
+outbox's high-water mark senders that can wait ``await drain()``, past its bound the connection
+is closed as wedged; a peer silent while answers are awaited is pinged, and closed as
+unresponsive if it stays silent; ``request(message, timeout=...)`` fails a late request with
+``TimeoutError`` and leaves nothing behind. Every TCP socket also has kernel keepalive on, for
+peers whose host or network vanishes while the connection is idle.
 
 A listener holds at most ``MAX_UNAUTHENTICATED`` connections that have not finished the
 handshake, each for at most ``HANDSHAKE_TIMEOUT_S``; further ones are closed at once, so a
@@ -21,14 +28,19 @@ import asyncio
 import inspect
 import itertools
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import _messages as m
 from . import exceptions
+from ._connection_state import DEFAULT_LIMITS, Close, ConnectionWatch, Expire, Limits, SendPing
 from ._messages import ErrorReply, Message, Reply, decode, encode
 from ._protocol import (
+    PING_FRAME,
+    PONG_FRAME,
     ClientHandshake,
     FrameDecoder,
     ServerHandshake,
@@ -36,7 +48,8 @@ from ._protocol import (
     new_server_id,
 )
 
-__all__ = ["Connection", "HandlerTable", "Listener", "connect", "serve"]
+__all__ = ["REQUEST_TIMEOUTS", "Connection", "HandlerTable", "Limits", "Listener", "connect",
+           "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +58,35 @@ HANDSHAKE_TIMEOUT_S = 3.0
 MAX_UNAUTHENTICATED = 128
 LISTEN_BACKLOG = 512
 REFUSAL_LOG_INTERVAL_S = 10.0
+
+# Kernel keepalive on every TCP socket: an idle connection whose peer's host or network is
+# gone is dropped after 10 + 3 x 5 = 25 s; data left unacknowledged for 30 s drops it too
+# (Linux would otherwise retransmit for about 15 minutes). A paused process's kernel still
+# answers these probes: the application ping (``ConnectionWatch``) notices paused peers.
+_TCP_OPTIONS = (("TCP_NODELAY", 1), ("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5),
+                ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 30_000))
+
+_QUICK_S = 60.0
+# How long a request may wait for its reply when the caller gives no timeout: messages a
+# healthy peer answers at once. The others (WaitActor, RequestLease, GetObjects,
+# GetObjectStatus, ...) may rightly wait for a long time: they wait as long as the peer answers
+# keepalive pings. ``request(message, timeout=math.inf)`` waits without limit.
+REQUEST_TIMEOUTS: dict[type[Message], float] = {
+    message: _QUICK_S for message in (
+        m.RegisterNode, m.Heartbeat, m.GetNodes, m.RegisterJob, m.FinishJob, m.ListJobs,
+        m.ExportFunction, m.GetFunction, m.KvPut, m.KvGet, m.KvDelete, m.KvKeys, m.ListTasks,
+        m.ListObjects, m.SummarizeTasks, m.ListTaskChanges, m.ListTaskGroups, m.GetNamedActor,
+        m.ListActors, m.GetTableStats, m.RegisterClient, m.ReturnLease, m.GetNodeStats)
+}
+
+
+def _tune(sock: socket.socket) -> None:
+    """No Nagle delay, and kernel keepalive (``_TCP_OPTIONS``) where the platform has it."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _TCP_OPTIONS:
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _address_of(sockaddr: Any) -> str:
@@ -101,7 +143,10 @@ class Listener:
 
 
 class Connection(asyncio.Protocol):
-    """One authenticated, framed, message-level connection (either side)."""
+    """One authenticated, framed, message-level connection (either side).
+
+    ``limits`` bounds its outbox and says when its peer counts as gone (``Limits``).
+    """
 
     def __init__(
         self,
@@ -112,6 +157,7 @@ class Connection(asyncio.Protocol):
         on_close: Callable[[Connection], None] | None = None,
         listener: Listener | None = None,
         expect_id: bytes | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._handlers = handlers
         self._server_side = server_side
@@ -127,6 +173,14 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._on_close = on_close
+        self._watch = ConnectionWatch("?", limits)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._heard = False  # bytes came since the last tick
+        self._written = 0  # bytes handed to the transport in all
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._close_reason = ""
         self.authenticated: asyncio.Future[None] = self._loop.create_future()
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self.peer = "?"
@@ -138,10 +192,13 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = _address_of(peer)
+        self.peer = self._watch.peer = _address_of(peer)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _tune(sock)
+        limits = self._watch.limits
+        self._transport.set_write_buffer_limits(  # type: ignore[union-attr]
+            high=limits.high_water, low=limits.low_water)
         if not self._server_side:
             self._handshake = ClientHandshake(self._token, _address_of(peer), self._expect_id)
             return
@@ -154,12 +211,17 @@ class Connection(asyncio.Protocol):
         self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_deadline)
 
     def data_received(self, data: bytes) -> None:
+        self._heard = True
         if not self._trusted:
             data = self._advance_handshake(data)
             if not data:
                 return
         try:
-            frames = self._decoder.feed(data)
+            decoder = self._decoder
+            frames = decoder.feed(data)
+            if decoder.pings:
+                decoder.pings = 0
+                self._transport.write(PONG_FRAME)  # type: ignore[union-attr]
             for frame in frames:
                 message, request_id = decode(frame)
                 self._dispatch(message, request_id)
@@ -169,7 +231,12 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._leave_handshake()
-        error = ConnectionError(f"connection to {self.peer} closed")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._close_reason and exc is not None:
+            self._close_reason = str(exc)
+        error = self._closed_error()
         if not self.authenticated.done():
             self.authenticated.set_exception(
                 exceptions.AuthenticationError(
@@ -181,6 +248,8 @@ class Connection(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(error)
         self._pending.clear()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         if not self.closed.done():
             self.closed.set_result(None)
         if self._on_close is not None:
@@ -229,7 +298,10 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, message: Message, request_id: int) -> None:
         if type(message) is Reply or type(message) is ErrorReply:
             fut = self._pending.pop(request_id, None)
-            if fut is None or fut.done():
+            if fut is None:
+                return
+            self._watch.answered(request_id)
+            if fut.done():
                 return
             if type(message) is Reply:
                 fut.set_result(message.value)
@@ -279,19 +351,134 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         out, self._out = self._out, []
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(out))
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            data = b"".join(out)
+            self._written += len(data)
+            transport.write(data)
+            if self._paused:  # only a paused outbox can be over its bound
+                close = self._watch.flushed(transport.get_write_buffer_size())
+                if close is not None:
+                    self._carry_out(close)
 
-    def request(self, message: Message) -> asyncio.Future:
-        """Send a request; the future resolves with the reply value or raises its error."""
+    def request(self, message: Message, timeout: float | None = None) -> asyncio.Future:
+        """Send a request; the future resolves with the reply value or raises its error.
+
+        With no ``timeout`` the message's default applies (``REQUEST_TIMEOUTS``; none for
+        messages that may rightly wait long); ``math.inf`` waits as long as the peer is alive.
+        A request with no reply in time fails with ``TimeoutError``; one whose peer goes
+        silent, stops reading or closes fails with ``ConnectionError`` saying why.
+        """
         fut = self._loop.create_future()
         if self._transport is None or self._transport.is_closing():
-            fut.set_exception(ConnectionError(f"connection to {self.peer} closed"))
+            fut.set_exception(self._closed_error())
             return fut
+        if timeout is None:
+            timeout = REQUEST_TIMEOUTS.get(type(message))
+        elif not timeout > 0:
+            raise ValueError(f"a request timeout is a positive number of seconds, not {timeout}")
+        elif timeout == math.inf:
+            timeout = None
         request_id = next(self._ids)
         self._pending[request_id] = fut
+        now = self._loop.time()
+        self._watch.request_sent(request_id, type(message).__name__, now, timeout)
         self.send(message, request_id)
+        if self._timer is None or (timeout is not None and now + timeout < self._timer_at):
+            self._arm(now)
         return fut
+
+    async def drain(self) -> None:
+        """Wait until the peer has read its backlog down to the low-water mark.
+
+        Backpressure for senders that can wait (``send`` itself never blocks); raises
+        ``ConnectionError`` if the connection closes first.
+        """
+        if self._paused and self.is_open:
+            if self._drained is None or self._drained.done():
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+        if not self.is_open:
+            raise self._closed_error()
+
+    @property
+    def awaiting(self) -> int:
+        """Answers the serving role awaits from the peer as one-way messages (pushed tasks'
+        results, say); while nonzero a silent peer is pinged like one owing a reply."""
+        return self._watch.awaited
+
+    @awaiting.setter
+    def awaiting(self, count: int) -> None:
+        self._watch.awaiting(count, self._loop.time())
+        if count and self._timer is None and self.is_open:
+            self._arm(self._loop.time())
+
+    # -- the watch: outbox, keepalive, timeouts --------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed the high-water mark: the peer reads slower than we
+        write, or not at all."""
+        self._paused = True
+        self._watch.paused(self._loop.time(), self._written - self._backlog())
+        if self._timer is None:
+            self._arm(self._loop.time())
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._watch.resumed()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _backlog(self) -> int:
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def _arm(self, now: float) -> None:
+        when = self._watch.next_tick(now)
+        if when is None or (self._timer is not None and self._timer_at <= when):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(when, self._tick), when
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self.is_open:
+            return
+        abandoned = [rid for rid, fut in self._pending.items() if fut.done()]
+        for request_id in abandoned:  # callers that stopped waiting (cancelled futures)
+            del self._pending[request_id]
+            self._watch.answered(request_id)
+        now = self._loop.time()
+        heard, self._heard = self._heard, False
+        backlog = self._backlog()
+        for action in self._watch.tick(now, heard=heard, backlog=backlog,
+                                       drained=self._written - backlog):
+            self._carry_out(action)
+        if self.is_open:
+            self._arm(now)
+
+    def _carry_out(self, action: SendPing | Expire | Close) -> None:
+        if type(action) is SendPing:
+            self._transport.write(PING_FRAME)  # type: ignore[union-attr]
+        elif type(action) is Expire:
+            fut = self._pending.pop(action.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(TimeoutError(
+                    f"{action.what} sent to {self.peer} got no reply within "
+                    f"{action.timeout:g} s: the process there is busy, stuck or paused (one "
+                    "that died would have closed the connection); see its log, or pass a "
+                    "larger timeout="))
+        else:
+            self._close_reason = action.reason  # type: ignore[union-attr]
+            logger.warning("closing the connection to %s: %s", self.peer, self._close_reason)
+            self.abort()
+
+    def _closed_error(self) -> ConnectionError:
+        why = f": {self._close_reason}" if self._close_reason else ""
+        return ConnectionError(f"connection to {self.peer} closed{why}")
+
+    # -- state ----------------------------------------------------------------------------
 
     @property
     def is_open(self) -> bool:
@@ -304,6 +491,11 @@ class Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             queued += self._transport.get_write_buffer_size()
         return queued
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests sent on this connection still waiting for their reply."""
+        return len(self._pending)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -338,17 +530,19 @@ async def serve(
     sock: socket.socket | None = None,
     on_close: Callable[[Connection], None] | None = None,
     listener: Listener | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[asyncio.Server, str]:
     """Serve ``handlers`` on an address; returns the server and its ``host:port``.
 
-    ``listener`` carries the server's identity (a fresh one by default) and its counters.
+    ``listener`` carries the server's identity (a fresh one by default) and its counters;
+    ``limits`` bound every accepted connection.
     """
     loop = asyncio.get_running_loop()
     listener = listener or Listener()
 
     def factory() -> Connection:
         return Connection(token, handlers, server_side=True, on_close=on_close,
-                          listener=listener)
+                          listener=listener, limits=limits)
 
     if sock is not None:
         server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
@@ -367,6 +561,7 @@ async def connect(
     timeout: float = 10.0,
     on_close: Callable[[Connection], None] | None = None,
     expect_id: bytes | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Connection:
     """Open an authenticated connection to ``host:port``.
 
@@ -378,7 +573,7 @@ async def connect(
         _, conn = await asyncio.wait_for(
             loop.create_connection(
                 lambda: Connection(token, handlers or {}, server_side=False, on_close=on_close,
-                                   expect_id=expect_id),
+                                   expect_id=expect_id, limits=limits),
                 host=host.strip("[]"),
                 port=int(port),
             ),

@@ -68,7 +68,7 @@ def test_client_refuses_a_server_without_the_token() -> None:
 def test_server_hello_layout_is_magic_nonce_then_server_id() -> None:
     server_id = new_server_id()
     hello = ServerHandshake(TOKEN, ADDRESS, server_id).initial_bytes()
-    assert hello[:8] == MAGIC == b"CFLEET02" and len(hello) == 56 and hello[40:] == server_id
+    assert hello[:8] == MAGIC == b"CFLEET03" and len(hello) == 56 and hello[40:] == server_id
 
 
 def test_garbage_is_refused_before_the_full_hello_arrives() -> None:
