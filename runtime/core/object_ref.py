@@ -9,6 +9,9 @@ from .._ids import object_id_for, random_id
 
 __all__ = ["ObjectID", "ObjectRef"]
 
+# An id made here (a task id and a return index), and Ray's, which ObjectRef(id) also takes.
+ID_LENGTHS = (len(object_id_for(bytes(16), 0)), 28)
+
 
 class ObjectRef:
     """A reference to an object somewhere in the cluster, as returned by ``.remote()``/``put``.
@@ -28,6 +31,9 @@ class ObjectRef:
             self._core = None
             raise TypeError(f"ObjectRef takes the object's id as bytes, got "
                             f"{type(object_id).__name__}")
+        if not owner and len(object_id) not in ID_LENGTHS:
+            raise ValueError(f"ObjectRef(id): the id needs to have length {ID_LENGTHS[0]} "
+                             f"(or Ray's {ID_LENGTHS[1]}), got {len(object_id)} bytes")
         if _add_ref and core is not None and owner:  # ObjectRef(id) alone owns nothing
             core.refs.add_local_ref(object_id, owner)
 

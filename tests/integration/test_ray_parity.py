@@ -147,6 +147,14 @@ def test_nil_and_random_object_refs() -> None:
     assert pickle.loads(pickle.dumps(first)) == first
 
 
+def test_an_object_ref_made_from_an_id_checks_its_length() -> None:
+    ray_id = b"0011223344556677889900001111"  # Ray's 28 bytes name an object too
+    assert ray.ObjectRef(ray_id).binary() == ray_id
+    for wrong in (ray_id + b"1234", b"0123456789"):
+        with pytest.raises(ValueError, match="needs to have length 20"):
+            ray.ObjectRef(wrong)
+
+
 def test_a_placement_group_strategy_is_refused_clearly() -> None:
     from cellfleet.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
