@@ -87,6 +87,10 @@ class Close:
 Action = SendPing | Expire | Close
 
 
+_WHAT_TO_DO = ("; the process there is paused, hung, not reading or its host unreachable "
+               "(see its log; a stopped one resumes with kill -CONT)")
+
+
 def _mib(n: int) -> str:
     return f"{n / MiB:.1f} MiB"
 
@@ -98,6 +102,7 @@ class ConnectionWatch:
         self.peer = peer
         self.limits = limits
         self.closed: str | None = None  # the reason, once a Close was returned
+        self.pings = 0  # sent in all
         self._outstanding: dict[int, tuple[str, float, float]] = {}  # id -> what, deadline, timeout
         self._deadlines: list[tuple[float, int]] = []  # heap; may hold answered ids
         self._awaited = 0
@@ -148,8 +153,7 @@ class ConnectionWatch:
         if self.closed is None and backlog > self.limits.max_outbox:
             return self._close(
                 f"{self.peer} has not read {_mib(backlog)} queued for it, over the "
-                f"{_mib(self.limits.max_outbox)} outbox bound: closed it as wedged (the process "
-                "there is paused, hung or not reading)")
+                f"{_mib(self.limits.max_outbox)} outbox bound: closed as wedged{_WHAT_TO_DO}")
         return None
 
     def tick(self, now: float, *, heard: bool, backlog: int, drained: int) -> list[Action]:
@@ -165,8 +169,7 @@ class ConnectionWatch:
             elif now >= self._progress_at + limits.stall_s:  # the form next_tick uses
                 return [self._close(
                     f"{self.peer} read nothing of the {_mib(backlog)} queued for it in "
-                    f"{limits.stall_s:g} s: closed it as wedged (the process there is paused, "
-                    "hung or not reading)")]
+                    f"{limits.stall_s:g} s: closed as wedged{_WHAT_TO_DO}")]
         bound = self.flushed(backlog)
         if bound is not None:
             return [bound]
@@ -186,10 +189,10 @@ class ConnectionWatch:
                     f"{self.peer} did not answer a keepalive ping within "
                     f"{limits.ping_timeout_s:g} s while {len(self._outstanding)} requests "
                     f"({waiting or 'none'}) and {self._awaited} answers were outstanding: "
-                    "closed it as unresponsive (the process there is paused, hung, or its "
-                    "host is unreachable)")]
+                    f"closed as unresponsive{_WHAT_TO_DO}")]
             if self._ping_at is None and now >= self._heard_at + limits.ping_idle_s:
                 self._ping_at = now
+                self.pings += 1
                 actions.append(SendPing())
         else:
             self._ping_at = None

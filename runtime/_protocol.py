@@ -58,8 +58,8 @@ PROOF_SIZE = 32
 MAX_FRAME_SIZE = 1 << 31  # 2 GiB: large objects travel through shared memory, not frames
 
 _HEADER = struct.Struct("<I")
-_PING = 0xFFFF_FFFF  # control lengths: above MAX_FRAME_SIZE, so never a frame's
-_PONG = 0xFFFF_FFFE
+_PING = MAX_FRAME_SIZE + 1  # control lengths: above any frame's, and only these two
+_PONG = MAX_FRAME_SIZE + 2
 PING_FRAME = _HEADER.pack(_PING)
 PONG_FRAME = _HEADER.pack(_PONG)
 _SERVER_HELLO = len(MAGIC) + NONCE_SIZE + SERVER_ID_SIZE
@@ -113,7 +113,7 @@ class FrameDecoder:
         while end - pos >= 4:
             (size,) = _HEADER.unpack_from(buf, pos)
             if size > self._max_frame:
-                if size >= _PONG:  # a control frame: its header is all of it
+                if size == _PING or size == _PONG:  # a control frame: its header is all of it
                     self.pings += size == _PING
                     pos += 4
                     continue

@@ -178,6 +178,8 @@ class Connection(asyncio.Protocol):
         self._timer_at = 0.0
         self._heard = False  # bytes came since the last tick
         self._written = 0  # bytes handed to the transport in all
+        self._queued = 0  # bytes in ``_out``
+        self._flush_at = limits.high_water
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._close_reason = ""
@@ -342,17 +344,26 @@ class Connection(asyncio.Protocol):
     # -- sending --------------------------------------------------------------------------
 
     def send(self, message: Message, request_id: int = 0) -> None:
-        """Queue a message; everything queued in one loop iteration leaves in one write."""
+        """Queue a message; everything queued in one loop iteration leaves in one write.
+
+        Never blocks: past the high-water mark the queue is written at once, so the outbox
+        bound holds even for a burst queued within one loop iteration.
+        """
         if self._transport is None or self._transport.is_closing():
             return
-        if not self._out:
+        frame = encode_frame(encode(message, request_id))
+        out = self._out
+        if not out:
             self._loop.call_soon(self._flush)
-        self._out.append(encode_frame(encode(message, request_id)))
+        out.append(frame)
+        self._queued += len(frame)
+        if self._queued > self._flush_at:
+            self._flush()
 
     def _flush(self) -> None:
-        out, self._out = self._out, []
+        out, self._out, self._queued = self._out, [], 0
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if out and transport is not None and not transport.is_closing():
             data = b"".join(out)
             self._written += len(data)
             transport.write(data)
@@ -471,7 +482,7 @@ class Connection(asyncio.Protocol):
                     "larger timeout="))
         else:
             self._close_reason = action.reason  # type: ignore[union-attr]
-            logger.warning("closing the connection to %s: %s", self.peer, self._close_reason)
+            logger.warning("%s", self._close_reason)
             self.abort()
 
     def _closed_error(self) -> ConnectionError:
@@ -487,7 +498,7 @@ class Connection(asyncio.Protocol):
     @property
     def unsent_bytes(self) -> int:
         """Bytes queued for the peer that it has not taken yet (a stalled peer's backlog)."""
-        queued = sum(map(len, self._out))
+        queued = self._queued
         if self._transport is not None and not self._transport.is_closing():
             queued += self._transport.get_write_buffer_size()
         return queued
