@@ -126,10 +126,13 @@ class ClusterScheduler:
                 self.nodes.pop(row["node_id"], None)
         return self._retry_parked() + self._rebalance()
 
-    def tick(self) -> None:
-        """Time passed: what was spilled to other nodes shows in their reports by now."""
+    def tick(self) -> list:
+        """Time passed: what was spilled to other nodes shows in their reports by now (a
+        lease that came and went between two reports never shows: the node looks free
+        again), so requests queued here may move on."""
         for node in self.nodes.values():
             node.forget_spills()
+        return self._rebalance()
 
     def cancel_requests(self, owner: Any) -> tuple[list[LeaseRequest], list]:
         """Drop the requests of ``owner`` (it left), queued here or parked."""

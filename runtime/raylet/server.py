@@ -232,8 +232,7 @@ class Raylet:
             await asyncio.sleep(MAINTAIN_S)
             for worker_id in self.pool.exited_unregistered():
                 self.worker_failed_to_start(worker_id)
-            self.cluster.tick()
-            self._carry_out(self.scheduler.tick())
+            self._carry_out(self.cluster.tick() + self.scheduler.tick())
 
     # -- objects --------------------------------------------------------------------------
 

@@ -73,6 +73,16 @@ def test_a_queued_request_moves_on_when_a_node_frees_up() -> None:
     assert not s.local.queue and "it had no free CPU (queue 1)" in spill.reason
 
 
+def test_spills_count_until_the_next_tick_then_queued_requests_move_on() -> None:
+    # B's lease comes and goes between two of its reports: no broadcast says B is free.
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 1.0}))
+    s.request_lease(req(1))
+    assert s.request_lease(req(2))[0].node_id == B
+    assert s.request_lease(req(3)) == []  # B looks taken: queued here
+    (spill, *_) = s.tick()
+    assert isinstance(spill, Spill) and spill.request.request_id == 3 and spill.node_id == B
+
+
 def test_no_free_node_but_others_have_it_goes_to_the_shortest_queue() -> None:
     s = cluster({"CPU": 1.0}, row(B, {"a": 1.0}, {"a": 0.0}, queued=5),
                 row(C, {"a": 1.0}, {"a": 0.0}, queued=1))
@@ -197,6 +207,7 @@ events = st.lists(st.one_of(
     st.tuples(st.just("request"), shapes.filter(any), strategies, st.booleans()),
     st.tuples(st.just("node"), st.sampled_from([B, C]), shapes, st.booleans()),
     st.tuples(st.just("return"), st.integers(0, 20)),
+    st.tuples(st.just("tick")),
 ), max_size=40)
 
 
@@ -233,6 +244,8 @@ def test_every_request_gets_one_answer_that_fits_the_view(here: dict, events: li
             _, node_id, total, alive = event
             take(s.update_nodes([row(node_id, total) if alive
                                  else {"node_id": node_id, "alive": False}]))
+        elif event[0] == "tick":
+            take(s.tick())
         else:
             leases = sorted(s.local.leases)
             if leases:

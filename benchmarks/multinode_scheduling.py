@@ -1,0 +1,82 @@
+"""Scheduling across nodes on this machine (``cluster_utils.Cluster``, 4 nodes of 1 CPU):
+
+- ``add_node`` → first task running there: a task asks for a resource only the new node has,
+  the node is added, and the clock stops when the task's result is back;
+- tasks async over 4 nodes: ``--tasks`` no-op tasks submitted at once and gathered;
+- SPREAD of 1,000 tasks: the same with ``scheduling_strategy="SPREAD"``.
+
+Each figure is a warm-up then ``--repeats`` timed runs (mean ± standard deviation)::
+
+    python benchmarks/multinode_scheduling.py [--tasks 10000] [--repeats 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+
+import cellfleet as ray
+from cellfleet.cluster_utils import Cluster
+
+
+@ray.remote
+def noop() -> None:
+    return None
+
+
+@ray.remote
+def node_of() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def rate(task: ray.remote_function.RemoteFunction, n: int, repeats: int) -> list[float]:
+    ray.get([task.remote() for _ in range(n)])  # warm-up: leases on every node
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ray.get([task.remote() for _ in range(n)])
+        rates.append(n / (time.perf_counter() - start))
+    return rates
+
+
+def show(name: str, values: list[float], unit: str) -> None:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    print(f"{name:<42} {statistics.mean(values):>10,.0f} ± {spread:,.0f} {unit}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=4)
+    args = parser.parse_args()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        for _ in range(3):
+            cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address)
+        show("tasks async over 4 nodes", rate(noop, args.tasks, args.repeats), "tasks/s")
+        spread = noop.options(scheduling_strategy="SPREAD")
+        show("SPREAD 1,000 tasks", rate(spread, 1000, args.repeats), "tasks/s")
+        where = Counter(ray.get([node_of.options(scheduling_strategy="SPREAD").remote()
+                                 for _ in range(1000)]))
+        print(f"{'SPREAD 1,000 tasks: tasks per node':<42} {sorted(where.values())}")
+        joins, firsts = [], []
+        for i in range(args.repeats):
+            ref = node_of.options(resources={f"new{i}": 1}).remote()  # fits no node yet
+            start = time.perf_counter()
+            node = cluster.add_node(num_cpus=1, resources={f"new{i}": 1})
+            joins.append(time.perf_counter() - start)
+            assert ray.get(ref, timeout=60) == node.node_id
+            firsts.append(time.perf_counter() - start)
+            cluster.remove_node(node)
+        show("add_node (until the GCS lists it)", [s * 1000 for s in joins], "ms")
+        show("add_node → first task's result there", [s * 1000 for s in firsts], "ms")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
