@@ -241,9 +241,9 @@ class CoreWorker:
 
         async def ask() -> Any:
             self.events.flush(self.gcs)
-            return await getattr(self, target).request(message)
+            return await getattr(self, target).request(message, timeout=timeout)
 
-        return self.run(ask(), timeout)
+        return self.run(ask(), None if timeout is None else timeout + 1)  # its error says more
 
     def shutdown(self) -> None:
         """Flush events, return leases, close connections and stop the I/O thread."""
