@@ -131,7 +131,7 @@ class ActorSubmitter:
         core = self._core
         try:
             grant = await lease_worker(
-                core.raylet, core.peer,
+                core.raylet, core.peers.connect,
                 m.RequestLease(spec.resources, f"actor:{spec.actor_id.hex()}", kind,
                                spec.strategy),
                 lambda reason: logger.warning("actor %s cannot be placed yet: %s",
@@ -153,7 +153,7 @@ class ActorSubmitter:
 
     async def _connect(self, state: ActorState, address: str) -> None:
         state.address = address
-        state.conn = await self._core.peer(address)
+        state.conn = await self._core.peers.connect(address)
         state.conn.closed.add_done_callback(lambda _: self._lost(state))
 
     def creation_done(self, spec: TaskSpec, result: TaskResult | None) -> None:
@@ -314,7 +314,7 @@ class ActorSubmitter:
         try:
             info = await self._ask_gcs(m.WaitActor(state.actor_id))
             if info["state"] == "ALIVE":
-                conn = await self._core.peer(info["address"])
+                conn = await self._core.peers.connect(info["address"])
                 conn.send(m.KillActor(reason.value))
         except Exception as exc:  # already gone
             logger.info("kill of actor %s: %s", state.actor_id.hex(), exc)
@@ -322,7 +322,7 @@ class ActorSubmitter:
 
     def _lost(self, state: ActorState) -> None:
         """The connection to the actor's worker closed."""
-        self._core.forget_peer(state.address)
+        self._core.peers.forget(state.address)
         if state.state == "DEAD":
             self._die(state, state.death)
             return

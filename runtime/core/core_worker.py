@@ -44,6 +44,7 @@ from .actor_submitter import ActorSubmitter
 from .dependency_resolver import DependencyResolver
 from .events import FLUSH_INTERVAL_S, EventBuffer
 from .object_ref import ObjectRef
+from .peers import PeerCache
 from .reference_counter import ObjectEntry, ReferenceCounter
 from .submitter import LeasedWorker, TaskSubmitter
 from .task_manager import (
@@ -109,10 +110,7 @@ class CoreWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
-        self._peers: dict[str, asyncio.Future] = {}
-        # Owners that pushed tasks here, by address: messages to them (borrows) use the same
-        # connection as the task results, so a borrow is registered before the result lands.
-        self.inbound: dict[str, Connection] = {}
+        self.peers: PeerCache  # set in start(), once the address is known
         # Borrow registrations the owners have not acknowledged yet (see after_borrows).
         self._borrows_in_flight: set[asyncio.Future] = set()
         self.tasks = TaskManager()
@@ -175,7 +173,8 @@ class CoreWorker:
         self._server, self.address = await serve(handlers, self.token, host=self.host,
                                                  listener=Listener(self.worker_id))
         self.refs = ReferenceCounter(self.address, self._queue, self._wake, self._on_free,
-                                   self._on_borrow)
+                                     self._on_borrow)
+        self.peers = PeerCache(self.address, self.token, handlers)
         self.raylet, self.gcs = await asyncio.gather(
             connect(self.raylet_address, self.token, handlers),
             connect(self.gcs_address, self.token, handlers),
@@ -197,7 +196,7 @@ class CoreWorker:
                 self.gcs.send(m.Subscribe("logs", self.job_id))
         self.submitter = TaskSubmitter(
             raylet=lambda: self.raylet,
-            connect=self.peer,
+            connect=self.peers.connect,
             export=self.export_to,
             on_pushed=self._task_pushed,
             on_failed=self._task_failed_to_schedule,
@@ -257,9 +256,7 @@ class CoreWorker:
                 self.actor_submitter.shutdown()
             self.events.flush(self.gcs)
             await asyncio.sleep(0)
-            for fut in self._peers.values():
-                if fut.done() and not fut.exception():
-                    fut.result().close()
+            self.peers.close()
             for conn in (self.raylet, self.gcs):
                 if conn is not None:
                     conn.close()
@@ -333,55 +330,9 @@ class CoreWorker:
                 msg.task_id, msg.force, msg.recursive),
         }
 
-    def peer(self, address: str, worker_id: bytes | None = None) -> asyncio.Future:
-        """A (cached) connection to another core worker; with ``worker_id``, only to that one."""
-        fut = self._peers.get(address)
-        if fut is None or (fut.done() and (
-                fut.exception() or not fut.result().is_open
-                or (worker_id is not None and fut.result().server_id != worker_id))):
-            fut = asyncio.ensure_future(self._open_peer(address, worker_id))
-            self._peers[address] = fut
-        return fut
-
-    def forget_peer(self, address: str) -> None:
-        """Drop the cached connection to ``address`` if it is closed (its process is gone)."""
-        fut = self._peers.get(address)
-        if fut is not None and fut.done() and (fut.exception() or not fut.result().is_open):
-            del self._peers[address]
-
-    async def _open_peer(self, address: str, worker_id: bytes | None) -> Connection:
-        conn = await connect(address, self.token, self._handler_table, expect_id=worker_id)
-        conn.state = set()  # function ids already defined on this connection
-        return conn
-
-    def _send_to(self, address: str, message: m.Message) -> None:
-        if address == self.address:
-            return
-        conn = self.inbound.get(address)
-        if conn is not None and conn.is_open:
-            conn.send(message)
-            return
-        fut = self.peer(address)
-        if fut.done():
-            if not fut.exception():
-                fut.result().send(message)
-            return
-        fut.add_done_callback(lambda f: None if f.exception() else f.result().send(message))
-
-    def _request_to(self, address: str, message: m.Message) -> asyncio.Future:
-        """A request to another core worker, over the connection ``_send_to`` would use."""
-        conn = self.inbound.get(address)
-        if conn is not None and conn.is_open:
-            return conn.request(message)
-
-        async def ask() -> Any:
-            return await (await self.peer(address)).request(message)
-
-        return asyncio.ensure_future(ask())
-
     def _register_borrow(self, owner: str, object_ids: list[bytes], borrower: str) -> None:
         """Tell ``owner`` that ``borrower`` holds refs of its objects; tracked until acked."""
-        fut = self._request_to(owner, m.AddBorrowers(object_ids, borrower))
+        fut = self.peers.request(owner, m.AddBorrowers(object_ids, borrower))
         self._borrows_in_flight.add(fut)
         fut.add_done_callback(self._borrow_acked)
 
@@ -420,9 +371,9 @@ class CoreWorker:
 
     # -- functions ------------------------------------------------------------------------
 
-    def register_function(self, fn: Callable, name: str) -> bytes:
-        """Pickle a function once; its id is the hash of its pickle."""
-        blob = dumps_function(fn)
+    def register_function(self, fn: Callable, name: str, blob: bytes | None = None) -> bytes:
+        """Pickle a function once (or take its pickle, ``blob``); its id is the pickle's hash."""
+        blob = blob or dumps_function(fn)
         function_id = hashlib.sha1(blob).digest()[:16]
         if function_id not in self.functions:
             self.functions[function_id] = (name, blob)
@@ -559,10 +510,8 @@ class CoreWorker:
             self._call_soon(lambda: self.raylet.send(m.NotifyBlocked()))
         try:
             remaining = None if deadline is None else deadline - time.monotonic()
-            woke = waiter.wait(remaining)
-            with self.refs.lock:
-                if woke and waiter.needed <= 0:
-                    return True
+            waiter.wait(remaining)
+            with self.refs.lock:  # off the entries still pending first, however it woke
                 for entry in pending:
                     if entry.payload is None:
                         entry.waiters.remove(waiter)
@@ -628,7 +577,7 @@ class CoreWorker:
     async def _fetch(self, object_id: bytes, entry: ObjectEntry) -> None:
         """Ask a borrowed object's owner for it; the reply comes once it is ready."""
         try:
-            conn = await self.peer(entry.owner)
+            conn = await self.peers.connect(entry.owner)
             payload = await conn.request(m.GetObjectStatus(object_id))
         except exceptions.RayError as exc:
             payload = _error_payload(exc)
@@ -953,7 +902,7 @@ class CoreWorker:
                 self.raylet.send(m.FreeObjects([object_id]))
             self.events.object(object_id, "FREED")
         else:
-            self._send_to(entry.owner, m.RemoveBorrowers([object_id], self.address))
+            self.peers.send(entry.owner, m.RemoveBorrowers([object_id], self.address))
 
     def _on_borrow(self, object_id: bytes, owner: str) -> None:
         self._register_borrow(owner, [object_id], self.address)
@@ -973,7 +922,7 @@ class CoreWorker:
         """Refs lent to this process inside a return nobody holds any more: give them back."""
         for object_id, owner in refs:
             if owner != self.address and object_id not in self.refs.entries:
-                self._send_to(owner, m.RemoveBorrowers([object_id], self.address))
+                self.peers.send(owner, m.RemoveBorrowers([object_id], self.address))
 
 
 _object_id = operator.attrgetter("_id")

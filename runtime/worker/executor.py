@@ -74,7 +74,7 @@ class TaskExecutor:
 
     def push(self, conn: Connection, tasks: list) -> None:
         if tasks:
-            self.core.inbound[tasks[0][7]] = conn  # the owner's address
+            self.core.peers.inbound[tasks[0][7]] = conn  # the owner's address
         for wire in tasks:
             if self._actor_loop is not None:
                 spec = TaskSpec.from_wire(wire)
@@ -207,7 +207,7 @@ class TaskExecutor:
 
         async def send_all() -> None:
             self._send_results()
-            conns = set(self.core.inbound.values())
+            conns = set(self.core.peers.inbound.values())
             deadline = time.monotonic() + EXIT_FLUSH_S
             while any(c.unsent_bytes for c in conns) and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)  # the results are being written to the owners

@@ -39,13 +39,19 @@ class FakeConnection:
         self.sent.append(message)
 
 
+class FakePeers:
+    async def connect(self, address: str) -> FakeConnection:
+        return FakeConnection()
+
+    def forget(self, address: str) -> None:
+        pass
+
+
 class FakeCore:
     def __init__(self, gcs: FakeGcs) -> None:
         self.gcs = gcs
+        self.peers = FakePeers()
         self.failed: list = []
-
-    async def peer(self, address: str) -> FakeConnection:
-        return FakeConnection()
 
     def fail_task(self, spec: Any, error: Exception) -> None:
         self.failed.append((spec, error))
