@@ -117,12 +117,15 @@ class ErrorReply(Message):
 
 @_message(10)
 class RegisterNode(Message):
+    """Refused (``ValueError``) when ``version`` is not the GCS's cellfleet version."""
+
     node_id: bytes
     raylet_address: str
     resources: dict
     store_name: str
     store_capacity: int
     session_dir: str
+    version: str = ""
 
 
 @_message(11)
@@ -386,9 +389,21 @@ class UnpinObjects(Message):
 class GetObjects(Message):
     """Asks the node's store where objects are, by id; each is pinned for the asker before
     the answer, one ``[offset, size]`` per id (``None``: not on this node), sent once every
-    one of them is sealed."""
+    one of them is sealed. ``sources``: per id, ``[raylet_address, size]`` of the node that
+    holds it when that is another node (the raylet pulls a copy first), else ``None``."""
 
     object_ids: list
+    sources: list | None = None
+
+
+@_message(92)
+class ReadObjectChunk(Message):
+    """Raylet to raylet: ``size`` bytes of a sealed object from ``offset`` (``None`` if it is
+    not here). The holder pins the object from the first chunk until it answers the last."""
+
+    object_id: bytes
+    offset: int
+    size: int
 
 
 @_message(91)

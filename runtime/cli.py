@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from . import __version__
 from . import _messages as m
 from ._rpc import connect
 from ._session import Session, find_token, root_dir
@@ -116,7 +117,7 @@ def _join(args: argparse.Namespace) -> int:
         raise CliError(str(exc), code=1) from None
     token = _cluster_token(address, args.token_file)
     try:
-        asyncio.run(_query(address, token, m.GetNodes(), timeout=5.0))
+        (nodes,) = asyncio.run(_query(address, token, m.GetNodes(), timeout=5.0))
     except AuthenticationError:
         raise CliError(f"the cluster at {address} refused this node's token: use the 'token' "
                        "file of the head's session (--token-file, or CELLFLEET_TOKEN)") from None
@@ -124,6 +125,11 @@ def _join(args: argparse.Namespace) -> int:
         raise CliError(f"no cellfleet cluster answers at {address} "
                        f"({str(exc) or type(exc).__name__}): is the head running, and is "
                        "its port reachable from here?", code=1) from None
+    versions = {n.get("version") for n in nodes if n["alive"]} - {None, __version__}
+    if versions:
+        raise CliError(f"the cluster at {address} runs cellfleet {', '.join(sorted(versions))} "
+                       f"and this machine {__version__}: install the same version on every "
+                       "node")
     node = _started(lambda: start_worker_node(
         address, token, num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
         object_store_memory=args.object_store_memory, host=args.host, detached=True))

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from .. import __version__
 from .. import _messages as m
 from .._graveyard import Graveyard, limit_from_env
 from .._rpc import Connection, HandlerTable
@@ -169,6 +170,10 @@ class GcsServer:
     # -- nodes ----------------------------------------------------------------------------
 
     async def register_node(self, conn: Connection, msg: m.RegisterNode) -> dict:
+        if msg.version != __version__:
+            raise ValueError(f"this node runs cellfleet {msg.version or '(unknown)'} but the "
+                             f"cluster's head runs {__version__}: install the same version on "
+                             "every node")
         node = {
             "node_id": msg.node_id,
             "raylet_address": msg.raylet_address,
@@ -177,6 +182,7 @@ class GcsServer:
             "store_name": msg.store_name,
             "store_capacity": msg.store_capacity,
             "session_dir": msg.session_dir,
+            "version": msg.version,
             "store": {"capacity": msg.store_capacity, "used": 0, "num_objects": 0, "spilled": 0},
             "load": {},
         }

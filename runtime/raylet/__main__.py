@@ -9,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+from .. import __version__
 from .. import _messages as m
 from .._rpc import Connection, connect, serve
 from .._service import add_common_arguments, listening_socket, run_service
@@ -41,6 +42,10 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
                                              timeout=2.0)
             conn.send(m.Subscribe("resources"))
             reply = await conn.request(registration)
+        except ValueError as exc:  # refused for good (another cellfleet version)
+            logger.error("the GCS at %s refused this node: %s", args.gcs_address, exc)
+            stop.set()
+            return
         except (ConnectionError, OSError, RayError) as exc:
             logger.info("waiting for the GCS at %s: %s", args.gcs_address, exc)
             await asyncio.sleep(0.05 if raylet.gcs is None else 0.5)
@@ -114,7 +119,7 @@ def main() -> None:
         server, _ = await serve(raylet.handlers(), token, sock=sock,
                                 on_close=raylet.connection_closed)
         registration = m.RegisterNode(node_id, address, resources, store_name,
-                                      args.object_store_memory, str(session.path))
+                                      args.object_store_memory, str(session.path), __version__)
         loop = asyncio.get_running_loop()
         tasks = [
             loop.create_task(_keep_gcs_connection(raylet, args, token, registration, stop)),

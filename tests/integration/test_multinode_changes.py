@@ -66,6 +66,30 @@ def test_removed_node_is_dead_and_work_goes_on_elsewhere():
         cluster.shutdown()
 
 
+def test_a_node_of_another_version_is_refused_and_the_head_carries_on():
+    from cellfleet import _messages as m
+    from cellfleet._rpc import connect
+    from cellfleet.api import _in_thread
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        token = cluster.head_node._processes.session.token()
+
+        async def register(version: str) -> object:
+            conn = await connect(cluster.address, token)
+            try:
+                return await conn.request(m.RegisterNode(b"x" * 16, "127.0.0.9:1", {"CPU": 1.0},
+                                                         "none", 1 << 20, "/nowhere", version))
+            finally:
+                conn.close()
+
+        with pytest.raises(ValueError, match="runs cellfleet 0.0.1 but the cluster's head runs"):
+            _in_thread(register("0.0.1"))
+        assert cluster._alive_nodes() == {cluster.head_node.node_id}
+    finally:
+        cluster.shutdown()
+
+
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cellfleet.cli", *args], capture_output=True,
                           text=True, timeout=60, env={**os.environ, **(env or {})})
