@@ -454,8 +454,8 @@ class Connection(asyncio.Protocol):
 
     def _tick(self) -> None:
         self._timer = None
-        if not self.is_open:
-            return
+        if self._transport is None or self.closed.done():
+            return  # closing still counts: close() waits for a backlog a wedged peer never takes
         abandoned = [rid for rid, fut in self._pending.items() if fut.done()]
         for request_id in abandoned:  # callers that stopped waiting (cancelled futures)
             del self._pending[request_id]
@@ -466,12 +466,13 @@ class Connection(asyncio.Protocol):
         for action in self._watch.tick(now, heard=heard, backlog=backlog,
                                        drained=self._written - backlog):
             self._carry_out(action)
-        if self.is_open:
+        if not self.closed.done():
             self._arm(now)
 
     def _carry_out(self, action: SendPing | Expire | Close) -> None:
         if type(action) is SendPing:
-            self._transport.write(PING_FRAME)  # type: ignore[union-attr]
+            if self.is_open:
+                self._transport.write(PING_FRAME)  # type: ignore[union-attr]
         elif type(action) is Expire:
             fut = self._pending.pop(action.request_id, None)
             if fut is not None and not fut.done():

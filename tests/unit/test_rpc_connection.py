@@ -148,6 +148,21 @@ def test_an_outbox_past_its_bound_is_closed_as_wedged(caplog: pytest.LogCaptureF
     assert any("wedged" in r.getMessage() for r in caplog.records)
 
 
+def test_closing_a_connection_the_peer_never_reads_ends_at_the_stall_time() -> None:
+    async def body(client: Connection, accepted: list[Connection]) -> None:
+        with pytest.raises(TimeoutError):  # no request outstanding, so no ping: the pause rule
+            await client.request(m.WaitActor(b"a"), timeout=0.1)
+        accepted[0]._transport.pause_reading()  # type: ignore[union-attr]
+        for _ in range(300):  # 30 MB, more than the sockets' buffers take, under the bound
+            client.send(m.KvPut("n", b"k", b"v" * 100_000, True))
+        await asyncio.sleep(0)
+        client.close()  # waits for a backlog that is never taken...
+        await asyncio.wait_for(client.closed, FAST.stall_s + 5)  # ...until the watch aborts
+        assert "read nothing" in client._close_reason
+
+    with_pair(body, Limits(**{**_fields(FAST), "max_outbox": 64 << 20}))
+
+
 def test_every_tcp_socket_has_kernel_keepalive() -> None:
     async def body(client: Connection, accepted: list[Connection]) -> None:
         client.request(m.WaitActor(b"a"))
