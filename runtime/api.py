@@ -19,6 +19,7 @@ from . import _context
 from . import _messages as m
 from ._ids import random_id
 from ._session import Session, find_token
+from ._shm import SHM_DIR
 from .core.object_ref import ObjectRef
 from .exceptions import ActorDeathReason, RaySystemError
 from .job_config import JobConfig
@@ -156,13 +157,16 @@ async def _find_local_raylet(gcs_address: str, token: bytes) -> str:
         nodes = await conn.request(m.GetNodes())
     finally:
         conn.close()
+    # This machine's node: its arena is in this machine's /dev/shm (the driver maps it); the
+    # node on the GCS's host first, then the one `cellfleet start --address` started here.
     alive = [n for n in nodes if n["alive"]]
+    here = [n for n in alive if os.path.exists(os.path.join(SHM_DIR, n["store_name"]))]
     host = gcs_address.rpartition(":")[0]
-    for node in alive:
+    for node in here:
         if node["raylet_address"].rpartition(":")[0] == host:
             return node["raylet_address"]
-    if alive:
-        return alive[0]["raylet_address"]
+    if here or alive:
+        return (here or alive)[0]["raylet_address"]
     raise ConnectionError(f"the cluster at {gcs_address} has no live node to run work on")
 
 
