@@ -21,7 +21,10 @@ from typing import Any
 from . import _messages as m
 from .node import HeadNode, start_head, start_worker_node
 
-__all__ = ["Cluster", "ClusterNode"]
+__all__ = ["Cluster", "ClusterNode", "cluster_not_supported"]
+
+# Ray's flag for platforms where Cluster cannot run (Windows there); tests skip on it.
+cluster_not_supported = False
 
 NODE_DEFAULTS = {"num_cpus": 1, "object_store_memory": 150 * 2**20}  # Ray's for Cluster nodes
 NODE_ARGS = {"num_cpus", "num_gpus", "resources", "object_store_memory"}
