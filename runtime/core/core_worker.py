@@ -827,7 +827,7 @@ class CoreWorker:
                     placement: str = "") -> None:
         self.events.task(spec.task_id, "SUBMITTED_TO_WORKER", {
             "node_id": node_id.hex(), "worker_id": worker_id.hex(),
-            "attempt_number": spec.attempt, "placement": placement,
+            "attempt_number": spec.attempt, "placement_reason": placement,
         })
 
     def fail_task(self, spec: TaskSpec, error: BaseException) -> None:

@@ -38,7 +38,7 @@ def node_after(gate: str) -> str:
 
 def placements(name: str) -> list[tuple[str, str]]:
     """(node id, placement reason) of the finished tasks called ``name``."""
-    return [(t["node_id"], t.get("placement", "")) for t in list_tasks(limit=10_000)
+    return [(t["node_id"], t.get("placement_reason", "")) for t in list_tasks(limit=10_000)
             if t.get("name") == name and t["state"] == "FINISHED"]
 
 
