@@ -145,3 +145,19 @@ def test_actors_on_other_nodes_are_called_from_a_third(three_nodes):
     pin = NodeAffinitySchedulingStrategy(big.node_id, soft=False)
     assert ray.get(call.options(scheduling_strategy=pin).remote(counter), timeout=30) == \
         (2, with_a.node_id)
+
+
+def test_nested_tasks_spill_back_from_the_node_they_run_on(three_nodes):
+    with_a, big = three_nodes.worker_nodes
+
+    @ray.remote
+    def hop() -> tuple[str, str]:
+        here = ray.get_runtime_context().get_node_id()
+        return here, ray.get(node_of.options(resources={"a": 1}).remote(), timeout=30)
+
+    pin = NodeAffinitySchedulingStrategy(big.node_id, soft=False)
+    assert ray.get(hop.options(scheduling_strategy=pin).remote(), timeout=30) == \
+        (big.node_id, with_a.node_id)
+    wait_until(lambda: any(reason == f"spilled back from {big.node_id[:8]}: it has no a"
+                           for _, reason in placements("node_of")),
+               message="the nested task's placement, decided by the node it was submitted on")
