@@ -545,27 +545,25 @@ class CoreWorker:
     def read_payloads(self, items: list[tuple[bytes, list]]) -> list[tuple[int, Any]]:
         """Deserialize several payloads, asking the raylet once for all the shared-memory ones
         (it pins them for this process before it answers where they are)."""
-        stored = [object_id for object_id, payload in items if payload[0] == "s"]
+        stored = [(object_id, payload) for object_id, payload in items if payload[0] == "s"]
         where = self.run(self._locate(stored)) if stored else []
-        located = dict(zip(stored, where))
+        located = {object_id: at for (object_id, _), at in zip(stored, where)}
         return [deserialize_inline(payload[1]) if payload[0] == "i"
                 else self._view(object_id, payload, located[object_id])
                 for object_id, payload in items]
 
-    async def _locate(self, object_ids: list[bytes]) -> list:
+    async def _locate(self, stored: list[tuple[bytes, list]]) -> list:
+        """Ask this node's raylet where objects are (it pulls those held by other nodes)."""
         self._drain()  # this thread's earlier seals and releases go first
-        return await self.raylet.request(m.GetObjects(object_ids))
+        sources = [None if p[3] == self.node_id else [p[4], p[2]] for _, p in stored]
+        return await self.raylet.request(m.GetObjects(
+            [object_id for object_id, _ in stored],
+            sources if any(sources) else None))
 
     def _view(self, object_id: bytes, payload: list, where: list | None) -> tuple[int, Any]:
         """A pinned, zero-copy view of an object the raylet has located."""
-        node_id = payload[3]
-        if node_id != self.node_id:
-            raise exceptions.RaySystemError(
-                f"object {object_id.hex()} is on node {node_id.hex()}; objects cannot move "
-                "between nodes on this cluster"
-            )
-        if where is None:
-            raise exceptions.ObjectLostError(object_id.hex(), "")
+        if where is None:  # freed, or its node (and so its only copy) is gone
+            raise exceptions.ObjectLostError(object_id.hex())
         offset, size = where
 
         def unpin() -> None:
@@ -613,7 +611,7 @@ class CoreWorker:
 
         async def resolve_stored(payload: list) -> None:
             try:
-                where = await self.raylet.request(m.GetObjects([ref._id]))
+                where = await self._locate([(ref._id, payload)])
                 out.set_result(self._view(ref._id, payload, where[0])[1])
             except BaseException as exc:
                 out.set_exception(exc)
@@ -868,7 +866,7 @@ class CoreWorker:
             entry = self.refs.entries.get(object_id)
             if entry is None:  # nobody holds the return any more
                 if payload[0] == "s":
-                    self.raylet.send(m.FreeObjects([object_id]))
+                    self._free_stored(object_id, payload)
                 if result is not None and result.contained and result.contained[index]:
                     self._return_borrows(result.contained[index])
                 continue
@@ -899,10 +897,17 @@ class CoreWorker:
             self.actor_submitter.kill(spec.actor_id, exceptions.ActorDeathReason.OUT_OF_SCOPE)
         if entry.owned:
             if entry.payload is not None and entry.payload[0] == "s":
-                self.raylet.send(m.FreeObjects([object_id]))
+                self._free_stored(object_id, entry.payload)
             self.events.object(object_id, "FREED")
         else:
             self.peers.send(entry.owner, m.RemoveBorrowers([object_id], self.address))
+
+    def _free_stored(self, object_id: bytes, payload: list) -> None:
+        """Release an object's primary copy at the node that stores it."""
+        if payload[3] == self.node_id:
+            self.raylet.send(m.FreeObjects([object_id]))
+        else:
+            self.peers.send(payload[4], m.FreeObjects([object_id]))
 
     def _on_borrow(self, object_id: bytes, owner: str) -> None:
         self._register_borrow(owner, [object_id], self.address)

@@ -35,12 +35,15 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
     def published(conn: Connection, msg: m.Publish) -> None:
         if msg.channel == "resources":
             raylet.resources_published(msg.data)
+        elif msg.channel == "exits":  # an owner on another node: its objects here go too
+            raylet.owner_exited(msg.data)
 
     while not stop.is_set():
         try:
             conn: Connection = await connect(args.gcs_address, token, {m.Publish: published},
                                              timeout=2.0)
             conn.send(m.Subscribe("resources"))
+            conn.send(m.Subscribe("exits"))
             reply = await conn.request(registration)
         except ValueError as exc:  # refused for good (another cellfleet version)
             logger.error("the GCS at %s refused this node: %s", args.gcs_address, exc)
@@ -115,7 +118,8 @@ def main() -> None:
         prestart = args.prestart if args.prestart is not None else cpus
         raylet = Raylet(node_id=node_id, resources=resources,
                         store=ObjectStore(args.object_store_memory), store_name=store_name,
-                        pool=pool, prestart=prestart, limits=limits, arena=arena)
+                        pool=pool, prestart=prestart, limits=limits, arena=arena,
+                        token=token)
         server, _ = await serve(raylet.handlers(), token, sock=sock,
                                 on_close=raylet.connection_closed)
         registration = m.RegisterNode(node_id, address, resources, store_name,

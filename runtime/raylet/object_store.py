@@ -92,6 +92,15 @@ class ObjectStore:
         obj.sealed, obj.writer = True, None
         return True
 
+    def drop_unsealed(self, object_id: bytes) -> list[tuple[int, int]]:
+        """Give up on an object whose bytes will never all arrive (a failed pull)."""
+        obj = self.objects.get(object_id)
+        if obj is not None and not obj.sealed:
+            obj.released = True
+            obj.readers.clear()
+            self._free_if_unused(object_id, obj)
+        return self._take_reclaim()
+
     def locate(self, reader: Any, object_ids: list[bytes]) -> list[list[int] | bool | None]:
         """Where each object is, ``[offset, size]``, pinned for ``reader`` first; ``None`` for
         an object not in this store, ``False`` for one not sealed yet (ask again once it is)."""

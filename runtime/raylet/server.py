@@ -15,10 +15,11 @@ import os
 from typing import Any
 
 from .. import _messages as m
-from .._rpc import Connection, HandlerTable
+from .._rpc import Connection, HandlerTable, connect
 from .._shm import SharedArena
-from ..exceptions import TaskUnschedulableError
+from ..exceptions import ObjectLostError, TaskUnschedulableError
 from .cluster_scheduler import ClusterScheduler, Infeasible, Spill
+from .object_manager import Pull
 from .object_store import ObjectStore
 from .pool_state import PoolLimits
 from .scheduler import Grant, LeaseRequest, LocalScheduler, Reject, SpawnWorker, StopWorker
@@ -51,9 +52,10 @@ class Raylet:
 
     def __init__(self, *, node_id: bytes, resources: dict[str, float], store: ObjectStore,
                  store_name: str, pool: WorkerPool, prestart: int, limits: PoolLimits,
-                 arena: SharedArena | None = None) -> None:
+                 arena: SharedArena | None = None, token: bytes = b"") -> None:
         self.node_id = node_id
         self.arena = arena
+        self.token = token  # to dial other nodes' raylets (pulls)
         self.scheduler = LocalScheduler(dict(resources), limits, prestart)
         self.cluster = ClusterScheduler(node_id, self.scheduler)
         self._report: asyncio.TimerHandle | None = None
@@ -67,6 +69,7 @@ class Raylet:
         self._next_request = 1
         # Readers waiting for objects to be sealed: object id -> [(reader, ids, answer)].
         self._unsealed: dict[bytes, list[tuple[Connection, list, asyncio.Future]]] = {}
+        self._raylets: dict[str, asyncio.Future] = {}  # connections to other nodes' raylets
         self._carry_out(self.scheduler.start())
 
     def handlers(self) -> HandlerTable:
@@ -82,6 +85,7 @@ class Raylet:
             m.FreeObjects: lambda conn, msg: self._reclaim(self.store.release(msg.object_ids)),
             m.SealObject: self.seal_object,
             m.GetObjects: self.get_objects,
+            m.ReadObjectChunk: self.read_object_chunk,
             m.UnpinObjects: lambda conn, msg: self._reclaim(
                 self.store.unpin(conn, msg.object_ids)),
             m.GetNodeStats: lambda conn, msg: self.stats(),
@@ -106,7 +110,7 @@ class Raylet:
     def connection_closed(self, conn: Connection) -> None:
         client: _Client | None = conn.state
         self._reclaim(self.store.reader_gone(conn))
-        self._creator_gone(conn)
+        self._answer_dropped()
         if client is not None:
             if client.kind == "worker":
                 self.pool.remove(client.worker_id)
@@ -252,10 +256,72 @@ class Raylet:
                     self._answer_locations(reader, ids, answer)
 
     def get_objects(self, conn: Connection, msg: m.GetObjects) -> Any:
-        """Where objects are, pinned for the reader; waits for any not sealed yet."""
+        """Where objects are, pinned for the reader; waits for any not sealed yet, and pulls
+        a copy of any that another node holds (``object_manager``)."""
+        for object_id, source in zip(msg.object_ids, msg.sources or ()):
+            if source is not None and object_id not in self.store.objects:
+                self._start_pull(object_id, source[0], source[1])
         answer = asyncio.get_running_loop().create_future()
         self._answer_locations(conn, msg.object_ids, answer)
         return answer
+
+    def _start_pull(self, object_id: bytes, source: str, size: int) -> None:
+        """Make room for a copy (ObjectStoreFullError says what is in the way) and fetch it."""
+        offset = self.store.allocate(object_id, size, "")
+        self.store.objects[object_id].released = True  # a secondary copy: gone once unread
+        pull = Pull(object_id, size, source, offset)
+        task = asyncio.get_running_loop().create_task(self._pull(pull))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _pull(self, pull: Pull) -> None:
+        fetches: set[asyncio.Future] = set()
+        try:
+            conn = await self._raylet_connection(pull.source)
+
+            async def fetch(offset: int, size: int) -> tuple[int, int]:
+                data = await conn.request(m.ReadObjectChunk(pull.object_id, offset, size))
+                if data is None or len(data) != size:
+                    raise ObjectLostError(pull.object_id.hex(), "")
+                self.arena.write(pull.offset + offset, [data])
+                return offset, size
+
+            done_all = False
+            while not done_all:
+                fetches |= {asyncio.ensure_future(fetch(*c)) for c in pull.next_chunks()}
+                done, fetches = await asyncio.wait(fetches, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    done_all = pull.chunk_arrived(*fut.result()) or done_all
+        except Exception as exc:  # the holder went, or lost the object: readers hear None
+            logger.warning("could not pull object %s from %s: %s", pull.object_id.hex(),
+                           pull.source, exc)
+            for fut in fetches:
+                fut.cancel()
+            self._reclaim(self.store.drop_unsealed(pull.object_id))
+            self._answer_dropped()
+            return
+        self.seal_object(None, m.SealObject(pull.object_id))
+
+    async def _raylet_connection(self, address: str) -> Connection:
+        """A cached connection to another node's raylet."""
+        fut = self._raylets.get(address)
+        if fut is None or (fut.done() and (fut.exception() or not fut.result().is_open)):
+            fut = self._raylets[address] = asyncio.ensure_future(
+                connect(address, self.token, self.handlers()))
+        return await fut
+
+    def read_object_chunk(self, conn: Connection, msg: m.ReadObjectChunk) -> bytes | None:
+        """Bytes of a sealed object for another node's pull; pinned from the first chunk to
+        the last, so the block cannot be reused between them."""
+        obj = self.store.objects.get(msg.object_id)
+        if obj is None or not obj.sealed or msg.offset + msg.size > obj.size:
+            return None
+        if msg.offset == 0:
+            self.store.locate(conn, [msg.object_id])
+        data = bytes(self.arena.read_view(obj.offset + msg.offset, msg.size))
+        if msg.offset + msg.size == obj.size:
+            self._reclaim(self.store.unpin(conn, [msg.object_id]))
+        return data
 
     def _answer_locations(self, reader: Connection, ids: list, answer: asyncio.Future) -> None:
         where = self.store.locate(reader, ids)
@@ -268,7 +334,11 @@ class Raylet:
             reader, [object_id for object_id, at in zip(ids, where) if at]))
         self._unsealed.setdefault(unsealed[0], []).append((reader, ids, answer))
 
-    def _creator_gone(self, conn: Connection) -> None:
+    def owner_exited(self, address: str) -> None:
+        """A process exited somewhere in the cluster: objects it owned here are unreachable."""
+        self._reclaim(self.store.owner_gone(address))
+
+    def _answer_dropped(self) -> None:
         """Readers waiting for objects that will never be sealed now hear they are not here."""
         for object_id in [oid for oid in self._unsealed if oid not in self.store.objects]:
             for reader, ids, answer in self._unsealed.pop(object_id):

@@ -1,0 +1,105 @@
+"""Objects that move between nodes: three nodes on 127.0.0.1-3, each its own raylet and store.
+
+A task on one node takes an object stored on another, the driver gets an object made
+elsewhere, and a copy pulled to a node is a secondary that goes once nobody reads it, while
+the node that made the object keeps the primary.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import cloudpickle
+import numpy as np
+import pytest
+from helpers import wait_until
+
+import cellfleet as ray
+from cellfleet import _messages as m
+from cellfleet import exceptions
+from cellfleet.cluster_utils import Cluster
+
+pytestmark = pytest.mark.integration
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A head (1 CPU) and two nodes with resources "b" and "c" (1 CPU each)."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1, resources={"b": 1})
+    cluster.add_node(num_cpus=1, resources={"c": 1})
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def store_used(address: str) -> int:
+    """Bytes in use in the store of the node whose raylet is at ``address``."""
+    core = ray._context.core
+
+    async def ask() -> int:
+        conn = await core.peers.connect(address)
+        return (await conn.request(m.GetNodeStats()))["store"]["used"]
+
+    return core.run(ask(), timeout=10)
+
+
+@ray.remote
+def checksum(array: np.ndarray) -> tuple[int, str]:
+    return int(array.sum()), ray.get_runtime_context().get_node_id()
+
+
+@ray.remote
+def make(n: int, value: int) -> np.ndarray:
+    return np.full(n, value, dtype=np.uint8)
+
+
+def test_a_task_on_another_node_reads_an_object_the_driver_put(cluster):
+    b = cluster.worker_nodes[0]
+    array = np.arange(24 * MiB, dtype=np.uint8)  # several chunks
+    ref = ray.put(array)
+    total, node = ray.get(checksum.options(resources={"b": 1}).remote(ref), timeout=60)
+    assert node == b.node_id and total == int(array.sum())
+
+
+def test_the_driver_gets_an_object_made_on_another_node(cluster):
+    value = ray.get(make.options(resources={"c": 1}).remote(9 * MiB + 123, 7), timeout=60)
+    assert value.shape == (9 * MiB + 123,) and value[0] == 7 and value[-1] == 7
+    assert not value.flags.writeable  # a zero-copy view of this node's copy
+
+
+def test_an_object_moves_from_one_worker_node_to_another(cluster):
+    made_on_c = make.options(resources={"c": 1}).remote(5 * MiB, 3)
+    total, node = ray.get(checksum.options(resources={"b": 1}).remote(made_on_c), timeout=60)
+    assert node == cluster.worker_nodes[0].node_id and total == 3 * 5 * MiB
+
+
+def test_a_pulled_copy_goes_once_unread_and_the_primary_stays(cluster):
+    c = cluster.worker_nodes[1]
+    head = cluster.head_node
+    ref = make.options(resources={"c": 1}).remote(20 * MiB, 1)
+    ray.wait([ref], timeout=60)
+    before = store_used(head.address)
+    value = ray.get(ref, timeout=60)
+    assert store_used(head.address) >= before + 20 * MiB  # the copy, pinned by the view
+    del value
+    wait_until(lambda: store_used(head.address) == before, timeout=10,
+               message="the secondary copy freed")
+    assert store_used(c.address) >= 20 * MiB  # the primary, still referenced
+    assert ray.get(ref, timeout=60)[0] == 1  # pulled again on demand
+    del ref
+    wait_until(lambda: store_used(c.address) == 0, timeout=10, message="the primary freed")
+
+
+def test_reading_an_object_whose_only_node_is_gone_raises_object_lost(cluster):
+    node = cluster.add_node(num_cpus=1, resources={"d": 1})
+    ref = make.options(resources={"d": 1}).remote(2 * MiB, 5)
+    ray.wait([ref], timeout=60)
+    cluster.remove_node(node, allow_graceful=False)
+    with pytest.raises(exceptions.ObjectLostError):
+        ray.get(ref, timeout=60)
