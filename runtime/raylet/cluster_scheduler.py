@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..util.scheduling_strategies import describe
 from .scheduler import LeaseRequest, LocalScheduler, Reject, invalid_request
 
 __all__ = ["ClusterScheduler", "Infeasible", "NodeView", "Spill"]
@@ -217,7 +216,7 @@ class ClusterScheduler:
         return [self._spill(request, self.nodes[node_id], "SPREAD")]
 
     def _affinity(self, request: LeaseRequest, target: bytes, soft: bool) -> list:
-        label = describe(request.strategy)
+        label = f"NodeAffinity({'soft' if soft else 'hard'})"
         resources = request.resources
         if target == self.node_id or target in self.nodes:
             if self._has_total(target, resources):

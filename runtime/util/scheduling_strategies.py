@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy",
-           "strategy_to_wire", "describe"]
+           "strategy_to_wire"]
 
 
 class NodeAffinitySchedulingStrategy:
@@ -70,11 +70,3 @@ def strategy_to_wire(strategy: Any) -> list | None:
     raise ValueError(f"Invalid scheduling_strategy {strategy!r}: use None, 'DEFAULT', 'SPREAD' "
                      "or cellfleet.util.scheduling_strategies.NodeAffinitySchedulingStrategy")
 
-
-def describe(wire: list | None) -> str:
-    """A strategy in placement reasons: ``DEFAULT``, ``SPREAD``, ``NodeAffinity(hard)``..."""
-    if not wire:
-        return "DEFAULT"
-    if wire[0] == "NODE_AFFINITY":
-        return f"NodeAffinity({'soft' if wire[2] else 'hard'})"
-    return str(wire[0])
