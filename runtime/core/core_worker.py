@@ -201,6 +201,7 @@ class CoreWorker:
             on_pushed=self._task_pushed,
             on_failed=self._task_failed_to_schedule,
             on_worker_lost=self._task_worker_lost,
+            on_infeasible=self._task_infeasible,
         )
         self.actor_submitter = ActorSubmitter(self)
         self._loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
@@ -834,6 +835,11 @@ class CoreWorker:
 
     def _task_pushed(self, spec: TaskSpec, worker: LeasedWorker) -> None:
         self.task_pushed(spec, worker.node_id, worker.worker_id, worker.reason)
+
+    def _task_infeasible(self, spec: TaskSpec, reason: str) -> None:
+        """No node fits the task yet: its record says why it waits (the views show it)."""
+        self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT",
+                         {"placement_reason": f"waiting: {reason}"})
 
     def _task_results(self, conn: Connection, msg: m.TaskResults) -> None:
         for items in msg.results:

@@ -114,6 +114,7 @@ class TaskSubmitter:
         on_pushed: Callable[[TaskSpec, LeasedWorker], None],
         on_failed: Callable[[TaskSpec, BaseException], None],
         on_worker_lost: Callable[[TaskSpec, LeasedWorker], None],
+        on_infeasible: Callable[[TaskSpec, str], None] | None = None,
     ) -> None:
         self._raylet = raylet
         self._connect = connect
@@ -121,6 +122,7 @@ class TaskSubmitter:
         self._on_pushed = on_pushed
         self._on_failed = on_failed
         self._on_worker_lost = on_worker_lost
+        self._on_infeasible = on_infeasible  # a queued task fits no node (yet), and why
         self._queues: dict[tuple, _KeyQueue] = {}
         self._durations: dict[bytes, float] = {}  # function id -> moving average seconds
         self._loop = asyncio.get_running_loop()
@@ -212,7 +214,7 @@ class TaskSubmitter:
         request = m.RequestLease(queue.resources, repr(key), "task", queue.strategy)
         try:
             grant = await lease_worker(self._raylet(), self._connect_raylet, request,
-                                       self._warn_infeasible)
+                                       lambda reason: self._warn_infeasible(queue, reason))
         except Exception as exc:
             queue.lease_pending = False
             failed, queue.tasks = list(queue.tasks), deque()
@@ -243,9 +245,12 @@ class TaskSubmitter:
     def _connect_raylet(self, address: str) -> Awaitable[Connection]:
         return self._connect(address, None)
 
-    def _warn_infeasible(self, reason: str) -> None:
+    def _warn_infeasible(self, queue: _KeyQueue, reason: str) -> None:
         logger.warning("a task cannot be scheduled yet: %s. Add a node that has these "
                        "resources (cellfleet start --address ..., or Cluster.add_node).", reason)
+        if self._on_infeasible is not None:
+            for spec in queue.tasks:
+                self._on_infeasible(spec, reason)
 
     def _schedule_return(self, worker: LeasedWorker) -> None:
         if worker.idle_timer is None and not worker.returned:
