@@ -1,5 +1,8 @@
 """What the live views cost, with 10,000 tasks in the cluster.
 
+0. The dashboard API over HTTP: a real ``cellfleet dashboard`` server process polled by a
+   client as open pages poll it (every endpoint, four times a second) with ``--tasks`` tasks
+   in the GCS while more finish. Median and p99 as the client measures them.
 1. Dashboard polls: with ``--tasks`` tasks in the GCS, the latency of each request an open
    page makes once a second (``view``, ``overview``, ``timeline``, ``actors``), measured as the
    server extension runs them (GCS round trips through the incremental cursor plus the
@@ -12,16 +15,22 @@
 4. 100,000 tasks: the time to build a grouped view and its size (the widget stays fluid
    because what it draws is bounded).
 
-    python benchmarks/dashboard_cost.py [--tasks 10000] [--polls 200] [--parts polls,feed,...]
+    python benchmarks/dashboard_cost.py [--tasks 10000] [--polls 200] [--seconds 60]
+                                        [--parts http,polls,feed,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
+import secrets
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -81,13 +90,7 @@ def dashboard_polls(cluster: discovery.ClusterInfo, tasks: int, polls: int) -> N
     print(f"first view of {tasks:,} tasks (the whole table once): "
           f"{(time.perf_counter() - first) * 1000:.0f} ms")
     stop = threading.Event()
-
-    def more_work() -> None:  # tasks keep finishing while the page polls
-        while not stop.is_set():
-            ray.get([stage.remote(i) for i in range(50)])
-            time.sleep(0.05)
-
-    worker = threading.Thread(target=more_work, daemon=True)
+    worker = threading.Thread(target=_more_work, args=(stop,), daemon=True)
     worker.start()
     try:
         latencies = asyncio.run(_polls(cluster, polls))
@@ -97,6 +100,74 @@ def dashboard_polls(cluster: discovery.ClusterInfo, tasks: int, polls: int) -> N
     for name, values in latencies.items():
         print(f"  {name:9s} poll: median {statistics.median(values) * 1000:5.1f} ms, "
               f"p99 {percentile(values, 0.99) * 1000:5.1f} ms over {len(values)} polls")
+
+
+def dashboard_http(cluster: discovery.ClusterInfo, tasks: int, seconds: float) -> None:
+    """The API as open pages see it: a real ``cellfleet dashboard`` server (its own process,
+    the handlers Jupyter's server runs) polled over HTTP, every endpoint an open page polls
+    four times a second, while tasks keep finishing; latency measured by the client."""
+    ray.get([noop.remote() for _ in range(tasks)])
+    token = secrets.token_urlsafe(16)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cellfleet.extension.standalone", "--address", cluster.address,
+         "--port", str(port), "--token", token], stdout=subprocess.PIPE, text=True)
+    stop = threading.Event()
+    worker = threading.Thread(target=_more_work, args=(stop,), daemon=True)
+    try:
+        server.stdout.readline()  # "cellfleet dashboard: http://..." once it listens
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Authorization": f"token {token}"}
+
+        def get(path: str) -> tuple[float, dict]:
+            start = time.perf_counter()
+            conn.request("GET", f"/cellfleet/api/{path}", headers=headers)
+            body = conn.getresponse().read()
+            return time.perf_counter() - start, json.loads(body)
+
+        cid = get("clusters")[1]["clusters"][0]["id"]
+        api = f"clusters/{cid}/"
+        cursor, version = 0, -1
+        get(api + "view")  # the server's first read of the whole task table
+        worker.start()
+        out: dict[str, list[float]] = {}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            paths = {"view": f"view?version={version}", "overview": "overview",
+                     "timeline": f"timeline?since={time.time() - 600}&cursor={cursor}",
+                     "actors": "actors", "objects": "objects", "nodes": "nodes"}
+            for name, path in paths.items():
+                took, answer = get(api + path)
+                out.setdefault(name, []).append(took)
+                if name == "timeline":
+                    cursor = answer["cursor"]
+                elif name == "view":
+                    version = answer["version"]
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        if worker.is_alive():
+            worker.join()
+        server.terminate()
+        server.wait()
+    # a page's first request reads everything it shows (the timeline's 10 minutes of spans):
+    # reported apart from the polls that follow
+    print("  first requests: " + ", ".join(f"{name} {values[0] * 1000:.0f} ms"
+                                           for name, values in out.items()))
+    polls = {name: values[1:] for name, values in out.items()}
+    every = [t for values in polls.values() for t in values]
+    for name, values in [*polls.items(), ("all", every)]:
+        print(f"  {name:9s} GET: median {statistics.median(values) * 1000:5.1f} ms, "
+              f"p99 {percentile(values, 0.99) * 1000:5.1f} ms over {len(values)} requests")
+
+
+def _more_work(stop: threading.Event) -> None:
+    """Tasks keep finishing while the pages poll."""
+    while not stop.is_set():
+        ray.get([stage.remote(i) for i in range(50)])
+        time.sleep(0.05)
 
 
 def feed_cost(tasks: int, rounds: int, gcs_pid: int | None) -> None:
@@ -245,12 +316,16 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--polls", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--parts", default="polls,feed,strip,grouped",
-                        help="comma-separated: polls, feed, strip, grouped")
+    parser.add_argument("--seconds", type=float, default=60.0, help="of HTTP polling")
+    parser.add_argument("--parts", default="http,polls,feed,strip,grouped",
+                        help="comma-separated: http, polls, feed, strip, grouped")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     info = ray.init(num_cpus=2)
     cluster = next(c for c in discovery.list_clusters() if c.address == info["gcs_address"])
+    if "http" in parts:
+        print(f"dashboard API over HTTP with {args.tasks:,} tasks in the cluster:")
+        dashboard_http(cluster, args.tasks, args.seconds)
     if "polls" in parts:
         print(f"dashboard polls with {args.tasks:,} tasks in the cluster:")
         dashboard_polls(cluster, args.tasks, args.polls)

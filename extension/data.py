@@ -42,6 +42,7 @@ __all__ = [
 MAX_TASKS = 1_000_000
 WINDOW = 10_000  # tasks read by the pages' periodic requests
 TIMEOUT_S = 5.0
+STREAM_SPANS = 300  # the overview's task stream: the newest spans of the last minute
 SAMPLE_S = 2.0  # the object stores' use is sampled this often, page open or not
 MAX_CLUSTERS = 32  # clusters sampled
 OWNED_TTL_S = 2.0  # how long the kernels' answers about their objects are served
@@ -368,7 +369,8 @@ async def overview(cluster: ClusterInfo) -> dict:
     actor_states = Counter(a.get("state") for a in raw_actors)
     return {"total_tasks": model.total(), "legend": model.legend(), "functions": functions,
             "nodes": node_rows, "actors": dict(actor_states),
-            "stream": state.spans(time.time() - 60, 1000)["spans"], "recent": state.recent()}
+            "stream": state.spans(time.time() - 60, STREAM_SPANS)["spans"],
+            "recent": state.recent()}
 
 
 MAX_LOG_FILES = 64  # the newest log files read per request

@@ -17,6 +17,7 @@ relative to a base URL::
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,10 @@ __all__ = ["API_ENDPOINTS", "routes"]
 
 API_ENDPOINTS = ("nodes", "tasks", "graph", "view", "overview", "actors", "objects", "timeline",
                  "logs")
+
+
+FOUND_TTL_S = 2.0
+_found: dict[str, tuple[float, ClusterInfo]] = {}  # cluster id -> (when, cluster)
 
 
 def _float(value: str | None, default: float) -> float:
@@ -63,6 +68,11 @@ class _Logic:
         return source() if source is not None else list_clusters()
 
     def _cluster(self, cid: str) -> ClusterInfo:
+        """A cluster by id; found ones are remembered ``FOUND_TTL_S`` (discovery reads files:
+        not on every poll of every page)."""
+        held = _found.get(cid)
+        if held is not None and time.monotonic() - held[0] < FOUND_TTL_S:
+            return held[1]
         source = self.settings.get("cellfleet_clusters")
         if source is None:
             cluster = find_cluster(cid)
@@ -70,6 +80,9 @@ class _Logic:
             cluster = next((c for c in source() if c.id == cid), None)
         if cluster is None:
             raise tornado.web.HTTPError(404, f"no running cluster {cid}")
+        _found[cid] = (time.monotonic(), cluster)
+        while len(_found) > 64:
+            del _found[next(iter(_found))]
         return cluster
 
     def _json(self, value: Any) -> None:

@@ -23,7 +23,9 @@ __all__ = ["ClusterState", "state_of"]
 
 MAX_CHANGES = 100_000  # per refresh (the GCS keeps 100,000 tasks)
 MIN_REFRESH_S = 0.2
-STALE_S = 1.0  # a request is answered from state at most this old (see ClusterState.refresh)
+STALE_S = 1.0  # GCS answers older than this are read again, in the background (see cached)
+TIMELINE_S = 600  # the longest window the pages ask spans for (the timeline page's)
+MAX_UNFINISHED = 10_000  # unfinished tasks remembered for the task stream
 MAX_VIEWS = 8  # graph views kept (per model version and opened groups)
 HISTORY = 3600  # store usage samples kept per node
 MAX_CLUSTERS = 32
@@ -42,7 +44,10 @@ class ClusterState:
         self.usage: dict[str, deque] = {}  # node id -> (time, used bytes)
         self.lock = asyncio.Lock()
         self.last_changes = 0  # records read by the last refresh
-        self.changed: deque[tuple[int, list[str]]] = deque(maxlen=CHANGE_LOG)  # cursor, tasks
+        # per refresh: the cursor, the time, the tasks it changed (the timeline's cursor)
+        self.changed: deque[tuple[int, float, list[str]]] = deque(maxlen=CHANGE_LOG)
+        self.unfinished: dict[str, None] = {}  # tasks seen not ended yet (bounded)
+        self.log_start = float("inf")
         self.owned: tuple[float, list[dict] | None] = (0.0, None)  # the kernels' objects
         self.owned_refreshing = False
         self._background: asyncio.Future | None = None
@@ -52,15 +57,14 @@ class ClusterState:
         self.loop = asyncio.get_running_loop()
 
     async def refresh(self, ask: Any) -> None:
-        """Bring the model up to date, or nearly: a request finds it refreshed at most
-        ``STALE_S`` ago and never waits on the GCS then (the next refresh runs in the
-        background); only a model older than that, or never read, is awaited."""
-        if time.monotonic() - self.refreshed < STALE_S:
-            if self._background is None or self._background.done():
-                self._background = asyncio.ensure_future(self.read_changes(ask))
-                self._background.add_done_callback(_ignore_failure)
-            return
-        await self.read_changes(ask)
+        """Bring the model up to date in the background: only the first request waits for
+        the GCS (the whole table, once); later ones are answered from the model as it is
+        while the next read runs, and their pages see its changes on their next poll."""
+        if not self.refreshed:
+            await self.read_changes(ask)
+        elif self._background is None or self._background.done():
+            self._background = asyncio.ensure_future(self.read_changes(ask))
+            self._background.add_done_callback(_ignore_failure)
 
     async def cached(self, key: str, fetch: Any) -> Any:
         """``await fetch()``'s answer, kept ``STALE_S``: an older one is served while the next
@@ -105,11 +109,26 @@ class ClusterState:
             if changes["cursor"] < self.cursor:  # a new GCS (restarted without storage)
                 self.model = GraphModel("all", max_nodes=300)
                 self.changed.clear()
+                self.unfinished.clear()
                 (changes,) = await ask(m.ListTaskChanges(0, MAX_CHANGES))
+            first = not self.cursor
             self.model.add_records(changes["tasks"])
             self.cursor = changes["cursor"]
-            if changes["tasks"]:
-                self.changed.append((self.cursor, [r["task_id"] for r in changes["tasks"]]))
+            wall = time.time()
+            if first:
+                self.log_start = wall - TIMELINE_S  # the change log holds what ended since
+            ids = [r["task_id"] for r in changes["tasks"]
+                   # the first read holds the whole table: only its recent tasks count as new
+                   if not first or max((r.get("events") or {}).values(), default=0)
+                   >= wall - TIMELINE_S]
+            if ids:
+                self.changed.append((self.cursor, wall, ids))
+            unfinished = self.unfinished
+            for record in changes["tasks"]:
+                if record["state"] in DONE_STATES:
+                    unfinished.pop(record["task_id"], None)
+                elif len(unfinished) < MAX_UNFINISHED:
+                    unfinished[record["task_id"]] = None
             self.last_changes = len(changes["tasks"])
             self.refreshed = now
 
@@ -121,18 +140,15 @@ class ClusterState:
                 history.append((now, node["used"]))
 
     def pending_calls(self) -> dict[str, int]:
-        """Actor id -> calls submitted and not ended."""
+        """Actor id -> calls submitted and not ended (read from the unfinished tasks)."""
         out: dict[str, int] = {}
-        model = self.model
-        for key, members in model.members.items():
-            counts = model.counts[key]
-            if sum(counts[s] for s in DONE_STATES) == len(members):
-                continue  # every call of this method ended: nothing to count
-            for tid in members:
-                record = model.records[tid]
-                if record.get("type") == "ACTOR_TASK" and record["state"] not in DONE_STATES:
-                    actor = record.get("actor_id") or ""
-                    out[actor] = out.get(actor, 0) + 1
+        records = self.model.records
+        for tid in self.unfinished:
+            record = records.get(tid)
+            if record is not None and record.get("type") == "ACTOR_TASK" and \
+                    record["state"] not in DONE_STATES:
+                actor = record.get("actor_id") or ""
+                out[actor] = out.get(actor, 0) + 1
         return out
 
     def recent(self, limit: int = 12) -> list[dict[str, Any]]:
@@ -157,9 +173,15 @@ class ClusterState:
         """Timeline spans of the newest ``limit`` tasks that ran, ending after ``since``; with
         the ``cursor`` of an earlier answer, only those of the tasks changed after it."""
         records = self.model.records
-        if cursor and self.changed and self.changed[0][0] <= cursor:
-            ids = dict.fromkeys(tid for seq, tids in self.changed if seq > cursor for tid in tids)
-            candidates = (records[t] for t in reversed(ids) if t in records)
+        changed = self.changed
+        if cursor and changed and changed[0][0] <= cursor:
+            ids = dict.fromkeys(tid for seq, _, tids in changed if seq > cursor for tid in tids)
+            candidates: Any = (records[t] for t in reversed(ids) if t in records)
+        elif changed and since >= (changed[0][1] if len(changed) == CHANGE_LOG
+                                   else self.log_start):
+            # every task that ended after ``since`` still runs or changed since then: read
+            # those, newest first, only as far as ``limit`` spans
+            candidates = (records[t] for t in self._recent_ids(since) if t in records)
         else:
             candidates = reversed(records.values())
         out = []
@@ -183,6 +205,19 @@ class ClusterState:
                 break
         out.reverse()
         return {"spans": out, "cursor": self.cursor}
+
+
+    def _recent_ids(self, since: float) -> Any:
+        """Unfinished tasks, then those changed after ``since`` (newest first), once each."""
+        seen = set(self.unfinished)
+        yield from reversed(self.unfinished)
+        for _, when, tids in reversed(self.changed):
+            if when < since:
+                return
+            for tid in reversed(tids):
+                if tid not in seen:
+                    seen.add(tid)
+                    yield tid
 
 
 def _ignore_failure(future: asyncio.Future) -> None:
