@@ -1,21 +1,24 @@
 """When a connection is wedged, when to ping its peer, when a request is late: no I/O here.
 
-``ConnectionWatch`` is fed what happened on one connection (a request sent or answered, the
-outbox paused or resumed, a tick of the clock with what was heard and drained since the last
-one) and answers with actions for the asyncio layer to carry out: ``SendPing``, ``Expire`` a
+``ConnectionWatch`` is fed what happened on one connection (a request sent or answered, bytes
+written, the connection closing, a tick of the clock with what was heard and drained since the
+last one) and answers with actions for the asyncio layer to carry out: ``SendPing``, ``Expire`` a
 request, ``Close`` the connection with a reason. It never reads a clock itself.
 
 The rules, with the default ``Limits``:
 
 - Outbox: above ``high_water`` (1 MiB) unread by the peer the connection is paused (senders
   that can wait ``await drain()``); it is closed as wedged when the backlog passes
-  ``max_outbox`` (256 MiB, so memory stays bounded) or when, paused, the peer takes nothing
-  of it for ``stall_s`` (15 s).
+  ``max_outbox`` (256 MiB, so memory stays bounded). A peer that merely reads nothing for a
+  while (a stopped driver receiving logs) is left connected under that bound, unless it owes
+  answers (below). A connection being closed whose peer takes nothing of its backlog for
+  ``stall_s`` (15 s) is aborted instead of waiting for it forever.
 - Keepalive: while requests (or answers the role awaits) are outstanding and nothing has been
   heard for ``ping_idle_s`` (5 s), the peer is pinged; a peer that sends nothing at all within
   ``ping_timeout_s`` (10 s) of the ping is closed as unresponsive. A paused (SIGSTOP) or hung
   peer with requests outstanding is therefore noticed within ``detection_bound_s`` (15 s, the
-  two added) of the last bytes it sent. While answers are awaited the layer ticks every
+  two added) of the last bytes it sent; a peer that takes bytes of a full outbox counts as
+  heard. While answers are awaited the layer ticks every
   ``tick_s`` (1 s) and at each moment a rule falls due; an idle connection gets no ticks and
   no pings, so it costs nothing.
 - Request timeouts: a request sent with a timeout expires at its deadline, once, and leaves
@@ -109,7 +112,7 @@ class ConnectionWatch:
         self._heard_at = 0.0  # no later than the last bytes heard
         self._last_tick = 0.0
         self._ping_at: float | None = None
-        self._paused_at: float | None = None
+        self._closing = False
         self._drained = 0
         self._progress_at = 0.0
 
@@ -136,17 +139,13 @@ class ConnectionWatch:
             self._start_watching(now)
         self._awaited = max(0, count)
 
-    def paused(self, now: float, drained: int) -> None:
-        """The peer's unread backlog passed ``high_water``; ``drained`` bytes it took so far."""
-        if self._paused_at is None:
+    def closing(self, now: float, drained: int) -> None:
+        """The connection is being closed once its backlog is written."""
+        if not self._closing:
             if not self.watching:
                 self._start_watching(now)
-            self._paused_at = self._progress_at = now
-            self._drained = drained
-
-    def resumed(self) -> None:
-        """The backlog fell back under ``low_water``."""
-        self._paused_at = None
+            self._closing = True
+            self._progress_at, self._drained = now, drained
 
     def flushed(self, backlog: int) -> Close | None:
         """Bytes were written and ``backlog`` remain unread by the peer: is it over the bound?"""
@@ -163,13 +162,14 @@ class ConnectionWatch:
             return []
         actions: list[Action] = []
         limits = self.limits
-        if self._paused_at is not None:
-            if drained > self._drained:  # its buffers are full, so taking bytes means reading
-                self._drained, self._progress_at, heard = drained, now, True
-            elif now >= self._progress_at + limits.stall_s:  # the form next_tick uses
-                return [self._close(
-                    f"{self.peer} read nothing of the {_mib(backlog)} queued for it in "
-                    f"{limits.stall_s:g} s: closed as wedged{_WHAT_TO_DO}")]
+        if drained > self._drained:
+            if backlog:  # its buffers are full, so taking bytes means reading
+                heard = True
+            self._drained, self._progress_at = drained, now
+        elif self._closing and backlog and now >= self._progress_at + limits.stall_s:
+            return [self._close(  # (the form next_tick uses)
+                f"{self.peer} read nothing of the {_mib(backlog)} queued for it in "
+                f"{limits.stall_s:g} s after the connection was closed: aborted it{_WHAT_TO_DO}")]
         bound = self.flushed(backlog)
         if bound is not None:
             return [bound]
@@ -202,8 +202,8 @@ class ConnectionWatch:
 
     @property
     def watching(self) -> bool:
-        """Whether the connection needs ticks: answers awaited or the outbox paused."""
-        return bool(self._outstanding or self._awaited or self._paused_at is not None)
+        """Whether the connection needs ticks: answers awaited, or closing."""
+        return bool(self._outstanding or self._awaited or self._closing)
 
     @property
     def awaited(self) -> int:
@@ -227,7 +227,7 @@ class ConnectionWatch:
             due = (self._heard_at + limits.ping_idle_s if self._ping_at is None
                    else self._ping_at + limits.ping_timeout_s)
             when = min(when, max(due, now))
-        if self._paused_at is not None:
+        if self._closing:
             when = min(when, max(self._progress_at + limits.stall_s, now))
         return None if when == math.inf else when
 

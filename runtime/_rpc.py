@@ -430,13 +430,9 @@ class Connection(asyncio.Protocol):
         """The transport's buffer passed the high-water mark: the peer reads slower than we
         write, or not at all."""
         self._paused = True
-        self._watch.paused(self._loop.time(), self._written - self._backlog())
-        if self._timer is None:
-            self._arm(self._loop.time())
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._watch.resumed()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -510,9 +506,15 @@ class Connection(asyncio.Protocol):
         return len(self._pending)
 
     def close(self) -> None:
+        """Close once the backlog is written (aborted if the peer takes none of it for
+        ``Limits.stall_s``)."""
         if self._transport is not None:
             if self._out:
                 self._flush()
+            if self._transport.get_write_buffer_size() and not self.closed.done():
+                now = self._loop.time()
+                self._watch.closing(now, self._written - self._backlog())
+                self._arm(now)
             self._transport.close()
 
     def abort(self) -> None:

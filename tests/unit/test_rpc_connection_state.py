@@ -120,36 +120,41 @@ def test_an_outbox_over_its_bound_is_closed_as_wedged() -> None:
     assert w.flushed(5000) is None  # said once
 
 
-def test_a_paused_outbox_the_peer_takes_nothing_from_is_closed_after_the_stall_time() -> None:
+def test_a_peer_that_reads_nothing_but_owes_nothing_stays_connected_under_the_bound() -> None:
     w = watch()
-    w.paused(now=0.0, drained=500)
+    assert w.flushed(900) is None and not w.watching and w.next_tick(0.0) is None
+
+
+def test_a_closing_connection_the_peer_takes_nothing_from_is_aborted_after_the_stall_time(
+) -> None:
+    w = watch()
+    w.closing(now=0.0, drained=500)
     seen = run_until(w, 0.0, 10.0, backlog=200, drained=500)
     assert [(t, type(a)) for t, a in seen] == [(3.0, Close)]
-    assert "read nothing of the 0.0 MiB queued for it in 3 s" in seen[0][1].reason  # type: ignore
+    assert "read nothing of the 0.0 MiB queued for it in 3 s after the connection was closed" \
+        in seen[0][1].reason  # type: ignore[attr-defined]
 
 
-def test_a_paused_outbox_that_drains_slowly_stays_open() -> None:
+def test_a_closing_connection_that_drains_slowly_is_left_to_finish() -> None:
     w = watch()
-    w.paused(now=0.0, drained=0)
+    w.closing(now=0.0, drained=0)
     now, drained = 0.0, 0
     for _ in range(40):
         now = w.next_tick(now)  # type: ignore[assignment]
         drained += 1  # a slow reader: one byte a tick
         assert w.tick(now, heard=False, backlog=200, drained=drained) == []
-    w.resumed()
-    assert not w.watching
 
 
-def test_progress_on_a_paused_outbox_counts_as_hearing_from_the_peer() -> None:
+def test_a_peer_taking_bytes_of_a_full_outbox_counts_as_heard() -> None:
     w = watch()
     w.request_sent(1, "GetNodeStats", now=0.0)
-    w.paused(now=0.0, drained=0)
     now, drained = 0.0, 0
     for _ in range(40):  # it never sends a byte back, but it reads
         now = w.next_tick(now)  # type: ignore[assignment]
         drained += 10
         actions = w.tick(now, heard=False, backlog=500, drained=drained)
         assert not any(isinstance(a, Close) for a in actions)
+    assert w.pings == 0
 
 
 def test_awaited_one_way_answers_count_like_requests() -> None:
@@ -176,7 +181,7 @@ event = st.one_of(
     st.tuples(st.just("send"), st.one_of(st.none(), st.floats(0.01, 20.0))),
     st.tuples(st.just("answer"), st.integers(0, 30)),
     st.tuples(st.just("wait"), st.floats(0.0, 3.0), st.booleans()),
-    st.tuples(st.just("pause"), st.booleans()),
+    st.tuples(st.just("close")),
     st.tuples(st.just("drain"), st.integers(0, 50)),
 )
 
@@ -202,13 +207,10 @@ def test_any_order_of_events_keeps_the_tables_consistent(events: list[tuple]) ->
         elif ev[0] == "answer" and ev[1] in sent:
             w.answered(ev[1])
             del sent[ev[1]]
-        elif ev[0] == "pause":
-            if ev[1]:
-                if not w.watching:
-                    last_heard = now
-                w.paused(now, drained)
-            else:
-                w.resumed()
+        elif ev[0] == "close":
+            if not w.watching:
+                last_heard = now
+            w.closing(now, drained)
         elif ev[0] == "drain":
             drained += ev[1]
         elif ev[0] == "wait":
@@ -234,7 +236,7 @@ def test_any_order_of_events_keeps_the_tables_consistent(events: list[tuple]) ->
         assert w.outstanding == len(sent)
         assert all(deadline > now for deadline in sent.values() if deadline != math.inf)
         assert len(w._deadlines) <= 2 * len(sent) + 65
-        if sent and w._paused_at is None:  # the pause rule may close a connection sooner
+        if sent:
             assert now - last_heard <= LIMITS.detection_bound_s + LIMITS.tick_s
     if closed_at is not None:
         assert w.outstanding == 0 and w.next_tick(closed_at) is None
