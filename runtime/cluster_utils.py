@@ -58,7 +58,10 @@ class ClusterNode:
 
 
 class Cluster:
-    """Nodes started on this machine, each its own raylet on its own loopback address."""
+    """Nodes started on this machine, each its own raylet on its own loopback address.
+
+    The nodes' processes die with this process whatever ``shutdown_at_exit`` says (Ray's
+    signature; their lifelines end them)."""
 
     def __init__(self, initialize_head: bool = False, connect: bool = False,
                  head_node_args: dict[str, Any] | None = None,
