@@ -112,6 +112,28 @@ def test_request_timeouts_default_per_message_and_refuse_nonsense() -> None:
     with_pair(body)
 
 
+def test_a_request_without_a_timeout_gets_its_message_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REQUEST_TIMEOUTS, m.WaitActor, 0.2)
+
+    async def body(client: Connection, accepted: list[Connection]) -> None:
+        with pytest.raises(TimeoutError, match="WaitActor .* within 0.2 s"):
+            await client.request(m.WaitActor(b"a"))
+        assert client.pending_requests == 0
+
+    with_pair(body)
+
+
+def test_drain_on_a_closed_connection_raises_with_the_reason() -> None:
+    async def body(client: Connection, accepted: list[Connection]) -> None:
+        client.abort()
+        await client.closed
+        with pytest.raises(ConnectionError, match="closed"):
+            await client.drain()
+
+    with_pair(body)
+
+
 def test_drain_waits_for_a_slow_reader_then_returns() -> None:
     async def body(client: Connection, accepted: list[Connection]) -> None:
         client.request(m.WaitActor(b"a"))
