@@ -47,6 +47,7 @@ MAX_ERROR_CHARS = 4000
 # A collapsed group's edges are drawn from its newest members only (their count on an edge is
 # that sample's): the view costs the same at 100,000 tasks as at 1,000.
 EDGE_SAMPLE = 500
+REPLAY_SAMPLE = 200  # members of a collapsed group whose state times the view carries
 SCOPES = ("notebook", "cell", "all")
 
 
@@ -345,14 +346,17 @@ class GraphModel:
                 hidden = max(0, size - len(shown))
                 if hidden:
                     group_id = f"g:{key}:more"
-                    nodes.append(self._group_node(group_id, key, hidden, more=True))
-                    older = islice(reversed(members), len(shown), len(shown) + EDGE_SAMPLE)
+                    older = list(islice(reversed(members), len(shown),
+                                        len(shown) + EDGE_SAMPLE))
+                    nodes.append(self._group_node(group_id, key, hidden, more=True,
+                                                  sample=older))
                     for tid in older:
                         node_of[tid] = group_id
             else:
                 group_id = f"g:{key}"
-                nodes.append(self._group_node(group_id, key, size))
-                for tid in islice(reversed(members), EDGE_SAMPLE):
+                newest = list(islice(reversed(members), EDGE_SAMPLE))
+                nodes.append(self._group_node(group_id, key, size, sample=newest))
+                for tid in newest:
                     node_of[tid] = group_id
         edges = self._edges(node_of)
         for node in nodes:
@@ -425,7 +429,21 @@ class GraphModel:
             "cell": self.cell_labels.get(tag) or (tag[:8] if tag else None),
         }
 
-    def _group_node(self, node_id: str, key: str, count: int, *, more: bool = False) -> dict:
+    def _replay(self, sample: list[str]) -> list[list[float | None]]:
+        """Per member of ``sample`` (the newest ``REPLAY_SAMPLE``), the time it reached each
+        state of ``STATES`` (None: never), relative to ``t0`` and in ms: what the slider
+        replays inside a collapsed group (its counts at a moment are the sample's, scaled to
+        the group's size)."""
+        t0 = self.t0 or 0.0
+        out = []
+        for tid in sample[:REPLAY_SAMPLE]:
+            events = self.records[tid].get("events") or {}
+            out.append([round((events[st] - t0) * 1000, 1) if st in events else None
+                        for st in STATES])
+        return out
+
+    def _group_node(self, node_id: str, key: str, count: int, *, more: bool = False,
+                    sample: list[str] = ()) -> dict:
         counts = self.counts.get(key) or Counter()
         states = {s: counts[s] for s in STATES if counts[s] > 0}
         main = max(states, key=lambda s: (states[s], _RANK[s])) if states else "FINISHED"
@@ -439,7 +457,8 @@ class GraphModel:
             parts = " · ".join(f"{n} {SHORT[s]}" for s, n in states.items())
             label = f"{key} × {count} · {parts}"
         return {"id": node_id, "kind": "more" if more else "group", "label": label,
-                "key": key, "count": count, "state": main, "states": states}
+                "key": key, "count": count, "state": main, "states": states,
+                "replay": self._replay(list(sample))}
 
 
 # How a worker reports a task cancelled while it ran: the KeyboardInterrupt (or, in an async

@@ -21,6 +21,9 @@ const SHORT = {
   FAILED: "failed",
 };
 const ORDER = Object.keys(COLORS);
+// a replayed group's label: what ran and ended first (the label is cut to the node's width)
+const REPLAY_ORDER = ["RUNNING", "FINISHED", "FAILED", "SUBMITTED_TO_WORKER",
+                      "PENDING_NODE_ASSIGNMENT", "PENDING_ARGS_AVAIL"];
 const SVGNS = "http://www.w3.org/2000/svg";
 const TASK_W = 150, TASK_H = 30, GROUP_W = 250, GROUP_H = 46;
 
@@ -68,6 +71,20 @@ function bytes(n) {
 function fit(text, width) {
   const max = Math.max(4, Math.floor(width / 7));
   return text.length > max ? text.slice(0, max - 1) + "…" : text;
+}
+
+/** A group's bar: one segment per state, as wide as its share of `count`. */
+function drawParts(parts, box, states, count) {
+  parts.replaceChildren();
+  let x = 0;
+  for (const st of ORDER) {
+    const c = (states || {})[st];
+    if (!c) continue;
+    const w = (box.width - 2) * c / Math.max(1, count);
+    parts.append(s("rect", { class: "cf-part", x: 1 + x, y: box.height - 7, width: w, height: 6,
+                             fill: COLORS[st] }));
+    x += w;
+  }
 }
 
 /** Draws `view` into `el`; `send(msg)` talks to the kernel, `expand(keys)` opens groups. */
@@ -166,9 +183,45 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
       if (!g) continue;
       let state = n.state;
       if (t !== null && n.kind === "task") state = stateAt(n.ev, t);
+      if (n.kind !== "task" && g.cf) state = replayGroup(n, g, t);
       g.style.setProperty("--c", COLORS[state] || "#8c8c8c");
       g.classList.toggle("cf-future", state === null);
     }
+  }
+
+  // A collapsed group at time t: its members' states then (those of the newest members the
+  // view carries, scaled to the group's size), drawn in its bar and label; live again at null.
+  function replayGroup(n, g, t) {
+    const { parts, text, box } = g.cf;
+    if (t === null || !(n.replay && n.replay.length)) {
+      drawParts(parts, box, n.states, n.count);
+      text.textContent = fit("▸ " + n.label, box.width - 12);
+      g.dataset.replay = "";
+      return n.state;
+    }
+    const at = (t - view.t0) * 1000;
+    const raw = {};
+    let later = 0;
+    for (const times of n.replay) {
+      let reached = -1;
+      times.forEach((ts, i) => { if (ts !== null && ts <= at) reached = i; });
+      if (reached < 0) later += 1;
+      else raw[ORDER[reached]] = (raw[ORDER[reached]] || 0) + 1;
+    }
+    const scale = n.count / n.replay.length;
+    const states = {};
+    for (const [st, c] of Object.entries(raw)) states[st] = Math.round(c * scale);
+    drawParts(parts, box, states, n.count);
+    const shown = REPLAY_ORDER.filter((st) => states[st]).map((st) => `${states[st]} ${SHORT[st]}`);
+    if (later) shown.push(`${Math.round(later * scale)} not yet`);
+    text.textContent = fit(`▸ ${n.kind === "more" ? n.count + " more " + n.key
+                                                   : n.key + " × " + n.count} · ${shown.join(" · ")}`,
+                           box.width - 12);
+    g.dataset.replay = shown.join(" · ");
+    if (later === n.replay.length) return null;
+    if (states.FAILED) return "FAILED";
+    if (states.RUNNING) return "RUNNING";
+    return ORDER.filter((st) => states[st]).sort((a, b) => states[b] - states[a])[0];
   }
 
   function lineage(id) {
@@ -340,20 +393,13 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
                            transform: `translate(${box.x - box.width / 2},${box.y - box.height / 2})` });
       grp.style.setProperty("--c", COLORS[n.state] || "#8c8c8c");
       grp.append(s("rect", { width: box.width, height: box.height, rx: n.kind === "task" ? 5 : 8 }));
-      if (n.kind !== "task") {
-        let x = 0;
-        for (const st of ORDER) {
-          const c = (n.states || {})[st];
-          if (!c) continue;
-          const w = (box.width - 2) * c / Math.max(1, n.count);
-          grp.append(s("rect", { class: "cf-part", x: 1 + x, y: box.height - 7, width: w, height: 6,
-                                 fill: COLORS[st] }));
-          x += w;
-        }
-      }
+      const parts = s("g", { class: "cf-parts" });
+      grp.append(parts);
+      if (n.kind !== "task") drawParts(parts, box, n.states, n.count);
       const text = s("text", { x: 8, y: n.kind === "task" ? 19 : 22 });
       text.textContent = fit((n.kind === "task" ? "" : "▸ ") + n.label, box.width - 12);
       grp.append(text);
+      grp.cf = { parts, text, box };
       const tip = s("title");
       tip.textContent = n.kind === "task"
         ? `${n.fn} · ${n.cancelled ? "cancelled" : SHORT[n.state] || n.state}` +
