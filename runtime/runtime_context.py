@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-__all__ = ["RuntimeContext", "get_runtime_context"]
+__all__ = ["HexId", "RuntimeContext", "get_runtime_context"]
 
 
 class RuntimeContext:
@@ -20,14 +21,26 @@ class RuntimeContext:
 
     @property
     def job_id(self) -> str:
-        return self.get_job_id()
+        """Deprecated (as in Ray): use ``get_job_id()``."""
+        return _deprecated_id(self.get_job_id(), "get_job_id")
 
     def get_node_id(self) -> str:
         return self._core.node_id.hex()
 
     @property
     def node_id(self) -> str:
-        return self.get_node_id()
+        """Deprecated (as in Ray): use ``get_node_id()``."""
+        return _deprecated_id(self.get_node_id(), "get_node_id")
+
+    @property
+    def task_id(self) -> str | None:
+        """Deprecated (as in Ray): use ``get_task_id()``."""
+        return _deprecated_id(self.get_task_id(), "get_task_id")
+
+    @property
+    def actor_id(self) -> str | None:
+        """Deprecated (as in Ray): use ``get_actor_id()``."""
+        return _deprecated_id(self.get_actor_id(), "get_actor_id")
 
     def get_worker_id(self) -> str:
         return self._core.worker_id.hex()
@@ -106,6 +119,21 @@ class RuntimeContext:
             if value is not None:
                 context[key] = value
         return context
+
+
+class HexId(str):
+    """A hex id from one of Ray's deprecated properties (``job_id``, ``node_id``...): the
+    string ``get_*_id()`` returns, with ``.hex()`` as Ray's id objects have."""
+
+    __slots__ = ()
+
+    def hex(self) -> str:
+        return str(self)
+
+
+def _deprecated_id(value: str | None, method: str) -> HexId | None:
+    warnings.warn(f"Use {method}() instead", DeprecationWarning, stacklevel=3)
+    return None if value is None else HexId(value)
 
 
 def get_runtime_context() -> RuntimeContext:
