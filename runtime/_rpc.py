@@ -39,12 +39,14 @@ from . import exceptions
 from ._connection_state import DEFAULT_LIMITS, Close, ConnectionWatch, Expire, Limits, SendPing
 from ._messages import ErrorReply, Message, Reply, decode, encode
 from ._protocol import (
+    LARGE_FRAME,
     PING_FRAME,
     PONG_FRAME,
     ClientHandshake,
     FrameDecoder,
     ServerHandshake,
     encode_frame,
+    frame_header,
     new_server_id,
 )
 
@@ -170,6 +172,7 @@ class Connection(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._out: list[bytes] = []
+        self._large_queued = False  # a payload of LARGE_FRAME or more is in _out
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._on_close = on_close
@@ -351,12 +354,19 @@ class Connection(asyncio.Protocol):
         """
         if self._transport is None or self._transport.is_closing():
             return
-        frame = encode_frame(encode(message, request_id))
+        payload = encode(message, request_id)
         out = self._out
         if not out:
             self._loop.call_soon(self._flush)
-        out.append(frame)
-        self._queued += len(frame)
+        if len(payload) < LARGE_FRAME:
+            frame = encode_frame(payload)
+            out.append(frame)
+            self._queued += len(frame)
+        else:  # header and payload leave as they are: the payload is not copied again
+            out.append(frame_header(len(payload)))
+            out.append(payload)
+            self._queued += len(payload) + 4
+            self._large_queued = True
         if self._queued > self._flush_at:
             self._flush()
 
@@ -364,13 +374,32 @@ class Connection(asyncio.Protocol):
         out, self._out, self._queued = self._out, [], 0
         transport = self._transport
         if out and transport is not None and not transport.is_closing():
-            data = b"".join(out)
-            self._written += len(data)
-            transport.write(data)
+            if self._large_queued:
+                self._large_queued = False
+                self._write_runs(transport, out)
+            else:
+                data = b"".join(out)
+                self._written += len(data)
+                transport.write(data)
             if self._paused:  # only a paused outbox can be over its bound
                 close = self._watch.flushed(transport.get_write_buffer_size())
                 if close is not None:
                     self._carry_out(close)
+
+    def _write_runs(self, transport: asyncio.Transport, out: list[bytes]) -> None:
+        """Write small frames joined, large payloads each on their own (no copy)."""
+        small: list[bytes] = []
+        for item in out:
+            if len(item) >= LARGE_FRAME:
+                if small:
+                    transport.write(b"".join(small))
+                    small = []
+                transport.write(item)
+            else:
+                small.append(item)
+            self._written += len(item)
+        if small:
+            transport.write(b"".join(small))
 
     def request(self, message: Message, timeout: float | None = None) -> asyncio.Future:
         """Send a request; the future resolves with the reply value or raises its error.
@@ -380,23 +409,22 @@ class Connection(asyncio.Protocol):
         A request with no reply in time fails with ``TimeoutError``; one whose peer goes
         silent, stops reading or closes fails with ``ConnectionError`` saying why.
         """
-        fut = self._loop.create_future()
-        if self._transport is None or self._transport.is_closing():
-            fut.set_exception(self._closed_error())
-            return fut
         if timeout is None:
             timeout = REQUEST_TIMEOUTS.get(type(message))
         elif not timeout > 0:
             raise ValueError(f"a request timeout is a positive number of seconds, not {timeout}")
         elif timeout == math.inf:
             timeout = None
+        fut = self._loop.create_future()
+        if self._transport is None or self._transport.is_closing():
+            fut.set_exception(self._closed_error())
+            return fut
         request_id = next(self._ids)
         self._pending[request_id] = fut
         now = self._loop.time()
         self._watch.request_sent(request_id, type(message).__name__, now, timeout)
         self.send(message, request_id)
-        if self._timer is None or (timeout is not None and now + timeout < self._timer_at):
-            self._arm(now)
+        self._arm_by(now + min(self._watch.limits.tick_s, timeout or math.inf), now)
         return fut
 
     async def drain(self) -> None:
@@ -420,9 +448,10 @@ class Connection(asyncio.Protocol):
 
     @awaiting.setter
     def awaiting(self, count: int) -> None:
-        self._watch.awaiting(count, self._loop.time())
-        if count and self._timer is None and self.is_open:
-            self._arm(self._loop.time())
+        now = self._loop.time()
+        self._watch.awaiting(count, now)
+        if count and self.is_open:
+            self._arm_by(now + self._watch.limits.tick_s, now)
 
     # -- the watch: outbox, keepalive, timeouts --------------------------------------------
 
@@ -439,6 +468,11 @@ class Connection(asyncio.Protocol):
     def _backlog(self) -> int:
         transport = self._transport
         return 0 if transport is None else transport.get_write_buffer_size()
+
+    def _arm_by(self, when: float, now: float) -> None:
+        """Make sure a tick comes no later than ``when`` (cheap when one already does)."""
+        if self._timer is None or when < self._timer_at:
+            self._arm(now)
 
     def _arm(self, now: float) -> None:
         when = self._watch.next_tick(now)

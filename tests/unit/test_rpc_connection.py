@@ -80,6 +80,17 @@ def test_a_peer_that_stops_reading_and_answering_is_closed_with_the_reason(
     assert any("closed as unresponsive" in r.getMessage() for r in caplog.records)
 
 
+def test_a_late_deadline_left_by_an_answered_request_does_not_delay_pings() -> None:
+    async def body(client: Connection, accepted: list[Connection]) -> None:
+        assert await client.request(m.KvGet("n", b"k"), timeout=600) == b"x" * 1000
+        await wait_for(lambda: client._timer is not None and client._timer_at > 500 + (
+            asyncio.get_running_loop().time()))  # only the stale deadline is left to tick for
+        client.request(m.WaitActor(b"a"))
+        await wait_for(lambda: client._watch.pings >= 1, timeout=5)
+
+    with_pair(body)
+
+
 def test_a_request_with_a_timeout_fails_clearly_and_leaves_nothing_pending() -> None:
     async def body(client: Connection, accepted: list[Connection]) -> None:
         with pytest.raises(TimeoutError, match=r"WaitActor sent to .* no reply within 0.3 s"):
