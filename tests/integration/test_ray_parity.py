@@ -166,3 +166,14 @@ def test_a_placement_group_strategy_is_refused_clearly() -> None:
 @ray.remote
 def noop() -> None:
     return None
+
+
+def test_the_deprecated_context_ids_warn_and_have_hex(cluster) -> None:
+    ctx = ray.get_runtime_context()
+    with pytest.warns(DeprecationWarning, match=r"Use get_node_id\(\) instead"):
+        node_id = ctx.node_id
+    assert node_id == node_id.hex() == ctx.get_node_id()
+    with pytest.warns(DeprecationWarning, match=r"Use get_job_id\(\) instead"):
+        assert ctx.job_id.hex() == ctx.get_job_id()
+    with pytest.warns(DeprecationWarning):
+        assert ctx.task_id is None and ctx.actor_id is None  # the driver runs no task
