@@ -4,6 +4,7 @@
     cellfleet start --address HEAD:PORT [--num-cpus N] ...    start a node that joins a cluster
     cellfleet status [--address HOST:PORT]                     nodes and jobs of every cluster
     cellfleet stop [--all]                                     stop this machine's nodes
+    cellfleet up|down CLUSTER.yaml                             start/stop a cluster over SSH
     cellfleet microbenchmark [...]                             run the runtime's microbenchmarks
     cellfleet kernel install|list|uninstall [...]              manage cellfleet kernelspecs
     cellfleet lab [--notebook-dir D] [--port P]                JupyterLab with the cellfleet kernel
@@ -430,6 +431,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="HOST:PORT of one cluster (default: every cluster of this user)")
     stop = sub.add_parser("stop", help="stop the cluster started by 'cellfleet start'")
     stop.add_argument("--all", action="store_true", help="stop every cluster of this user")
+    sub.add_parser("up", help="start a head and workers over SSH from CLUSTER.yaml",
+                   add_help=False)
+    sub.add_parser("down", help="stop what 'cellfleet up CLUSTER.yaml' started", add_help=False)
     sub.add_parser("microbenchmark", help="run the runtime's microbenchmarks", add_help=False)
     sub.add_parser("kernel", help="install, list or remove cellfleet kernelspecs", add_help=False)
     sub.add_parser("dashboard", help="serve the dashboard without Jupyter", add_help=False)
@@ -471,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         from .extension import standalone
 
         return standalone.main(argv[1:]) or 0
+    if argv[:1] in (["up"], ["down"]):
+        from . import ssh_launcher
+
+        return ssh_launcher.main(argv)
     if argv[:1] == ["kernel"]:
         from .kernel import install
 
