@@ -3,7 +3,8 @@
 - ``add_node`` → first task running there: a task asks for a resource only the new node has,
   the node is added, and the clock stops when the task's result is back;
 - tasks async over 4 nodes: ``--tasks`` no-op tasks submitted at once and gathered;
-- SPREAD of 1,000 tasks: the same with ``scheduling_strategy="SPREAD"``.
+- SPREAD of 1,000 tasks: the same with ``scheduling_strategy="SPREAD"``;
+- a node killed (SIGKILL) while it runs a task → that task's retry finished on another node.
 
 Each figure is a warm-up then ``--repeats`` timed runs (mean ± standard deviation)::
 
@@ -13,7 +14,10 @@ Each figure is a warm-up then ``--repeats`` timed runs (mean ± standard deviati
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import statistics
+import tempfile
 import time
 from collections import Counter
 
@@ -29,6 +33,37 @@ def noop() -> None:
 @ray.remote
 def node_of() -> str:
     return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(resources={"r": 1}, max_retries=1)
+def report_then_wait(gate: str) -> str:
+    here = ray.get_runtime_context().get_node_id()
+    with open(f"{gate}.{here}", "w"):
+        pass
+    while not os.path.exists(gate):
+        time.sleep(0.002)
+    return here
+
+
+def failover(cluster: Cluster, repeats: int) -> list[float]:
+    """Seconds from SIGKILL of the node running a task to the task's retried result."""
+    times = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(repeats):
+            nodes = [cluster.add_node(num_cpus=1, resources={"r": 1}) for _ in range(2)]
+            gate = os.path.join(folder, f"gate{i}")
+            ref = report_then_wait.remote(gate)
+            while not (started := glob.glob(f"{gate}.*")):
+                time.sleep(0.002)
+            (doomed,) = [n for n in nodes if started[0].endswith(n.node_id)]
+            open(gate, "w").close()  # the retry returns at once
+            start = time.perf_counter()
+            doomed._processes.stop(graceful=False)
+            ray.get(ref, timeout=60)
+            times.append(time.perf_counter() - start)
+            for node in nodes:
+                cluster.remove_node(node)
+    return times
 
 
 def rate(task: ray.remote_function.RemoteFunction, n: int, repeats: int) -> list[float]:
@@ -73,6 +108,8 @@ def main() -> None:
             cluster.remove_node(node)
         show("add_node (until the GCS lists it)", [s * 1000 for s in joins], "ms")
         show("add_node → first task's result there", [s * 1000 for s in firsts], "ms")
+        show("node killed → its task's retry finished", [s * 1000 for s in failover(
+            cluster, args.repeats)], "ms")
     finally:
         ray.shutdown()
         cluster.shutdown()

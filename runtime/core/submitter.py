@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from .. import _messages as m
 from .._rpc import Connection
-from ..exceptions import RaySystemError
+from ..exceptions import RayError, RaySystemError
 from .task_spec import TaskSpec, scheduling_key
 
 __all__ = ["LeaseGrant", "TaskSubmitter", "lease_worker"]
@@ -36,6 +36,8 @@ PIPELINE_DEPTH = 64
 SHORT_TASK_S = 0.002
 LEASE_IDLE_S = 0.01
 MAX_SPILLBACKS = 16  # hops of one lease request before it fails (views that disagree)
+MAX_LOST_NODES = 8  # unreachable nodes one lease request meets before it fails
+LOST_NODE_WAIT_S = 0.02  # then 0.04, 0.08...: the GCS broadcasts a node's death in ~20 ms
 
 
 @dataclass(slots=True)
@@ -54,15 +56,17 @@ async def lease_worker(local: Connection, connect: Callable[[str], Awaitable[Con
                        request: m.RequestLease,
                        on_infeasible: Callable[[str], None]) -> LeaseGrant:
     """Ask ``local`` (this node's raylet) for a lease, following spillbacks to other nodes'
-    raylets; a lost remote raylet sends the request back to ``local``."""
+    raylets. A remote raylet that cannot be reached (its node just died) sends the request
+    back to ``local`` after a short wait, by which time the GCS has told ``local``."""
     conn = local
-    for _ in range(MAX_SPILLBACKS):
+    hops = lost = 0
+    while True:
         try:
             reply = await conn.request(request)
         except (ConnectionError, OSError):
             if conn is local:
                 raise
-            conn, request.spilled = local, False  # the node went: decide again from here
+            conn, lost = await _back_to_local(local, request, lost)
             continue
         if isinstance(reply, list):
             lease_id, worker_id, address, node_id, reason = reply
@@ -71,10 +75,27 @@ async def lease_worker(local: Connection, connect: Callable[[str], Awaitable[Con
             on_infeasible(reply["infeasible"])
             request.wait_infeasible = True
             continue
-        conn = await connect(reply["spill"])
+        hops += 1
+        if hops > MAX_SPILLBACKS:
+            raise RaySystemError(f"the lease request for {request.resources} was spilled "
+                                 f"back {MAX_SPILLBACKS} times without a node taking it")
+        try:
+            conn = await connect(reply["spill"])
+        except (ConnectionError, OSError, RayError):
+            conn, lost = await _back_to_local(local, request, lost)
+            continue
         request.spilled, request.reason = True, reply["reason"]
-    raise RaySystemError(f"the lease request for {request.resources} was spilled back "
-                         f"{MAX_SPILLBACKS} times without a node taking it")
+
+
+async def _back_to_local(local: Connection, request: m.RequestLease,
+                         lost: int) -> tuple[Connection, int]:
+    """A node the request was sent to is gone: wait (doubling), then decide again locally."""
+    if lost >= MAX_LOST_NODES:
+        raise RaySystemError(f"the lease request for {request.resources} was sent to "
+                             f"{lost} nodes that could not be reached")
+    await asyncio.sleep(LOST_NODE_WAIT_S * 2 ** lost)
+    request.spilled = False
+    return local, lost + 1
 
 
 @dataclass(slots=True, eq=False)

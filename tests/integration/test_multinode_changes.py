@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from gates import touch, wait_for_file
 from helpers import free_port, runtime_processes, wait_until
 from test_multinode import node_of
 
@@ -65,6 +66,34 @@ def test_removed_node_is_dead_and_work_goes_on_elsewhere():
                    message="the removed node's processes to exit")
         assert ray.get(node_of.remote(), timeout=30) == cluster.head_node.node_id
         cluster.wait_for_nodes()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_task_whose_node_dies_is_retried_on_another_node(tmp_path):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        nodes = [cluster.add_node(num_cpus=1, resources={"r": 1}) for _ in range(2)]
+        ray.init(address=cluster.address)
+        gate = str(tmp_path / "gate")
+
+        @ray.remote(resources={"r": 1}, max_retries=1)
+        def survive() -> str:
+            here = ray.get_runtime_context().get_node_id()
+            touch(f"{gate}.{here}")
+            wait_for_file(gate)
+            return here
+
+        ref = survive.remote()
+        started = wait_until(lambda: list(tmp_path.glob("gate.*")), timeout=30,
+                             message="the task to start")
+        first = started[0].name.split(".")[1]
+        (doomed,) = [n for n in nodes if n.node_id == first]
+        cluster.remove_node(doomed, allow_graceful=False)
+        touch(gate)
+        (other,) = [n.node_id for n in nodes if n is not doomed]
+        assert ray.get(ref, timeout=30) == other
     finally:
         ray.shutdown()
         cluster.shutdown()
