@@ -72,6 +72,9 @@ def _node_arguments(args: argparse.Namespace) -> dict[str, Any] | None:
     """``--resources`` parsed, and every node option checked; CliError saying what is wrong."""
     from .api import _check_init_arguments
 
+    if args.host in ("0.0.0.0", "::", ""):
+        raise CliError(f"--host {args.host!r} is not an address other nodes can reach: give "
+                       "this machine's IP address on the cluster's network")
     try:
         resources = json.loads(args.resources) if args.resources else None
     except ValueError as exc:

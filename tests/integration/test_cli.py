@@ -126,6 +126,7 @@ def test_start_on_a_busy_port_fails_cleanly() -> None:
     (["--resources", '{"CPU": 4}'], "num_cpus"),
     (["--num-cpus", "-1"], "num_cpus"),
     (["--gcs-storage", "nonsense://x"], "not understood"),
+    (["--host", "0.0.0.0"], "not an address other nodes can reach"),
 ])
 def test_start_with_bad_options_fails_cleanly(args: list[str], message: str) -> None:
     result = cli("start", "--head", "--port", str(free_port()), *args)
