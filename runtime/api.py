@@ -247,9 +247,10 @@ def init(
             raylet_address = _in_thread(_find_local_raylet(gcs_address, token))
         from .core.core_worker import CoreWorker, print_logs
 
+        # The driver listens where its node does: workers on other nodes dial it there.
         core = CoreWorker(kind="driver", token=token, gcs_address=gcs_address,
                           raylet_address=raylet_address, worker_id=random_id(),
-                          namespace=namespace or "")
+                          namespace=namespace or "", host=raylet_address.rpartition(":")[0])
         try:
             core.start(register_job=True, log_to_driver=log_to_driver,
                        entrypoint=" ".join(sys.argv))
