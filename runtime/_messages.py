@@ -17,7 +17,7 @@ import msgpack
 
 from .exceptions import ProtocolError
 
-__all__ = ["Message", "decode", "encode", "MESSAGE_TYPES"]
+__all__ = ["BULK_BYTES", "MESSAGE_TYPES", "Message", "decode", "encode", "encode_parts"]
 
 MESSAGE_TYPES: dict[int, type[Message]] = {}
 
@@ -83,6 +83,23 @@ def encode(message: Message, request_id: int = 0) -> bytes:
     return _packer.pack(
         [message.code, request_id, *[getattr(message, f) for f in message._fields]]
     )
+
+
+BULK_BYTES = 1 << 20  # a last field this large is sent as it is, not copied into the packing
+
+
+def encode_parts(message: Message, request_id: int = 0) -> list:
+    """``encode`` as pieces to write back to back: a message whose last field is a buffer of
+    ``BULK_BYTES`` or more (an object chunk) ends with that buffer itself, uncopied, after a
+    hand-made msgpack header (an array, then ``bin 32`` of its length)."""
+    fields = [getattr(message, f) for f in message._fields]
+    bulk = fields[-1] if fields else None
+    if type(bulk) not in (bytes, memoryview) or len(bulk) < BULK_BYTES or len(fields) > 13:
+        return [encode(message, request_id)]
+    head = [bytes([0x90 | (len(fields) + 2)]), _packer.pack(message.code),
+            _packer.pack(request_id), *map(_packer.pack, fields[:-1]),
+            b"\xc6" + len(bulk).to_bytes(4, "big")]
+    return [b"".join(head), bulk]
 
 
 def decode(payload: bytes) -> tuple[Message, int]:

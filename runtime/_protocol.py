@@ -39,6 +39,7 @@ import struct
 from .exceptions import AuthenticationError, ProtocolError
 
 __all__ = [
+    "LARGE_FRAME",
     "MAGIC",
     "MAX_FRAME_SIZE",
     "PING_FRAME",
@@ -48,6 +49,7 @@ __all__ = [
     "FrameDecoder",
     "ServerHandshake",
     "encode_frame",
+    "frame_header",
     "new_server_id",
 ]
 
@@ -56,6 +58,7 @@ NONCE_SIZE = 32
 SERVER_ID_SIZE = 16
 PROOF_SIZE = 32
 MAX_FRAME_SIZE = 1 << 31  # 2 GiB: large objects travel through shared memory, not frames
+LARGE_FRAME = 1 << 20  # frames this large are received into a buffer of their own
 
 _HEADER = struct.Struct("<I")
 _PING = MAX_FRAME_SIZE + 1  # control lengths: above any frame's, and only these two
@@ -80,21 +83,28 @@ def _proof(token: bytes, role: bytes, address: str, server_id: bytes, server_non
     return hmac.new(token, role + bound, hashlib.sha256).digest()
 
 
+def frame_header(size: int) -> bytes:
+    """The length prefix of a frame whose payload is ``size`` bytes."""
+    if size > MAX_FRAME_SIZE:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME_SIZE} limit")
+    return _HEADER.pack(size)
+
+
 def encode_frame(payload: bytes) -> bytes:
     """Prefix ``payload`` with its length."""
-    if len(payload) > MAX_FRAME_SIZE:
-        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME_SIZE} limit")
-    return _HEADER.pack(len(payload)) + payload
+    return frame_header(len(payload)) + payload
 
 
 class FrameDecoder:
     """Splits a byte stream into frames; checks the size before buffering a payload.
 
     Control frames are not returned: ``pings`` counts the pings received and not yet answered
-    (the caller answers each with ``PONG_FRAME`` and resets it), pongs are dropped.
+    (the caller answers each with ``PONG_FRAME`` and resets it), pongs are dropped. A frame of
+    ``LARGE_FRAME`` bytes or more is received into a buffer of its own size, allocated once its
+    header is in, and returned as that buffer: one copy of its bytes, however they trickle in.
     """
 
-    __slots__ = ("_buffer", "_max_frame", "pings")
+    __slots__ = ("_buffer", "_max_frame", "pings", "_large", "_filled")
 
     def __init__(self, max_frame: int = MAX_FRAME_SIZE) -> None:
         if not 0 <= max_frame <= MAX_FRAME_SIZE:
@@ -102,12 +112,18 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._max_frame = max_frame
         self.pings = 0
+        self._large: bytearray | None = None  # the large frame being received
+        self._filled = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[bytes | bytearray]:
         """Add received bytes; return every frame now complete, in order."""
+        frames: list[bytes | bytearray] = []
+        if self._large is not None:
+            data = self._fill(data, frames)
+            if not data:
+                return frames
         buf = self._buffer
         buf += data
-        frames: list[bytes] = []
         pos = 0
         end = len(buf)
         while end - pos >= 4:
@@ -119,17 +135,34 @@ class FrameDecoder:
                     continue
                 raise ProtocolError(f"frame of {size} bytes exceeds the {self._max_frame} limit")
             if end - pos - 4 < size:
+                if size >= LARGE_FRAME:  # the rest goes straight into a buffer of its own
+                    self._large, self._filled = bytearray(size), 0
+                    rest = bytes(buf[pos + 4:])
+                    del buf[:]
+                    rest = self._fill(rest, frames)
+                    return frames + self.feed(rest) if rest else frames
                 break
-            frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
+            frames.append(buf[pos + 4 : pos + 4 + size])  # one copy (decode takes bytearray)
             pos += 4 + size
         if pos:
             del buf[:pos]
         return frames
 
+    def _fill(self, data: bytes, frames: list) -> bytes:
+        """Copy into the large frame; what follows it is returned."""
+        large = self._large
+        take = min(len(large) - self._filled, len(data))
+        large[self._filled:self._filled + take] = data[:take] if take < len(data) else data
+        self._filled += take
+        if self._filled == len(large):
+            frames.append(large)
+            self._large = None
+        return data[take:] if take < len(data) else b""
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._buffer)
+        return len(self._buffer) + (self._filled if self._large is not None else 0)
 
 
 class ServerHandshake:

@@ -37,9 +37,8 @@ from typing import Any
 from . import _messages as m
 from . import exceptions
 from ._connection_state import DEFAULT_LIMITS, Close, ConnectionWatch, Expire, Limits, SendPing
-from ._messages import ErrorReply, Message, Reply, decode, encode
+from ._messages import BULK_BYTES, ErrorReply, Message, Reply, decode, encode_parts
 from ._protocol import (
-    LARGE_FRAME,
     PING_FRAME,
     PONG_FRAME,
     ClientHandshake,
@@ -172,7 +171,7 @@ class Connection(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._out: list[bytes] = []
-        self._large_queued = False  # a payload of LARGE_FRAME or more is in _out
+        self._large_queued = False  # a bulk payload (BULK_BYTES or more) is in _out
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._on_close = on_close
@@ -354,21 +353,25 @@ class Connection(asyncio.Protocol):
         """
         if self._transport is None or self._transport.is_closing():
             return
-        payload = encode(message, request_id)
+        parts = encode_parts(message, request_id)
         out = self._out
-        if not out:
-            self._loop.call_soon(self._flush)
-        if len(payload) < LARGE_FRAME:
-            frame = encode_frame(payload)
+        if len(parts) == 1:
+            frame = encode_frame(parts[0])
+            if not out:
+                self._loop.call_soon(self._flush)
             out.append(frame)
             self._queued += len(frame)
-        else:  # header and payload leave as they are: the payload is not copied again
-            out.append(frame_header(len(payload)))
-            out.append(payload)
-            self._queued += len(payload) + 4
-            self._large_queued = True
-        if self._queued > self._flush_at:
-            self._flush()
+            if self._queued > self._flush_at:
+                self._flush()
+            return
+        # A bulk payload (an object chunk) leaves at once, uncopied: the buffer it views may
+        # be reused once the handler that made it has returned.
+        size = sum(map(len, parts))
+        out.append(frame_header(size))
+        out.extend(parts)
+        self._queued += size + 4
+        self._large_queued = True
+        self._flush()
 
     def _flush(self) -> None:
         out, self._out, self._queued = self._out, [], 0
@@ -387,10 +390,10 @@ class Connection(asyncio.Protocol):
                     self._carry_out(close)
 
     def _write_runs(self, transport: asyncio.Transport, out: list[bytes]) -> None:
-        """Write small frames joined, large payloads each on their own (no copy)."""
+        """Write small frames joined, bulk payloads each on their own (no copy)."""
         small: list[bytes] = []
         for item in out:
-            if len(item) >= LARGE_FRAME:
+            if len(item) >= BULK_BYTES:
                 if small:
                     transport.write(b"".join(small))
                     small = []

@@ -310,18 +310,18 @@ class Raylet:
                 connect(address, self.token, self.handlers()))
         return await fut
 
-    def read_object_chunk(self, conn: Connection, msg: m.ReadObjectChunk) -> bytes | None:
-        """Bytes of a sealed object for another node's pull; pinned from the first chunk to
-        the last, so the block cannot be reused between them."""
+    def read_object_chunk(self, conn: Connection, msg: m.ReadObjectChunk) -> Any:
+        """A view of a sealed object's bytes for another node's pull (written to the socket
+        uncopied); pinned from the first chunk until the last has been written."""
         obj = self.store.objects.get(msg.object_id)
         if obj is None or not obj.sealed or msg.offset + msg.size > obj.size:
             return None
         if msg.offset == 0:
             self.store.locate(conn, [msg.object_id])
-        data = bytes(self.arena.read_view(obj.offset + msg.offset, msg.size))
-        if msg.offset + msg.size == obj.size:
-            self._reclaim(self.store.unpin(conn, [msg.object_id]))
-        return data
+        if msg.offset + msg.size == obj.size:  # after the reply below has gone out
+            asyncio.get_running_loop().call_soon(
+                lambda: self._reclaim(self.store.unpin(conn, [msg.object_id])))
+        return self.arena.read_view(obj.offset + msg.offset, msg.size)
 
     def _answer_locations(self, reader: Connection, ids: list, answer: asyncio.Future) -> None:
         where = self.store.locate(reader, ids)

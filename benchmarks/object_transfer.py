@@ -1,0 +1,74 @@
+"""Objects moving between two nodes on this machine (``cluster_utils.Cluster``, 1 CPU each):
+
+- ``get`` on the driver (head node) of an array a task made on the other node;
+- a task on the other node taking an array the driver put on the head node.
+
+The same code runs on Ray (``--ray``, with Ray's own ``cluster_utils``) for comparison. Each
+figure is a warm-up then ``--repeats`` timed runs (mean ± standard deviation)::
+
+    python benchmarks/object_transfer.py [--mb 100] [--repeats 5] [--ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ray", action="store_true", help="run on Ray instead")
+    args = parser.parse_args()
+    ray = importlib.import_module("ray" if args.ray else "cellfleet")
+    cluster_utils = importlib.import_module(f"{ray.__name__}.cluster_utils")
+    import numpy as np
+
+    size = args.mb * 2**20
+    store = {"object_store_memory": 4 * size}
+    cluster = cluster_utils.Cluster(initialize_head=True,
+                                    head_node_args={"num_cpus": 1, **store})
+    cluster.add_node(num_cpus=1, resources={"other": 1}, **store)
+    ray.init(address=cluster.address)
+    try:
+        @ray.remote(resources={"other": 1})
+        def make(n: int) -> np.ndarray:
+            return np.ones(n, dtype=np.uint8)
+
+        @ray.remote(resources={"other": 1})
+        def first(array: np.ndarray) -> int:
+            return int(array[0])
+
+        def pull_to_driver() -> float:
+            ref = make.remote(size)
+            ray.wait([ref], fetch_local=False)  # made, not yet moved (Ray pulls in wait)
+            start = time.perf_counter()
+            value = ray.get(ref)
+            elapsed = time.perf_counter() - start
+            assert value.nbytes == size
+            return size / elapsed / 1e9
+
+        def push_to_task() -> float:
+            ref = ray.put(np.ones(size, dtype=np.uint8))
+            ray.get(first.remote(np.ones(1, dtype=np.uint8)))  # the task's worker is up
+            start = time.perf_counter()
+            assert ray.get(first.remote(ref)) == 1
+            return size / (time.perf_counter() - start) / 1e9
+
+        for name, run in (("get of an object made on the other node", pull_to_driver),
+                          ("task on the other node reads a put object", push_to_task)):
+            run()
+            rates = [run() for _ in range(args.repeats)]
+            spread = statistics.stdev(rates) if len(rates) > 1 else 0.0
+            print(f"{ray.__name__:<10} {name:<44} {args.mb} MB: "
+                  f"{statistics.mean(rates):5.2f} ± {spread:.2f} GB/s")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
