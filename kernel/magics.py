@@ -51,6 +51,7 @@ class CellfleetMagics(Magics):
     def __init__(self, shell: Any, kernel: Any) -> None:
         super().__init__(shell)
         self.kernel = kernel
+        self._ssh_cluster: Any = None  # the ClusterSpec '%cluster start FILE' started
 
     @magic_arguments()
     @argument("--push", metavar="A,B", default=None,
@@ -190,7 +191,8 @@ class CellfleetMagics(Magics):
     @argument("action", nargs="?", default="show",
               help="show (default), connect ADDR, restart, start, stop")
     @argument("address", nargs="?", default=None,
-              help="for connect: the cluster's HOST:PORT, 'auto' or 'local'")
+              help="for connect: the cluster's HOST:PORT, 'auto' or 'local'; for start: a "
+                   "cluster file (YAML) to start over SSH, as 'cellfleet up' does")
     @argument("--num-cpus", type=float, default=None, metavar="N",
               help="for restart/start: CPUs of the new local runtime")
     @line_magic
@@ -202,7 +204,9 @@ class CellfleetMagics(Magics):
         %cluster restart           stop and start again (a connected cluster keeps running:
                                    only this kernel's work and connection are released)
         %cluster start             start a local runtime (after stop)
-        %cluster stop              disconnect; stop the local runtime
+        %cluster start hosts.yaml  start a cluster over SSH ('cellfleet up'), connect to it
+        %cluster stop              disconnect; stop the local runtime (and what
+                                   '%cluster start hosts.yaml' started: 'cellfleet down')
         """
         args = parse_argstring(self.cluster, line)
         runtime = self.kernel.runtime
@@ -220,6 +224,9 @@ class CellfleetMagics(Magics):
             self.kernel.remote_runner.forget_actors()
             runtime.restart(num_cpus=num_cpus)
             return runtime.describe()
+        if action == "start" and args.address:
+            self._start_over_ssh(args.address)
+            return runtime.describe()
         if action == "start":
             runtime.wait()
             import cellfleet
@@ -231,14 +238,55 @@ class CellfleetMagics(Magics):
         if action == "stop":
             self.kernel.remote_runner.forget_actors()
             runtime.stop()
+            spec, self._ssh_cluster = self._ssh_cluster, None
+            if spec is not None:
+                _stop_over_ssh(spec)
             print("cellfleet: stopped (this kernel has no runtime now; '%cluster restart' or "
                   "'%cluster connect HOST:PORT' gets one)")
             return None
         raise UsageError(f"%cluster: unknown action {action!r} "
                          "(show, connect, restart, start, stop)")
 
+    def _start_over_ssh(self, path: str) -> None:
+        """``cellfleet up PATH``, then connect the kernel to the new cluster."""
+        import os
+
+        from cellfleet.ssh_config import ConfigError, load_config
+        from cellfleet.ssh_launcher import LaunchError, describe, up
+
+        if self._ssh_cluster is not None:
+            raise ClusterError(f"this kernel started the cluster '{self._ssh_cluster.name}' "
+                               "already: '%cluster stop' stops it first")
+        try:
+            spec = load_config(path)
+            result = up(spec)
+        except (ConfigError, LaunchError) as exc:
+            raise ClusterError(str(exc)) from None
+        self._ssh_cluster = spec
+        print(describe(result, path))
+        print("(it keeps running after this kernel ends: '%cluster stop' stops it)")
+        self.kernel.remote_runner.forget_actors()
+        os.environ["CELLFLEET_TOKEN_FILE"] = str(result.token_file)
+        try:
+            self.kernel.runtime.connect(result.head_address)
+        except ClusterError as exc:
+            raise ClusterError(f"{exc} (the cluster is up: '%cluster stop' stops it)") from None
+
 
 def _whole(value: float | None) -> float | int | None:
     if value is None:
         return None
     return int(value) if float(value).is_integer() else value
+
+
+def _stop_over_ssh(spec: Any) -> None:
+    """``cellfleet down`` for the cluster ``%cluster start FILE`` started."""
+    import os
+
+    from cellfleet.ssh_launcher import LaunchError, down
+
+    os.environ.pop("CELLFLEET_TOKEN_FILE", None)
+    try:
+        down(spec, say=lambda line: print(f"cellfleet: {line}"))
+    except LaunchError as exc:
+        raise ClusterError(str(exc)) from None

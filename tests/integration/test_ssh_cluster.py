@@ -239,3 +239,36 @@ def test_a_malformed_cluster_file(tmp_path: Path) -> None:
     failed = cellfleet_cli("up", str(config))
     assert failed.returncode == 2
     assert "head.num_cpus must be a whole number of at least 0, got 'many'" in failed.stderr
+
+
+def test_the_cluster_magic_starts_and_stops_a_cluster_file(
+        sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from cellfleet.kernel.cluster import KernelRuntime
+    from cellfleet.kernel.magics import CellfleetMagics
+
+    config, name = write_hosts(tmp_path / "hosts.yaml", sshd)
+    monkeypatch.delenv("CELLFLEET_TOKEN_FILE", raising=False)
+    runtime = KernelRuntime(address=None, num_cpus=1, log_handler=None)
+    kernel = SimpleNamespace(runtime=runtime,
+                             remote_runner=SimpleNamespace(forget_actors=lambda: None))
+    magics = CellfleetMagics(None, kernel)
+    try:
+        info = magics.cluster(f"start {config}")
+        assert len(info.alive_nodes) == 2 and info.address == load_state(name)["head_address"]
+        worker = load_state(name)["nodes"][1]
+        assert cellfleet.get(where.remote(), timeout=60)[0] == worker["node_id"]
+        assert "Started 2 node(s)" in capsys.readouterr().out
+        magics.cluster("stop")
+        out = capsys.readouterr().out
+        assert "cellfleet: Stopped the worker on root@127.0.0.2" in out
+        assert not cellfleet.is_initialized() and load_state(name) is None
+        assert "CELLFLEET_TOKEN_FILE" not in os.environ
+        wait_until(lambda: not processes_under(name), timeout=15,
+                   message="the cluster's processes to exit")
+    finally:
+        cellfleet.shutdown()
+        cellfleet_cli("down", str(config))
+        kill_leftovers(name)
