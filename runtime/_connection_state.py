@@ -121,16 +121,19 @@ class ConnectionWatch:
     def request_sent(self, request_id: int, what: str, now: float,
                      timeout: float | None = None) -> None:
         """A request went out; with a finite ``timeout`` it expires ``timeout`` s from now."""
-        if not self.watching:
+        if not (self._outstanding or self._awaited or self._closing):
             self._start_watching(now)
-        deadline = math.inf if timeout is None else now + timeout
-        self._outstanding[request_id] = (what, deadline, math.inf if timeout is None else timeout)
-        if deadline != math.inf:
+        if timeout is None:
+            self._outstanding[request_id] = (what, math.inf, math.inf)
+        else:
+            deadline = now + timeout
+            self._outstanding[request_id] = (what, deadline, timeout)
             heapq.heappush(self._deadlines, (deadline, request_id))
 
     def answered(self, request_id: int) -> None:
         """The reply to ``request_id`` came (or its caller stopped waiting for it)."""
-        if self._outstanding.pop(request_id, None) is not None:
+        if (self._outstanding.pop(request_id, None) is not None
+                and len(self._deadlines) > 2 * len(self._outstanding) + 64):
             self._compact()
 
     def awaiting(self, count: int, now: float) -> None:
@@ -243,8 +246,7 @@ class ConnectionWatch:
         return Close(reason)
 
     def _compact(self) -> None:
-        """Drop answered ids from the deadline heap once they outnumber the live ones."""
-        if len(self._deadlines) > 2 * len(self._outstanding) + 64:
-            self._deadlines = [(d, r) for d, r in self._deadlines
-                               if r in self._outstanding and self._outstanding[r][1] == d]
-            heapq.heapify(self._deadlines)
+        """Drop answered ids from the deadline heap (once they outnumber the live ones)."""
+        self._deadlines = [(d, r) for d, r in self._deadlines
+                           if r in self._outstanding and self._outstanding[r][1] == d]
+        heapq.heapify(self._deadlines)
