@@ -77,7 +77,8 @@ REQUEST_TIMEOUTS: dict[type[Message], float] = {
         m.RegisterNode, m.Heartbeat, m.GetNodes, m.RegisterJob, m.FinishJob, m.ListJobs,
         m.ExportFunction, m.GetFunction, m.KvPut, m.KvGet, m.KvDelete, m.KvKeys, m.ListTasks,
         m.ListObjects, m.SummarizeTasks, m.ListTaskChanges, m.ListTaskGroups, m.GetNamedActor,
-        m.ListActors, m.GetTableStats, m.RegisterClient, m.ReturnLease, m.GetNodeStats)
+        m.ListActors, m.GetTableStats, m.RegisterClient, m.ReturnLease, m.GetNodeStats,
+        m.AssignGpus)
 }
 
 
