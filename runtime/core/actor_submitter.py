@@ -134,8 +134,7 @@ class ActorSubmitter:
                 core.raylet, core.peers.connect,
                 m.RequestLease(spec.resources, f"actor:{spec.actor_id.hex()}", kind,
                                spec.strategy),
-                lambda reason: logger.warning("actor %s cannot be placed yet: %s",
-                                              spec.name, reason))
+                lambda reason: self._unplaceable(spec, reason))
             state.lease_id, state.raylet = grant.lease_id, grant.raylet
             await self._connect(state, grant.address)
         except Exception as exc:
@@ -150,6 +149,11 @@ class ActorSubmitter:
         core.export_to(state.conn, spec)
         state.in_flight[spec.task_id] = spec
         state.conn.send(m.PushTasks([spec.to_wire()]))
+
+    def _unplaceable(self, spec: TaskSpec, reason: str) -> None:
+        """No node fits the actor yet: warn, and its creation task's record says why."""
+        logger.warning("actor %s cannot be placed yet: %s", spec.name, reason)
+        self._core._task_infeasible(spec, reason)
 
     async def _connect(self, state: ActorState, address: str) -> None:
         state.address = address

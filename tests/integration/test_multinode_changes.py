@@ -38,9 +38,11 @@ def test_infeasible_work_waits_until_a_node_that_fits_joins():
         actor = NeedsB.remote()
         ready, _ = ray.wait([ref], timeout=1)
         assert not ready
-        wait_until(lambda: any("no node of the cluster (1 node(s)) has the resources"
-                               in (t.get("placement_reason") or "") for t in list_tasks()),
-                   message="the waiting task's record to say why it waits")
+        wait_until(lambda: {t["name"] for t in list_tasks()
+                            if "no node of the cluster (1 node(s)) has the resources"
+                            in (t.get("placement_reason") or "")} == {"node_of",
+                                                                      "NeedsB.__init__"},
+                   message="the waiting task's and actor's records to say why they wait")
         node = cluster.add_node(num_cpus=1, resources={"b": 2})
         assert ray.get(ref, timeout=30) == node.node_id
         assert ray.get(actor.node.remote(), timeout=30) == node.node_id
