@@ -284,7 +284,8 @@ def describe(result: UpResult, config_path: str) -> str:
         where = f"GCS {result.head_address}, " if node.role == "head" else ""
         lines.append(f"  {node.role:<7} {node.host.label:<24} {where}raylet "
                      f"{node.raylet_address}, node {node.node_id[:12]}, session {node.session}")
-    lines += ["", "Connect from Python on a host of the cluster:",
+    lines += ["", "Connect from Python on a host of the cluster (the token file is on this "
+              "machine: copy it there if this is not one of them):",
               f"    export CELLFLEET_TOKEN_FILE={result.token_file}",
               f"    cellfleet.init(address=\"{result.head_address}\")",
               "", f"Stop it with:\n    cellfleet down {config_path}"]

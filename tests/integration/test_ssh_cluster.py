@@ -36,12 +36,25 @@ HOSTS = ("127.0.0.1", "127.0.0.2")
 class Sshd:
     """The test's sshd: where it listens and the client files that reach it."""
 
-    proc: subprocess.Popen
+    argv: list[str]
     port: int
     key: Path
     other_key: Path  # a key sshd does not accept
     known_hosts: Path
     log: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = proc = subprocess.Popen(self.argv)
+        wait_until(lambda: proc.poll() is not None or all(_accepts(h, self.port) for h in HOSTS),
+                   timeout=10, message="sshd to listen")
+        assert proc.poll() is None, f"sshd exited: {self.log.read_text()}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        assert not any(_accepts(h, self.port) for h in HOSTS)
 
 
 def _keygen(path: Path) -> None:
@@ -86,16 +99,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     made_privsep = not PRIVSEP_DIR.exists()
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     log = folder / "sshd.log"
-    proc = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(log)])
+    server = Sshd([SSHD, "-D", "-f", str(config), "-E", str(log)], port,
+                  folder / "client_key", folder / "other_key", known_hosts, log)
     try:
-        wait_until(lambda: proc.poll() is not None or all(_accepts(h, port) for h in HOSTS),
-                   timeout=10, message="sshd to listen")
-        assert proc.poll() is None, f"sshd exited: {log.read_text()}"
-        yield Sshd(proc, port, folder / "client_key", folder / "other_key", known_hosts, log)
+        server.start()
+        yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+        server.stop()
         if made_privsep:
             PRIVSEP_DIR.rmdir()
 
@@ -193,9 +203,31 @@ def test_up_runs_work_on_the_worker_and_down_leaves_nothing(
     finally:
         cellfleet_cli("down", str(config))
         kill_leftovers(name)
-    sshd.proc.terminate()
-    assert sshd.proc.wait(10) is not None
-    assert not _accepts(HOSTS[0], sshd.port) and not _accepts(HOSTS[1], sshd.port)
+    sshd.stop()
+    assert sshd.proc.returncode is not None
+
+
+def test_down_keeps_what_it_could_not_reach_for_the_next_down(
+        sshd: Sshd, tmp_path: Path) -> None:
+    config, name = write_hosts(tmp_path / "hosts.yaml", sshd)
+    try:
+        assert cellfleet_cli("up", str(config)).returncode == 0
+        pids = {pid for node in load_state(name)["nodes"] for pid in node["pids"]}
+        sshd.stop()
+        failed = cellfleet_cli("down", str(config))
+        assert failed.returncode == 1 and "cannot reach root@127.0.0.2" in failed.stderr
+        assert "'cellfleet down' again stops what is left" in failed.stderr
+        assert len(load_state(name)["nodes"]) == 2
+        assert all(psutil.pid_exists(pid) for pid in pids)  # nothing stopped blindly
+        sshd.start()
+        stopped = cellfleet_cli("down", str(config))
+        assert stopped.returncode == 0, stopped.stderr
+        assert load_state(name) is None
+        wait_until(lambda: not processes_under(name), timeout=15,
+                   message="the cluster's processes to exit")
+    finally:
+        cellfleet_cli("down", str(config))
+        kill_leftovers(name)
 
 
 def assert_up_fails(config: Path, name: str, expected: str) -> str:
