@@ -53,8 +53,7 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
             logger.info("waiting for the GCS at %s: %s", args.gcs_address, exc)
             await asyncio.sleep(0.05 if raylet.gcs is None else 0.5)
             continue
-        raylet.gcs = conn
-        raylet.resources_published(reply.get("view", []), replace=True)
+        raylet.gcs_connected(conn, reply.get("view", []))
         await conn.closed
         logger.warning("lost the GCS connection; reconnecting")
 

@@ -166,6 +166,13 @@ class Raylet:
         self.scheduler.worker_unblocked(conn.state.worker_id)
         self._report_soon()
 
+    def gcs_connected(self, gcs: Connection, view: list) -> None:
+        """Registered with the GCS (again): take its resource view, and report this node's
+        figures afresh (the GCS starts from the node's totals)."""
+        self.gcs = gcs
+        self._reported = None
+        self.resources_published(view, replace=True)
+
     def resources_published(self, rows: list, replace: bool = False) -> None:
         """The GCS broadcast changes of other nodes' resources (``replace``: the whole view):
         parked requests may fit now."""
