@@ -258,22 +258,28 @@ def up(spec: ClusterSpec, say: Callable[[str], None] = print) -> UpResult:
     head, reply = _start_node(spec, spec.head, None)
     token = reply["token"]
     started, failures = [head], []
-    if spec.workers:
+    token_file = _save_state(spec, started, token)  # recorded at once: an interrupted up
+    if spec.workers:                                # still leaves down something to stop
         say(f"Starting {len(spec.workers)} worker node(s), joining {spec.head_address} ...")
         with ThreadPoolExecutor(min(MAX_PARALLEL_SSH, len(spec.workers))) as pool:
             futures = [pool.submit(_start_node, spec, w, token) for w in spec.workers]
             for future in futures:
                 try:
                     started.append(future.result()[0])
+                    _save_state(spec, started, token)
                 except LaunchError as exc:
                     failures.append(str(exc))
     if failures:
-        for node in reversed(started):
-            with contextlib.suppress(LaunchError):
-                _stop_node(node)
-        raise LaunchError("; ".join(failures) + f" (the {len(started)} node(s) started "
-                          "meanwhile were stopped again)")
-    token_file = _save_state(spec, started, token)
+        left = [node for node in reversed(started) if isinstance(_try_stop(node), LaunchError)]
+        if left:
+            _save_state(spec, left, token)
+            failures.append(f"{len(left)} node(s) could not be stopped again: 'cellfleet down' "
+                            "retries")
+        else:
+            for path in state_paths(spec.name):
+                path.unlink(missing_ok=True)
+        raise LaunchError("; ".join(failures) + f" (the {len(started) - len(left)} node(s) "
+                          "started meanwhile were stopped again)")
     return UpResult(spec.head_address, token_file, started)
 
 
