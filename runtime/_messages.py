@@ -358,7 +358,8 @@ class RequestLease(Message):
     ``util.scheduling_strategies.strategy_to_wire``. Answered ``[lease_id, worker_id,
     address, node_id, reason]`` (granted), ``{"spill": raylet_address, "node_id", "reason"}``
     (ask that node's raylet, with ``spilled`` and that ``reason``) or ``{"infeasible":
-    reason}`` (no node fits: ask again with ``wait_infeasible`` to wait for one)."""
+    reason}`` (no node fits: ask again with ``wait_infeasible`` to wait for one).
+    ``task_s``: the owner's mean run time of such tasks (0: unknown), for wait estimates."""
 
     resources: dict
     scheduling_key: str
@@ -367,6 +368,7 @@ class RequestLease(Message):
     spilled: bool = False
     wait_infeasible: bool = False
     reason: str = ""
+    task_s: float = 0.0
 
 
 @_message(32)

@@ -232,7 +232,9 @@ class TaskSubmitter:
     # -- leases ---------------------------------------------------------------------------
 
     async def _lease(self, key: tuple, queue: _KeyQueue) -> None:
-        request = m.RequestLease(queue.resources, repr(key), "task", queue.strategy)
+        task_s = self._durations.get(queue.tasks[0].function_id, 0.0) if queue.tasks else 0.0
+        request = m.RequestLease(queue.resources, repr(key), "task", queue.strategy,
+                                 task_s=task_s)
         try:
             grant = await lease_worker(self._raylet(), self._connect_raylet, request,
                                        lambda reason: self._warn_infeasible(queue, reason))

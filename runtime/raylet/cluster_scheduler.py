@@ -6,9 +6,10 @@ view of the other nodes (their totals, free resources and queues as the GCS last
 them), where the request goes:
 
 - ``DEFAULT``: here when it can start here now; else to the node that can start it now (the
-  shortest queue, then the most free CPU); else here, queued, when this node has what it asks
-  for; else to the node with the shortest queue among those that have it. A request queued
-  here that waits for resources moves on when a broadcast shows a node that has them free.
+  shortest queue, then the most free CPU); else to the node with the lowest estimated wait
+  among those that have what it asks for (queue ÷ CPUs, × the owner's mean task time; this
+  node on a tie). A request queued here that waits for resources moves on when a broadcast or
+  a tick shows a node that has them free.
 - ``SPREAD``: round robin over the nodes that can start it now (all nodes that have what it
   asks for, when none can).
 - ``NODE_AFFINITY``: that node. Hard: refused when the node is dead, unknown or lacks the
@@ -88,6 +89,12 @@ def _has(total: dict[str, float], resources: dict[str, float]) -> bool:
     return all(total.get(k, 0.0) >= v - 1e-9 for k, v in resources.items())
 
 
+def _wait(queued: int, total: dict[str, float]) -> float:
+    """A node's wait for one more request, in mean task times: the requests before it (and
+    the running task it waits for) over the node's CPUs."""
+    return (queued + 1) / max(total.get("CPU", 0.0), 1.0)
+
+
 def _lacking(have: dict[str, float], resources: dict[str, float]) -> str:
     names = [k for k, v in resources.items() if have.get(k, 0.0) < v - 1e-9]
     return ", ".join(names) or "nothing"
@@ -160,20 +167,19 @@ class ClusterScheduler:
         if here_has and self.local.fits_now(resources):
             return self._here(request, prefix + "local")
         best = self._best_free(resources)
-        if best is not None:
-            why = (self._busy(resources) if here_has
-                   else f"it has no {_lacking(self.local.total, resources)}")
-            return [self._spill(request, best, f"{prefix}spilled back from "
-                                               f"{node_name(self.node_id)}: {why}")]
-        if here_has:
-            return self._here(request, prefix + "local (queued: no node has it free)")
-        able = [n for n in self.nodes.values() if _has(n.total, resources)]
-        if able:
-            best = min(able, key=lambda n: (n.queued, n.node_id))
-            return [self._spill(request, best, f"{prefix}spilled back from "
-                                               f"{node_name(self.node_id)}: it has no "
-                                               f"{_lacking(self.local.total, resources)}")]
-        return self._infeasible(request)
+        if best is None:  # nobody can start it now: the shortest estimated wait
+            able = [n for n in self.nodes.values() if _has(n.total, resources)]
+            best = min(able, key=lambda n: (_wait(n.queued, n.total), n.node_id), default=None)
+            if here_has and (best is None or _wait(len(self.local.queue), self.local.total)
+                             <= _wait(best.queued, best.total)):
+                return self._here(request, f"{prefix}local (queued: no node has it free; "
+                                           f"{self._queue_text(request)})")
+        if best is None:
+            return self._infeasible(request)
+        why = (self._busy(request) if here_has
+               else f"it has no {_lacking(self.local.total, resources)}")
+        return [self._spill(request, best, f"{prefix}spilled back from "
+                                           f"{node_name(self.node_id)}: {why}")]
 
     def _rebalance(self) -> list:
         """Requests queued here for want of resources go to nodes that have them free now
@@ -186,7 +192,7 @@ class ClusterScheduler:
                     continue
                 moved.append(self._spill(request, best, f"spilled back from "
                                                         f"{node_name(self.node_id)}: "
-                                                        f"{self._busy(request.resources)}"))
+                                                        f"{self._busy(request)}"))
         return moved + self.local.withdraw([s.request for s in moved]) if moved else []
 
     def _best_free(self, resources: dict[str, float]) -> NodeView | None:
@@ -196,9 +202,17 @@ class ClusterScheduler:
         return min(free, key=lambda n: (n.queued, -n.available.get("CPU", 0.0), n.node_id),
                    default=None)
 
-    def _busy(self, resources: dict[str, float]) -> str:
-        return (f"it had no free {_lacking(self.local.available, resources)} "
-                f"(queue {len(self.local.queue)})")
+    def _busy(self, request: LeaseRequest) -> str:
+        return (f"it had no free {_lacking(self.local.available, request.resources)} "
+                f"({self._queue_text(request)})")
+
+    def _queue_text(self, request: LeaseRequest) -> str:
+        """This node's queue, and the wait it means when the owner knows its tasks' time."""
+        queued = len(self.local.queue)
+        if not request.task_s:
+            return f"queue {queued}"
+        wait = _wait(queued, self.local.total) * request.task_s
+        return f"queue {queued}, est. wait {wait * 1000:.0f} ms"
 
     def _spread(self, request: LeaseRequest) -> list:
         resources = request.resources

@@ -41,6 +41,7 @@ class LeaseRequest:
     spilled: bool = False  # another raylet sent it here: run it here if this node can
     wait_infeasible: bool = False  # told it fits no node: wait for one that fits
     reason: str = "local"  # why it is queued here (the placement reason of its grant)
+    task_s: float = 0.0  # the owner's mean run time of such tasks (0: unknown)
 
 
 @dataclass(slots=True)

@@ -147,7 +147,8 @@ class Raylet:
         future = asyncio.get_running_loop().create_future()
         self._lease_futures[request_id] = future
         request = LeaseRequest(request_id, msg.resources, conn, msg.kind, msg.strategy,
-                               msg.spilled, msg.wait_infeasible, msg.reason or "local")
+                               msg.spilled, msg.wait_infeasible, msg.reason or "local",
+                               msg.task_s)
         self._carry_out(self.cluster.request_lease(request))
         return future
 

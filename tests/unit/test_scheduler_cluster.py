@@ -83,6 +83,17 @@ def test_spills_count_until_the_next_tick_then_queued_requests_move_on() -> None
     assert isinstance(spill, Spill) and spill.request.request_id == 3 and spill.node_id == B
 
 
+def test_with_no_free_node_the_lowest_estimated_wait_wins() -> None:
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 2.0}, {"CPU": 0.0}, queued=1))
+    s.request_lease(req(1))
+    assert s.request_lease(req(2)) == []  # here: 1 ahead on 1 CPU; B: 2 ahead on 2 CPUs
+    request = req(3)
+    request.task_s = 0.05
+    (spill,) = s.request_lease(request)  # here 2 ahead now: B waits less
+    assert spill.node_id == B
+    assert spill.reason.endswith("it had no free CPU (queue 1, est. wait 100 ms)")
+
+
 def test_no_free_node_but_others_have_it_goes_to_the_shortest_queue() -> None:
     s = cluster({"CPU": 1.0}, row(B, {"a": 1.0}, {"a": 0.0}, queued=5),
                 row(C, {"a": 1.0}, {"a": 0.0}, queued=1))
