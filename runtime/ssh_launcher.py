@@ -32,7 +32,8 @@ from typing import Any
 
 from .ssh_config import ClusterSpec, ConfigError, HostSpec, SSHOptions, load_config
 
-__all__ = ["LaunchError", "down", "main", "ssh_argv", "ssh_failure", "up"]
+__all__ = ["LaunchError", "StartedNode", "UpResult", "describe", "down", "load_state", "main",
+           "ssh_argv", "ssh_failure", "state_paths", "up"]
 
 REPLY_MARK = "CELLFLEET-SSH-REPLY "
 REMOTE_START_TIMEOUT_S = 90.0  # past the connect timeout: the node's own start-up deadline

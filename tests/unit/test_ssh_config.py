@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 
 import pytest
 
 from cellfleet.ssh_config import ConfigError, SSHOptions, load_config, parse_config
-from cellfleet.ssh_launcher import _cli_arguments, _start_request, ssh_argv, ssh_failure
+from cellfleet.ssh_launcher import (
+    _cli_arguments,
+    _host_from_dict,
+    _start_request,
+    ssh_argv,
+    ssh_failure,
+)
 
 FULL = textwrap.dedent("""
     cluster_name: lab
@@ -142,3 +149,10 @@ def test_ssh_failures_say_what_to_do(code: int, stderr: str, expected: str) -> N
     host = parse_config(FULL).workers[0]
     host = type(host)(**{**host.__dict__, "host": "h"})
     assert expected in ssh_failure(host, code, stderr)
+
+
+def test_a_host_survives_the_state_file() -> None:
+    from dataclasses import asdict
+
+    for host in parse_config(FULL).hosts:
+        assert _host_from_dict(json.loads(json.dumps(asdict(host)))) == host
