@@ -43,6 +43,7 @@ from .._shm import SharedArena
 from .actor_submitter import ActorSubmitter
 from .dependency_resolver import DependencyResolver
 from .events import FLUSH_INTERVAL_S, EventBuffer
+from .memory_store import MemoryStore, error_payload, is_error
 from .object_ref import ObjectRef
 from .peers import PeerCache
 from .reference_counter import ObjectEntry, ReferenceCounter
@@ -74,10 +75,6 @@ BORROW_ACK_TIMEOUT_S = 10.0  # an owner that does not answer by then is dead or 
 submission_tag: contextvars.ContextVar[str] = contextvars.ContextVar("cellfleet_tag", default="")
 _current_task: contextvars.ContextVar[TaskSpec | None] = contextvars.ContextVar(
     "cellfleet_task", default=None)
-
-
-def _is_error(payload: list) -> bool:
-    return (payload[1][0] if payload[0] == "i" else payload[1]) == KIND_ERROR
 
 
 class CoreWorker:
@@ -175,6 +172,7 @@ class CoreWorker:
         self.refs = ReferenceCounter(self.address, self._queue, self._wake, self._on_free,
                                      self._on_borrow)
         self.peers = PeerCache(self.address, self.token, handlers)
+        self.memory_store = MemoryStore(self.refs.lock)
         self.raylet, self.gcs = await asyncio.gather(
             connect(self.raylet_address, self.token, handlers),
             connect(self.gcs_address, self.token, handlers),
@@ -452,7 +450,7 @@ class CoreWorker:
         entries = [self._entry_for(ref) for ref in refs]
         if not self._wait_for(entries, len(entries), deadline, refs, stop_on_error=True):
             for ref, entry in zip(refs, entries):  # one failed: raise it, as Ray does, at once
-                if entry.payload is not None and _is_error(entry.payload):
+                if entry.payload is not None and is_error(entry.payload):
                     self._value(ref, entry)
         return [self._value(ref, entry) for ref, entry in zip(refs, entries)]
 
@@ -491,43 +489,24 @@ class CoreWorker:
                   refs: list[ObjectRef], stop_on_error: bool = False) -> bool:
         """Block until ``count`` entries are ready; GetTimeoutError at the deadline.
 
-        With ``stop_on_error`` it returns False as soon as one entry holds an error. One
-        waiter counts down as the entries become ready and wakes this thread once, so a
-        ``get`` of n pending refs costs O(n), however the results trickle in.
+        With ``stop_on_error`` it returns False as soon as one entry holds an error. A task
+        waiting here gives its CPUs back meanwhile.
         """
-        with self.refs.lock:
-            pending = [e for e in entries if e.payload is None]
-            needed = min(count, len(entries)) - (len(entries) - len(pending))
-            if needed <= 0:
-                return True
-            if stop_on_error and any(
-                    e.payload is not None and _is_error(e.payload) for e in entries):
-                return False
-            waiter = _Waiter(needed, stop_on_error)
-            for entry in pending:
-                entry.waiters.append(waiter)
         blocked = self.current_task is not None
-        if blocked:  # a task waiting in get gives its CPUs back meanwhile
-            self._call_soon(lambda: self.raylet.send(m.NotifyBlocked()))
-        try:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            waiter.wait(remaining)
-            with self.refs.lock:  # off the entries still pending first, however it woke
-                for entry in pending:
-                    if entry.payload is None:
-                        entry.waiters.remove(waiter)
-                if waiter.failed:
-                    return False
-                if waiter.needed <= 0:
-                    return True
-                late = [i for i, e in enumerate(entries) if e.payload is None]
-            raise exceptions.GetTimeoutError(
-                f"Get timed out: {len(late)} of {len(entries)} object(s) not ready "
-                f"(first: {refs[late[0]]})."
-            )
-        finally:
-            if blocked:
-                self._call_soon(lambda: self.raylet.send(m.NotifyUnblocked()))
+        remaining = None if deadline is None else deadline - time.monotonic()
+        ready = self.memory_store.wait(
+            entries, count, remaining, stop_on_error=stop_on_error,
+            on_block=(lambda: self._call_soon(lambda: self.raylet.send(m.NotifyBlocked())))
+            if blocked else None,
+            on_unblock=(lambda: self._call_soon(lambda: self.raylet.send(m.NotifyUnblocked())))
+            if blocked else None)
+        if ready is not None:
+            return ready
+        late = [i for i, e in enumerate(entries) if e.payload is None]
+        raise exceptions.GetTimeoutError(
+            f"Get timed out: {len(late)} of {len(entries)} object(s) not ready "
+            f"(first: {refs[late[0]]})."
+        )
 
     def _value(self, ref: ObjectRef, entry: ObjectEntry) -> Any:
         kind, value = self.read_payload(ref._id, entry.payload)
@@ -579,16 +558,16 @@ class CoreWorker:
             conn = await self.peers.connect(entry.owner)
             payload = await conn.request(m.GetObjectStatus(object_id))
         except exceptions.RayError as exc:
-            payload = _error_payload(exc)
+            payload = error_payload(exc)
         except Exception as exc:
             logger.info("owner of %s unreachable: %s", object_id.hex(), exc)
-            payload = _error_payload(exceptions.OwnerDiedError(object_id.hex(), entry.owner))
+            payload = error_payload(exceptions.OwnerDiedError(object_id.hex(), entry.owner))
         self._set_ready(object_id, entry, payload)
 
     def _get_object_status(self, conn: Connection, msg: m.GetObjectStatus) -> Any:
         entry = self.refs.entries.get(msg.object_id)
         if entry is None:
-            return _error_payload(exceptions.ReferenceCountingAssertionError(
+            return error_payload(exceptions.ReferenceCountingAssertionError(
                 msg.object_id.hex(), self.address))
         if entry.payload is not None:
             return entry.payload
@@ -627,16 +606,7 @@ class CoreWorker:
         return out
 
     def _set_ready(self, object_id: bytes, entry: ObjectEntry, payload: list) -> None:
-        with self.refs.lock:
-            entry.payload = payload
-            waiters, entry.waiters = entry.waiters, []
-            callbacks, entry.callbacks = entry.callbacks, []
-            if waiters:
-                failed = _is_error(payload)
-                for waiter in waiters:
-                    waiter.one_ready(failed)
-        for callback in callbacks:
-            callback(entry)
+        self.memory_store.put(entry, payload)
         if self.resolver.is_awaited(object_id):
             for task_id in self.resolver.ready(object_id):
                 spec = self.tasks.spec(task_id)
@@ -765,9 +735,9 @@ class CoreWorker:
         for object_id, owner in spec.arg_refs:
             entry = entries.get(object_id)
             if entry is None:
-                error = _error_payload(exceptions.ObjectLostError(object_id.hex(), owner))
+                error = error_payload(exceptions.ObjectLostError(object_id.hex(), owner))
                 break
-            if _is_error(entry.payload):
+            if is_error(entry.payload):
                 error = entry.payload  # failures propagate downstream
                 break
             resolved.append(entry.payload)
@@ -784,7 +754,7 @@ class CoreWorker:
             if kind is Complete:
                 error = instruction.error
                 if isinstance(error, BaseException):
-                    error = _error_payload(error)
+                    error = error_payload(error)
                 self._finish(spec, instruction.result, error, instruction.submitted)
             elif kind is Schedule:
                 self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT")
@@ -938,41 +908,6 @@ class CoreWorker:
 
 _object_id = operator.attrgetter("_id")
 _payload = operator.attrgetter("payload")
-
-
-class _Waiter:
-    """Wakes a thread waiting on objects once ``needed`` of them are ready (or, with
-    ``stop_on_error``, once one of them holds an error).
-
-    A held lock the I/O thread releases: lighter than ``threading.Event`` (no Condition),
-    which matters on the ``get`` hot path. ``one_ready`` is called under the reference
-    table's lock, once per entry the waiter was added to.
-    """
-
-    __slots__ = ("_lock", "_woken", "needed", "failed", "_stop_on_error")
-
-    def __init__(self, needed: int, stop_on_error: bool = False) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._woken = False
-        self.needed = needed
-        self.failed = False
-        self._stop_on_error = stop_on_error
-
-    def one_ready(self, error: bool = False) -> None:
-        self.needed -= 1
-        if error and self._stop_on_error:
-            self.failed = True
-        if not self._woken and (self.needed <= 0 or self.failed):
-            self._woken = True
-            self._lock.release()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
-
-
-def _error_payload(exc: BaseException) -> list:
-    return ["i", serialize(exc, KIND_ERROR).inline()]
 
 
 def print_logs(lines: list) -> None:

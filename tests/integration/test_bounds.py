@@ -49,7 +49,7 @@ def closed_peers(core) -> list[str]:
     """Cached connections whose peer is gone."""
 
     async def scan() -> list[str]:
-        return [address for address, fut in core._peers.items()
+        return [address for address, fut in core.peers._connections.items()
                 if fut.done() and (fut.exception() or not fut.result().is_open)]
 
     return core.run(scan(), timeout=5)

@@ -8,7 +8,7 @@ import pytest
 
 import cellfleet
 from cellfleet import _context
-from cellfleet.core import core_worker
+from cellfleet.core import core_worker, memory_store
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +29,14 @@ def counted_waiters(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The ``needed`` count of every waiter the driver creates."""
     created: list[int] = []
 
-    class Counted(core_worker._Waiter):
+    class Counted(memory_store.Waiter):
         __slots__ = ()
 
         def __init__(self, needed: int, *args: bool) -> None:
             created.append(needed)
             super().__init__(needed, *args)
 
-    monkeypatch.setattr(core_worker, "_Waiter", Counted)
+    monkeypatch.setattr(memory_store, "Waiter", Counted)
     return created
 
 
@@ -132,7 +132,8 @@ def test_leases_of_a_cached_worker_connection_do_not_pile_up_callbacks(cluster) 
         time.sleep(0.03)  # longer than a lease stays idle: the next task takes a new lease
 
     async def watchers() -> list[int]:
-        peers = [f.result() for f in core._peers.values() if f.done() and not f.exception()]
+        peers = [f.result() for f in core.peers._connections.values()
+                 if f.done() and not f.exception()]
         return [len(conn.closed._callbacks or ()) for conn in peers]
 
     counts = core.run(watchers(), timeout=10)
