@@ -410,10 +410,14 @@ def _remote_main(action: str) -> int:
 
 def main(argv: list[str]) -> int:
     """``cellfleet up|down CLUSTER.yaml``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog=f"cellfleet {argv[0] if argv else 'up'}")
-    parser.add_argument("command", choices=("up", "down"))
+    command = argv[0] if argv[:1] in (["up"], ["down"]) else "up"
+    parser = argparse.ArgumentParser(
+        prog=f"cellfleet {command}",
+        description="start a head and workers over SSH" if command == "up" else
+        "stop the nodes 'cellfleet up' started")
     parser.add_argument("config", help="the cluster file (YAML: head, workers, ssh, python)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv[1:])
+    args.command = command
     try:
         spec = load_config(args.config)
         if args.command == "up":
