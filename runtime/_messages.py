@@ -17,7 +17,8 @@ import msgpack
 
 from .exceptions import ProtocolError
 
-__all__ = ["BULK_BYTES", "MESSAGE_TYPES", "Message", "decode", "encode", "encode_parts"]
+__all__ = ["BULK_BYTES", "MESSAGE_TYPES", "Message", "bulk_head", "decode", "encode",
+           "encode_parts"]
 
 MESSAGE_TYPES: dict[int, type[Message]] = {}
 
@@ -96,10 +97,14 @@ def encode_parts(message: Message, request_id: int = 0) -> list:
     bulk = fields[-1] if fields else None
     if type(bulk) not in (bytes, memoryview) or len(bulk) < BULK_BYTES or len(fields) > 13:
         return [encode(message, request_id)]
-    head = [bytes([0x90 | (len(fields) + 2)]), _packer.pack(message.code),
-            _packer.pack(request_id), *map(_packer.pack, fields[:-1]),
-            b"\xc6" + len(bulk).to_bytes(4, "big")]
-    return [b"".join(head), bulk]
+    head = bulk_head(message.code, request_id, fields[:-1])
+    return [head + len(bulk).to_bytes(4, "big"), bulk]
+
+
+def bulk_head(code: int, request_id: int, fields: list = ()) -> bytes:
+    """The start of a bulk message (``encode_parts``) up to its buffer's 4-byte length."""
+    return b"".join([bytes([0x90 | (len(fields) + 3)]), _packer.pack(code),
+                     _packer.pack(request_id), *map(_packer.pack, fields), b"\xc6"])
 
 
 def decode(payload: bytes) -> tuple[Message, int]:

@@ -136,6 +136,7 @@ def main() -> None:
             for task in tasks:
                 task.cancel()
             server.close()
+            raylet.channels.close()
             await pool.stop()
             arena.close()
             arena.unlink()

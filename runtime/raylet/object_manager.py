@@ -2,16 +2,16 @@
 
 Ray's ObjectManager. A reader asks its own raylet for objects by id (``GetObjects``), saying for
 each one held elsewhere which raylet holds it and how large it is (its payload names both). An
-object not in this node's store is pulled from that raylet: space is allocated here, the
-object's bytes are asked for in chunks of ``CHUNK_BYTES`` (``ReadObjectChunk``), ``WINDOW`` of
-them in flight on one connection, each written into place as it arrives, and the copy is sealed
-once the last is in. Readers waiting for it are then answered as for any local object (pinned,
-by id). The copy is secondary: it goes when its last reader unpins it; the primary copy stays
-with the node that made it. The holder pins its copy while a pull reads it, so the bytes cannot
-be freed or reused mid-transfer.
+object not in this node's store is pulled from that raylet: space is allocated here, and a
+thread asks for the object's bytes in chunks of ``CHUNK_BYTES`` (``ReadObjectChunk``), ``WINDOW``
+of them in flight on one connection (``chunk_channel``), each received straight into place; the
+copy is sealed once the last is in. Readers waiting for it are then answered as for any local
+object (pinned, by id). The copy is secondary: it goes when its last reader unpins it; the
+primary copy stays with the node that made it. The holder pins its copy while a pull reads it,
+so the bytes cannot be freed or reused mid-transfer.
 
 ``Pull`` is the decision part (which chunks to ask for next, when the copy is whole) and has no
-I/O; ``raylet.server.Raylet`` carries it out.
+I/O; ``chunk_channel.ChunkChannel`` carries it out.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ import os
 from typing import Any
 
 from .. import _messages as m
-from .._rpc import Connection, HandlerTable, connect
+from .._rpc import Connection, HandlerTable
 from .._shm import SharedArena
-from ..exceptions import ObjectLostError, TaskUnschedulableError
+from ..exceptions import TaskUnschedulableError
+from .chunk_channel import ChannelPool
 from .cluster_scheduler import ClusterScheduler, Infeasible, Spill
 from .object_manager import Pull
 from .object_store import ObjectStore
@@ -69,7 +70,7 @@ class Raylet:
         self._next_request = 1
         # Readers waiting for objects to be sealed: object id -> [(reader, ids, answer)].
         self._unsealed: dict[bytes, list[tuple[Connection, list, asyncio.Future]]] = {}
-        self._raylets: dict[str, asyncio.Future] = {}  # connections to other nodes' raylets
+        self.channels = ChannelPool(token)  # to other nodes' raylets, for pulls
         self._carry_out(self.scheduler.start())
 
     def handlers(self) -> HandlerTable:
@@ -283,40 +284,29 @@ class Raylet:
         task.add_done_callback(self._background.discard)
 
     async def _pull(self, pull: Pull) -> None:
-        fetches: set[asyncio.Future] = set()
+        """Carry a pull out on a thread (``chunk_channel``): the bytes go from the holder's
+        socket straight into the copy's block, and this loop stays free meanwhile."""
+        into = self.arena.writable_view(pull.offset, pull.size)
         try:
-            conn = await self._raylet_connection(pull.source)
-
-            async def fetch(offset: int, size: int) -> tuple[int, int]:
-                data = await conn.request(m.ReadObjectChunk(pull.object_id, offset, size))
-                if data is None or len(data) != size:
-                    raise ObjectLostError(pull.object_id.hex(), "")
-                self.arena.write(pull.offset + offset, [data])
-                return offset, size
-
-            done_all = False
-            while not done_all:
-                fetches |= {asyncio.ensure_future(fetch(*c)) for c in pull.next_chunks()}
-                done, fetches = await asyncio.wait(fetches, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    done_all = pull.chunk_arrived(*fut.result()) or done_all
+            await asyncio.get_running_loop().run_in_executor(None, self._pull_into, pull, into)
         except Exception as exc:  # the holder went, or lost the object: readers hear None
             logger.warning("could not pull object %s from %s: %s", pull.object_id.hex(),
                            pull.source, exc)
-            for fut in fetches:
-                fut.cancel()
             self._reclaim(self.store.drop_unsealed(pull.object_id))
             self._answer_dropped()
             return
+        finally:
+            into.release()
         self.seal_object(None, m.SealObject(pull.object_id))
 
-    async def _raylet_connection(self, address: str) -> Connection:
-        """A cached connection to another node's raylet."""
-        fut = self._raylets.get(address)
-        if fut is None or (fut.done() and (fut.exception() or not fut.result().is_open)):
-            fut = self._raylets[address] = asyncio.ensure_future(
-                connect(address, self.token, self.handlers()))
-        return await fut
+    def _pull_into(self, pull: Pull, into: memoryview) -> None:
+        channel = self.channels.take(pull.source)
+        try:
+            channel.pull(pull, into)
+        except BaseException:
+            channel.close()
+            raise
+        self.channels.give_back(channel)
 
     def read_object_chunk(self, conn: Connection, msg: m.ReadObjectChunk) -> Any:
         """A view of a sealed object's bytes for another node's pull (written to the socket
