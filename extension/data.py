@@ -45,7 +45,8 @@ TIMEOUT_S = 5.0
 STREAM_SPANS = 300  # the overview's task stream: the newest spans of the last minute
 SAMPLE_S = 2.0  # the object stores' use is sampled this often, page open or not
 MAX_CLUSTERS = 32  # clusters sampled
-OWNED_TTL_S = 2.0  # how long the kernels' answers about their objects are served
+OWNED_TTL_S = 2.0
+MAX_CELL_LABELS = 10_000  # how long the kernels' answers about their objects are served
 
 
 def plain(value: Any) -> Any:
@@ -333,21 +334,48 @@ async def timeline(cluster: ClusterInfo, *, since: float = 0.0, limit: int = 500
     return state.spans(since, limit, cursor)
 
 
-async def view(cluster: ClusterInfo, *, expanded: set[str], version: int = -1) -> dict:
+async def _name_cells(cluster: ClusterInfo, kernel_manager: Any) -> None:
+    """Learn from this server's kernels how their notebooks name the cells of the recent tasks
+    ("In [3]"), for the graph's details and the recent tasks (asked in the background at most
+    once a ``live.STALE_S``; the names are kept in the cluster's model, bounded)."""
+    state = state_of(cluster)
+    labels = state.model.cell_labels
+    missing = list(dict.fromkeys(
+        r["tag"] for r in state.recent(50) if r["tag"] and r["tag"] not in labels))
+    if kernel_manager is None or not missing:
+        return
+
+    async def fetch() -> bool:
+        replies = await kernels.ask_all(
+            kernel_manager, {"op": "cells", "tags": missing, "gcs": cluster.address},
+            first=cluster.kernel_id)
+        for reply in replies:
+            labels.update(reply.get("cells") or {})
+        while len(labels) > MAX_CELL_LABELS:
+            del labels[next(iter(labels))]
+        return True
+
+    await state.cached("cells", fetch)
+
+
+async def view(cluster: ClusterInfo, *, expanded: set[str], version: int = -1,
+               kernel_manager: Any = None) -> dict:
     """The task graph as the widget draws it (``GraphModel.view``), or ``{"version"}`` alone
     when nothing changed since ``version``."""
     state = state_of(cluster)
     await state.refresh(lambda *msgs: ask(cluster, *msgs))
+    await _name_cells(cluster, kernel_manager)
     current = state.model.version
     if current == version:
         return {"version": current, "unchanged": True}
     return dict(state.view(expanded), version=current)
 
 
-async def overview(cluster: ClusterInfo) -> dict:
+async def overview(cluster: ClusterInfo, kernel_manager: Any = None) -> dict:
     """The cluster's status page: progress per function, nodes, actors, recent task stream."""
     state = state_of(cluster)
     await state.refresh(lambda *msgs: ask(cluster, *msgs))
+    await _name_cells(cluster, kernel_manager)
     raw_nodes, raw_actors = await asyncio.gather(_nodes(cluster), _actors(cluster))
     model = state.model
     functions = sorted(

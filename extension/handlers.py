@@ -128,9 +128,10 @@ class _Logic:
             elif endpoint == "view":
                 expanded = {k for k in (q("expanded", None) or "").split(",") if k}
                 result = await data.view(cluster, expanded=expanded,
-                                         version=_int(q("version", None), -1, -1, 2**62))
+                                         version=_int(q("version", None), -1, -1, 2**62),
+                                         kernel_manager=self.settings.get("kernel_manager"))
             elif endpoint == "overview":
-                result = await data.overview(cluster)
+                result = await data.overview(cluster, self.settings.get("kernel_manager"))
             elif endpoint == "actors":
                 result = {"actors": await data.actors(cluster)}
             elif endpoint == "objects":

@@ -152,7 +152,8 @@ class ClusterState:
         return out
 
     def recent(self, limit: int = 12) -> list[dict[str, Any]]:
-        """The newest tasks submitted: function, state, node, worker, attempt, duration."""
+        """The newest tasks submitted: function, state, node, worker, attempt, placement reason,
+        duration."""
         out = []
         for record in reversed(self.model.records.values()):
             if "name" not in record:
@@ -163,7 +164,8 @@ class ClusterState:
                 "cancelled": was_cancelled(record), "node": record.get("node_id"),
                 "pid": record.get("worker_pid"), "attempt": record.get("attempt_number") or 0,
                 "duration": end - start if start and end else None, "tag": record.get("tag"),
-                "owner": record.get("owner"),
+                "cell": self.model.cell_labels.get(record.get("tag") or ""),
+                "owner": record.get("owner"), "placement": record.get("placement_reason"),
             })
             if len(out) >= limit:
                 break
@@ -199,7 +201,7 @@ class ClusterState:
                           f"{record.get('worker_pid') or '?'}",
                 "error": (record.get("error_message") or "")[:300] or None,
                 "node": record.get("node_id"), "attempt": record.get("attempt_number") or 0,
-                "cancelled": was_cancelled(record),
+                "cancelled": was_cancelled(record), "placement": record.get("placement_reason"),
             })
             if len(out) >= limit:
                 break

@@ -190,14 +190,15 @@ def cluster_list(base: str, clusters: list[ClusterInfo], theme: str = "light") -
 def _timeline_layout():
     spans = ColumnDataSource({k: [] for k in (
         "left", "right", "bottom", "top", "color", "line", "name", "state", "worker",
-        "duration", "error", "node", "attempt")}, name="spans")
+        "duration", "error", "node", "attempt", "placement")}, name="spans")
     fig = figure(height=460, sizing_mode="stretch_width", tools="xpan,xwheel_zoom,box_zoom,reset",
                  name="timeline_fig", y_range=Range1d(0, 1, name="rows_range"))
     r = fig.quad("left", "right", "bottom", "top", source=spans, fill_color="color",
                  line_color="line", line_width=1.5)
     fig.add_tools(HoverTool(renderers=[r], tooltips=[
         ("function", "@name"), ("state", "@state"), ("node", "@node"), ("worker", "@worker"),
-        ("attempt", "@attempt"), ("duration", "@duration"), ("error", "@error")]))
+        ("attempt", "@attempt"), ("placed because", "@placement"), ("duration", "@duration"),
+        ("error", "@error")]))
     fig.xaxis.axis_label = "seconds since the first task shown"
     fig.yaxis.ticker = FixedTicker(ticks=[], name="rows_ticker")
     fig.yaxis.axis_label = "node:pid"

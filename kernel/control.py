@@ -6,7 +6,8 @@ cell runs (a cell blocked in ``get`` on the task to cancel is the usual case). A
 
 * ``{"op": "cancel", "task_id": HEX}``: cancel a task this notebook submitted;
 * ``{"op": "objects", "limit": N, "tags": [...]}``: the objects this notebook owns, largest
-  first, with what keeps each alive, and the names of the cells of ``tags`` ("In [3]").
+  first, with what keeps each alive, and the names of the cells of ``tags`` ("In [3]");
+* ``{"op": "cells", "tags": [...]}``: only those names.
 
 Each may name its cluster (``"gcs": HOST:PORT``): a kernel using another answers
 ``{"status": "other_cluster"}``.
@@ -43,7 +44,12 @@ def answer(content: dict) -> dict[str, Any]:
             limit = MAX_OBJECTS
         tags = [str(t) for t in (content.get("tags") or [])[:MAX_OBJECTS]]
         return {"status": "ok", **owned_objects(limit, tags)}
-    return {"status": "error", "error": f"unknown request {op!r}: ask for cancel or objects"}
+    if op == "cells":
+        from cellfleet.widgets.feed import CELL_LABELS
+
+        tags = [str(t) for t in (content.get("tags") or [])[:MAX_OBJECTS]]
+        return {"status": "ok", "cells": {t: CELL_LABELS[t] for t in tags if t in CELL_LABELS}}
+    return {"status": "error", "error": f"unknown request {op!r}: ask for cancel, objects or cells"}
 
 
 def install(kernel: Any) -> None:

@@ -117,8 +117,9 @@ function overview(d) {
     ["node", (t) => short(t.node), "", "110px"],
     ["worker pid", (t) => String(t.pid || ""), "num", "90px"],
     ["attempt", (t) => attempt(t), "num", "100px"],
+    ["placed because", (t) => t.placement || "", "", "16%"],
     ["duration", (t) => secs(t.duration), "num", "90px"],
-    ["cell", (t) => t.tag ? short(t.tag, 8) : "", "", "90px"],
+    ["cell", (t) => t.cell || (t.tag ? short(t.tag, 8) : ""), "", "80px"],
     ["task", (t) => oid(t.task_id)],
     ["", (t) => ["FINISHED", "FAILED"].includes(t.state) ? "" :
       `<button class="btn" data-cancel="${esc(t.task_id)}" title="cancel this task">Cancel</button>`,
@@ -141,7 +142,7 @@ function timeline(d) {
   const now = Date.now() / 1000;
   for (const s of spans) if (t0 === null || s.start < t0) t0 = s.start;
   const S = {left: [], right: [], bottom: [], top: [], color: [], line: [], name: [], state: [],
-             worker: [], duration: [], error: [], node: [], attempt: []};
+             worker: [], duration: [], error: [], node: [], attempt: [], placement: []};
   for (const s of spans) {
     const i = rows.get(s.worker);
     S.left.push(s.start - t0); S.right.push((s.end || now) - t0);
@@ -150,6 +151,7 @@ function timeline(d) {
     S.name.push(s.name); S.state.push(C.short[s.state] || s.state); S.worker.push(s.worker);
     S.duration.push(s.end ? secs(s.end - s.start) : "running"); S.error.push(s.error || "");
     S.node.push((s.node || "").slice(0, 12)); S.attempt.push(attempt(s));
+    S.placement.push(s.placement || "");
     if (s.cancelled) S.state[S.state.length - 1] = "cancelled";
   }
   const src = model("spans"); if (src) src.data = S;

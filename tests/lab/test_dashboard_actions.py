@@ -115,7 +115,8 @@ def test_objects_and_cancel_through_the_notebook_kernel(lab: Lab, browser):
     dash.locator("#notice", has_text="cancelled task").wait_for(timeout=15_000)
     dash.locator(f".cf-node.cf-task[data-id='{slow}'][data-cancelled='1']").wait_for(
         timeout=30_000)
-    assert "TaskCancelledError" in dash.locator(".cf-details").inner_text()
+    details = dash.locator(".cf-details").inner_text()
+    assert "TaskCancelledError" in details and "In [2]" in details, details  # its cell's name
     screenshot(dash, "page-graph-cancelled")
     output = page.locator(f"{SHOWN} .jp-Cell:nth-child(3) .jp-OutputArea-output")
     output.wait_for(timeout=30_000)
@@ -124,6 +125,7 @@ def test_objects_and_cancel_through_the_notebook_kernel(lab: Lab, browser):
     # the overview's recent tasks say it was cancelled
     dash.goto(base)
     dash.locator("#recent .pill", has_text="cancelled").wait_for(timeout=15_000)
+    dash.locator("#recent td", has_text="In [2]").first.wait_for(timeout=15_000)
     screenshot(dash, "page-overview-recent")
     # a task nobody of this server submitted cannot be cancelled: the answer says why
     answer = dash.evaluate("""async () => { const r = await fetch(window.CELLFLEET.api +
