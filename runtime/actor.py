@@ -50,10 +50,14 @@ BUILTIN_METHODS = ("__ray_ready__", "__ray_call__", "__ray_terminate__")
 
 def method(*, num_returns: int = 1, concurrency_group: str | None = None,
            **_ignored: Any) -> Callable:
-    """``@method(num_returns=2)`` on an actor method sets its default number of returns."""
+    """``@method(num_returns=2)`` on an actor method sets its default number of returns;
+    ``concurrency_group="io"`` runs its calls in that group of the actor's
+    ``concurrency_groups`` (threads or slots of the group's own)."""
 
     def mark(fn: Callable) -> Callable:
         fn.__cellfleet_num_returns__ = num_returns
+        if concurrency_group is not None:
+            fn.__cellfleet_concurrency_group__ = concurrency_group
         return fn
 
     return mark
@@ -141,6 +145,9 @@ class ActorClass(ExportedCode):
                    if not name.startswith("__") or name == "__call__"]
         self._methods = {name: getattr(fn, "__cellfleet_num_returns__", 1)
                          for name, fn in members}
+        self._method_groups = {
+            name: fn.__cellfleet_concurrency_group__ for name, fn in members
+            if getattr(fn, "__cellfleet_concurrency_group__", None) is not None}
         self._signatures = {
             name: signature_of(fn, drop_self=inspect.isfunction(
                 inspect.getattr_static(cls, name)))
@@ -195,6 +202,12 @@ class ActorClass(ExportedCode):
         return target.remote(*(args or ()), **(kwargs or {}))
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        groups = self._options.get("concurrency_groups") or {}
+        for name, group in self._method_groups.items():
+            if group not in groups:
+                raise ValueError(
+                    f"{self._name}.{name} is in concurrency group {group!r}, which the actor "
+                    f"does not define: give it concurrency_groups={{{group!r}: N, ...}}")
         core = _core()
         check_arguments(self._init_signature, self._name, args, kwargs)
         function_id = self._function_id(core, self._cls)
@@ -205,8 +218,6 @@ class ActorClass(ExportedCode):
         namespace = core.namespace if namespace is None else namespace
         actor_id = random_id()
         max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
-        # Each concurrency group gets threads of its own, on top of the default group's.
-        max_concurrency += sum((opts.get("concurrency_groups") or {}).values())
         info = {
             "name": opts.get("name") or "", "namespace": namespace,
             "class_name": self._name, "owner": core.address, "detached": detached,
@@ -227,7 +238,8 @@ class ActorClass(ExportedCode):
             max_retries=0, retry_exceptions=False, task_name=f"{self._name}.__init__",
             actor_id=actor_id,
             actor_options={"max_concurrency": max_concurrency, "is_async": self._is_async,
-                           "detached": detached, "run_resources": run},
+                           "detached": detached, "run_resources": run,
+                           "concurrency_groups": groups, "method_groups": self._method_groups},
             strategy=strategy,
         )
         # Handles looked up by name hold the creation object too (see ActorHandle._from_record):

@@ -53,9 +53,12 @@ class TaskExecutor:
         self.streams: tuple = ()
         self.actor: Any = None
         self._actor_loop: asyncio.AbstractEventLoop | None = None
-        self._actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # A threaded actor's thread pools, an async actor's slots: one per concurrency group
+        # (None: the default group, of max_concurrency), and the groups of its methods.
+        self._actor_pools: dict[str | None, concurrent.futures.ThreadPoolExecutor] = {}
         self._async_calls: dict[bytes, concurrent.futures.Future] = {}
-        self._actor_slots: asyncio.Semaphore | None = None  # async actors' max_concurrency
+        self._actor_slots: dict[str | None, asyncio.Semaphore] = {}
+        self._method_groups: dict[str, str] = {}
         self._cancelled: set[bytes] = set()
         # task id -> (owner connection, number of returns), until the task starts
         self._queued: dict[bytes, tuple[Connection, int]] = {}
@@ -80,8 +83,10 @@ class TaskExecutor:
                 spec = TaskSpec.from_wire(wire)
                 self._async_calls[spec.task_id] = asyncio.run_coroutine_threadsafe(
                     self._run_async(conn, spec), self._actor_loop)
-            elif self._actor_pool is not None:
-                self._actor_pool.submit(self._run_one, conn, TaskSpec.from_wire(wire))
+            elif self._actor_pools:
+                spec = TaskSpec.from_wire(wire)
+                pool = self._actor_pools[self._method_groups.get(spec.method)]
+                pool.submit(self._run_one, conn, spec)
             else:
                 self._queued[wire[0]] = (conn, wire[6])
                 self._tasks.put((conn, wire))
@@ -180,7 +185,7 @@ class TaskExecutor:
 
     async def _run_async(self, conn: Connection, spec: TaskSpec) -> None:
         try:
-            async with self._actor_slots:
+            async with self._actor_slots[self._method_groups.get(spec.method)]:
                 result = await self.execute_async(spec)
         except BaseException as exc:  # noqa: BLE001 - the call fails, the loop lives on
             result = self._unreported(spec, exc)
@@ -284,21 +289,28 @@ class TaskExecutor:
             self.core.actor_id = spec.actor_id
             options = spec.actor_options or {}
             self.core.actor_resources = options.get("run_resources") or {}
+            groups = {None: int(options.get("max_concurrency")
+                                or (1000 if options.get("is_async") else 1)),
+                      **(options.get("concurrency_groups") or {})}
+            self._method_groups = dict(options.get("method_groups") or {})
             if options.get("is_async"):
-                self._start_actor_loop(int(options.get("max_concurrency") or 1000))
-            elif (options.get("max_concurrency") or 1) > 1:
-                self._actor_pool = concurrent.futures.ThreadPoolExecutor(
-                    options["max_concurrency"], thread_name_prefix="actor")
+                self._start_actor_loop(groups)
+            elif len(groups) > 1 or groups[None] > 1:
+                self._actor_pools = {
+                    group: concurrent.futures.ThreadPoolExecutor(
+                        size, thread_name_prefix=f"actor-{group}" if group else "actor")
+                    for group, size in groups.items()}
 
         return construct
 
-    def _start_actor_loop(self, max_concurrency: int) -> None:
+    def _start_actor_loop(self, groups: dict[str | None, int]) -> None:
         ready = threading.Event()
 
         def run() -> None:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
-            self._actor_slots = asyncio.Semaphore(max_concurrency)
+            self._actor_slots = {group: asyncio.Semaphore(size)
+                                 for group, size in groups.items()}
             self._actor_loop = loop
             ready.set()
             while True:  # the loop serves the actor for the life of the worker
