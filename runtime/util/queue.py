@@ -121,11 +121,17 @@ class Queue:
     def shutdown(self, force: bool = False, grace_period_s: int = 5) -> None:
         """End the queue's actor; items still in it are lost. The queue is unusable after.
 
-        Pending ``get``/``put`` calls fail with ``ActorDiedError``. ``force`` and
-        ``grace_period_s`` are accepted for Ray compatibility: the actor is killed at once.
+        As in Ray: ``force`` kills the actor at once; otherwise it exits behind the calls
+        already sent to it, and is killed if it has not exited after ``grace_period_s``.
         """
         if self.actor is not None:
-            api.kill(self.actor)
+            if force:
+                api.kill(self.actor)
+            else:
+                done = self.actor.__ray_terminate__.remote()
+                _, not_done = api.wait([done], timeout=grace_period_s)
+                if not_done:
+                    api.kill(self.actor)
         self.actor = None
 
     def _actor(self) -> Any:

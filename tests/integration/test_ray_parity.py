@@ -177,3 +177,26 @@ def test_the_deprecated_context_ids_warn_and_have_hex(cluster) -> None:
         assert ctx.job_id.hex() == ctx.get_job_id()
     with pytest.warns(DeprecationWarning):
         assert ctx.task_id is None and ctx.actor_id is None  # the driver runs no task
+
+
+def _death_cause(actor) -> str | None:
+    from cellfleet.util.state import list_actors
+
+    (record,) = [a for a in list_actors() if a["actor_id"] == actor._actor_id.hex()]
+    return record["death_cause"] if record["state"] == "DEAD" else None
+
+
+def test_a_queue_shuts_down_gracefully_unless_forced(cluster) -> None:
+    from cellfleet.util.queue import Queue
+
+    graceful, forced = Queue(), Queue()
+    graceful.put(1)
+    actors = graceful.actor, forced.actor
+    graceful.shutdown(grace_period_s=30)  # its actor exits behind the put
+    forced.shutdown(force=True)
+    wait_until(lambda: None not in map(_death_cause, actors), timeout=20,
+               message="both queue actors to be dead")
+    graceful_cause, forced_cause = map(_death_cause, actors)
+    assert forced_cause == "killed" and graceful_cause != "killed"  # it exited by itself
+    with pytest.raises(RuntimeError, match="shut down"):
+        graceful.put(2)
