@@ -364,7 +364,8 @@ class RequestLease(Message):
     address, node_id, reason]`` (granted), ``{"spill": raylet_address, "node_id", "reason"}``
     (ask that node's raylet, with ``spilled`` and that ``reason``) or ``{"infeasible":
     reason}`` (no node fits: ask again with ``wait_infeasible`` to wait for one).
-    ``task_s``: the owner's mean run time of such tasks (0: unknown), for wait estimates."""
+    ``task_s``: the owner's mean run time of such tasks (0: unknown), for wait estimates;
+    ``locality``: ``[node_id, bytes]``, the node holding most of the tasks' argument bytes."""
 
     resources: dict
     scheduling_key: str
@@ -374,6 +375,7 @@ class RequestLease(Message):
     wait_infeasible: bool = False
     reason: str = ""
     task_s: float = 0.0
+    locality: list | None = None
 
 
 @_message(32)

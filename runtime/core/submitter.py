@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 PIPELINE_DEPTH = 64
 SHORT_TASK_S = 0.002
 LEASE_IDLE_S = 0.01
+LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this move faster than a task waits
 MAX_SPILLBACKS = 16  # hops of one lease request before it fails (views that disagree)
 MAX_LOST_NODES = 8  # unreachable nodes one lease request meets before it fails
 LOST_NODE_WAIT_S = 0.02  # then 0.04, 0.08...: the GCS broadcasts a node's death in ~20 ms
@@ -98,6 +99,19 @@ async def _back_to_local(local: Connection, request: m.RequestLease,
     return local, lost + 1
 
 
+def argument_locality(resolved: list) -> list | None:
+    """``[node_id, bytes]`` of the node holding most of a task's argument bytes in shared
+    memory, when that is at least ``LOCALITY_MIN_BYTES`` (else placement ignores locality)."""
+    held: dict[bytes, int] = {}
+    for payload in resolved:
+        if payload[0] == "s":
+            held[payload[3]] = held.get(payload[3], 0) + payload[2]
+    if not held:
+        return None
+    node_id, size = max(held.items(), key=lambda item: item[1])
+    return [node_id, size] if size >= LOCALITY_MIN_BYTES else None
+
+
 @dataclass(slots=True, eq=False)
 class LeasedWorker:
     lease_id: int
@@ -118,6 +132,7 @@ class LeasedWorker:
 class _KeyQueue:
     resources: dict
     strategy: list | None = None
+    locality: list | None = None  # [node_id, bytes] of the first task's large arguments
     tasks: deque[TaskSpec] = field(default_factory=deque)
     workers: list[LeasedWorker] = field(default_factory=list)
     lease_pending: bool = False
@@ -154,9 +169,12 @@ class TaskSubmitter:
         key = scheduling_key(spec.resources)
         if strategy is not None:
             key = (*key, ("strategy", *strategy))
+        locality = argument_locality(spec.resolved)
+        if locality is not None:  # tasks whose large arguments are on one node share leases
+            key = (*key, ("locality", locality[0]))
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _KeyQueue(spec.resources, strategy)
+            queue = self._queues[key] = _KeyQueue(spec.resources, strategy, locality)
         queue.tasks.append(spec)
         self._pump(key, queue)
 
@@ -234,7 +252,7 @@ class TaskSubmitter:
     async def _lease(self, key: tuple, queue: _KeyQueue) -> None:
         task_s = self._durations.get(queue.tasks[0].function_id, 0.0) if queue.tasks else 0.0
         request = m.RequestLease(queue.resources, repr(key), "task", queue.strategy,
-                                 task_s=task_s)
+                                 task_s=task_s, locality=queue.locality)
         try:
             grant = await lease_worker(self._raylet(), self._connect_raylet, request,
                                        lambda reason: self._warn_infeasible(queue, reason))

@@ -5,11 +5,13 @@ scheduler). This class decides, from the node's :class:`~.scheduler.LocalSchedul
 view of the other nodes (their totals, free resources and queues as the GCS last broadcast
 them), where the request goes:
 
-- ``DEFAULT``: here when it can start here now; else to the node that can start it now (the
-  shortest queue, then the most free CPU); else to the node with the lowest estimated wait
-  among those that have what it asks for (queue ÷ CPUs, × the owner's mean task time; this
-  node on a tie). A request queued here that waits for resources moves on when a broadcast or
-  a tick shows a node that has them free.
+- ``DEFAULT``: to the node holding most of the request's large arguments (``locality``) when it
+  has what the request asks for and its estimated wait is shorter than moving them (bytes ÷
+  ``TRANSFER_BYTES_S``); else here when it can start here now; else to the node that can start
+  it now (the shortest queue, then the most free CPU); else to the node with the lowest
+  estimated wait among those that have what it asks for (queue ÷ CPUs, × the owner's mean task
+  time; this node on a tie). A request queued here that waits for resources moves on when a
+  broadcast or a tick shows a node that has them free.
 - ``SPREAD``: round robin over the nodes that can start it now (all nodes that have what it
   asks for, when none can).
 - ``NODE_AFFINITY``: that node. Hard: refused when the node is dead, unknown or lacks the
@@ -89,6 +91,9 @@ def _has(total: dict[str, float], resources: dict[str, float]) -> bool:
     return all(total.get(k, 0.0) >= v - 1e-9 for k, v in resources.items())
 
 
+TRANSFER_BYTES_S = 1e9  # node-to-node object transfer, for weighing locality against waits
+
+
 def _wait(queued: int, total: dict[str, float]) -> float:
     """A node's wait for one more request, in mean task times: the requests before it (and
     the running task it waits for) over the node's CPUs."""
@@ -164,6 +169,21 @@ class ClusterScheduler:
     def _default(self, request: LeaseRequest, prefix: str) -> list:
         resources = request.resources
         here_has = not self.local.missing(resources)
+        if request.locality:  # the node that holds the large arguments, unless busy
+            holder, size = request.locality
+            why = (f"{prefix}locality: {node_name(holder)} holds {size / 1e6:.0f} MB of the "
+                   "arguments")
+            move_s = size / TRANSFER_BYTES_S  # what running elsewhere costs first
+            if holder == self.node_id:
+                if here_has and (self.local.fits_now(resources) or _wait(
+                        len(self.local.queue), self.local.total) * request.task_s <= move_s):
+                    return self._here(request, why)
+            else:
+                node = self.nodes.get(holder)
+                if node is not None and _has(node.total, resources) and (
+                        _has(node.available, resources)
+                        or _wait(node.queued, node.total) * request.task_s <= move_s):
+                    return [self._spill(request, node, why)]
         if here_has and self.local.fits_now(resources):
             return self._here(request, prefix + "local")
         best = self._best_free(resources)

@@ -42,6 +42,7 @@ class LeaseRequest:
     wait_infeasible: bool = False  # told it fits no node: wait for one that fits
     reason: str = "local"  # why it is queued here (the placement reason of its grant)
     task_s: float = 0.0  # the owner's mean run time of such tasks (0: unknown)
+    locality: list | None = None  # [node_id, bytes]: where most argument bytes are
 
 
 @dataclass(slots=True)

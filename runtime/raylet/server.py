@@ -149,7 +149,7 @@ class Raylet:
         self._lease_futures[request_id] = future
         request = LeaseRequest(request_id, msg.resources, conn, msg.kind, msg.strategy,
                                msg.spilled, msg.wait_infeasible, msg.reason or "local",
-                               msg.task_s)
+                               msg.task_s, msg.locality)
         self._carry_out(self.cluster.request_lease(request))
         return future
 

@@ -19,6 +19,7 @@ import cellfleet as ray
 from cellfleet import _messages as m
 from cellfleet import exceptions
 from cellfleet.cluster_utils import Cluster
+from cellfleet.util.state import list_tasks
 
 pytestmark = pytest.mark.integration
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -51,6 +52,11 @@ def store_used(address: str) -> int:
 
 @ray.remote
 def checksum(array: np.ndarray) -> tuple[int, str]:
+    return int(array.sum()), ray.get_runtime_context().get_node_id()
+
+
+@ray.remote
+def checksum_here(array: np.ndarray) -> tuple[int, str]:
     return int(array.sum()), ray.get_runtime_context().get_node_id()
 
 
@@ -103,3 +109,15 @@ def test_reading_an_object_whose_only_node_is_gone_raises_object_lost(cluster):
     cluster.remove_node(node, allow_graceful=False)
     with pytest.raises(exceptions.ObjectLostError):
         ray.get(ref, timeout=60)
+
+
+def test_a_task_goes_to_the_node_that_holds_its_large_argument(cluster):
+    c = cluster.worker_nodes[1]
+    made_on_c = make.options(resources={"c": 1}).remote(8 * MiB, 2)
+    ray.wait([made_on_c], timeout=60, fetch_local=False)
+    # No resources asked for; a function never run before, so no wait estimate competes.
+    total, node = ray.get(checksum_here.remote(made_on_c), timeout=60)
+    assert total == 2 * 8 * MiB and node == c.node_id
+    reasons = [t.get("placement_reason", "") for t in list_tasks(limit=10_000)
+               if t.get("name") == "checksum_here" and t.get("node_id") == c.node_id]
+    assert any("locality" in r and "holds 8 MB of the arguments" in r for r in reasons), reasons
