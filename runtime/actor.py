@@ -246,7 +246,7 @@ class ActorClass(ExportedCode):
         # the GCS learns its id without a round trip (the update follows the registration on
         # the same connection).
         update = m.UpdateActor(actor_id, "", {"creation_object_id": refs[0]._id})
-        core._call_soon(lambda: core.gcs.send(update))
+        core.call_soon(lambda: core.gcs.send(update))
         return ActorHandle(actor_id, self._name, self._methods, refs[0], self._signatures)
 
     def __repr__(self) -> str:

@@ -412,7 +412,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
         raise ValueError("kill() only supported for actors. For tasks, try cancel(). "
                          f"Got: {type(actor).__name__}.")
     actor_id = actor._actor_id
-    core._call_soon(lambda: core.actor_submitter.kill(actor_id, ActorDeathReason.KILLED))
+    core.call_soon(lambda: core.actor_submitter.kill(actor_id, ActorDeathReason.KILLED))
     core.run(_until_dead(core, actor_id, KILL_WAIT_S))
 
 

@@ -153,7 +153,7 @@ class ActorSubmitter:
     def _unplaceable(self, spec: TaskSpec, reason: str) -> None:
         """No node fits the actor yet: warn, and its creation task's record says why."""
         logger.warning("actor %s cannot be placed yet: %s", spec.name, reason)
-        self._core._task_infeasible(spec, reason)
+        self._core.task_infeasible(spec, reason)
 
     async def _connect(self, state: ActorState, address: str) -> None:
         state.address = address

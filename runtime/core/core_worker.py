@@ -199,7 +199,7 @@ class CoreWorker:
             on_pushed=self._task_pushed,
             on_failed=self._task_failed_to_schedule,
             on_worker_lost=self._task_worker_lost,
-            on_infeasible=self._task_infeasible,
+            on_infeasible=self.task_infeasible,
         )
         self.actor_submitter = ActorSubmitter(self)
         self._loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
@@ -282,7 +282,8 @@ class CoreWorker:
             except RuntimeError:  # the loop is closed: the process is shutting down
                 pass
 
-    def _call_soon(self, fn: Callable[[], Any]) -> None:
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the I/O thread, in order with everything queued before it."""
         self._queue.append(fn)
         self._wake()
 
@@ -376,7 +377,7 @@ class CoreWorker:
         function_id = hashlib.sha1(blob).digest()[:16]
         if function_id not in self.functions:
             self.functions[function_id] = (name, blob)
-            self._call_soon(lambda: self.gcs.send(m.ExportFunction(function_id, name, blob)))
+            self.call_soon(lambda: self.gcs.send(m.ExportFunction(function_id, name, blob)))
         return function_id
 
     def export_to(self, conn: Connection, spec: TaskSpec) -> None:
@@ -436,7 +437,7 @@ class CoreWorker:
         offset = fut.result()
         progress = _context.copy_progress if size >= LARGE_COPY_BYTES else None
         self.arena.write(offset, obj.chunks(), progress)
-        self._call_soon(lambda: self.raylet.send(m.SealObject(object_id)))
+        self.call_soon(lambda: self.raylet.send(m.SealObject(object_id)))
         return ["s", obj.kind, size, self.node_id, self.raylet_address]
 
     async def _allocate(self, object_id: bytes, size: int, owner: str) -> int:
@@ -482,7 +483,7 @@ class CoreWorker:
         if not entry.owned and entry.payload is None and not entry.fetching:
             entry.fetching = True
             object_id = ref._id
-            self._call_soon(lambda: self._loop.create_task(self._fetch(object_id, entry)))
+            self.call_soon(lambda: self._loop.create_task(self._fetch(object_id, entry)))
         return entry
 
     def _wait_for(self, entries: list[ObjectEntry], count: int, deadline: float | None,
@@ -496,9 +497,9 @@ class CoreWorker:
         remaining = None if deadline is None else deadline - time.monotonic()
         ready = self.memory_store.wait(
             entries, count, remaining, stop_on_error=stop_on_error,
-            on_block=(lambda: self._call_soon(lambda: self.raylet.send(m.NotifyBlocked())))
+            on_block=(lambda: self.call_soon(lambda: self.raylet.send(m.NotifyBlocked())))
             if blocked else None,
-            on_unblock=(lambda: self._call_soon(lambda: self.raylet.send(m.NotifyUnblocked())))
+            on_unblock=(lambda: self.call_soon(lambda: self.raylet.send(m.NotifyUnblocked())))
             if blocked else None)
         if ready is not None:
             return ready
@@ -548,7 +549,7 @@ class CoreWorker:
 
         def unpin() -> None:
             if not self._closed:
-                self._call_soon(lambda: self.raylet.send(m.UnpinObjects([object_id])))
+                self.call_soon(lambda: self.raylet.send(m.UnpinObjects([object_id])))
 
         return deserialize_view(self.arena.read_view(offset, size, on_release=unpin))
 
@@ -602,7 +603,7 @@ class CoreWorker:
             else:
                 entry.callbacks.append(resolve)
 
-        self._call_soon(attach)
+        self.call_soon(attach)
         return out
 
     def _set_ready(self, object_id: bytes, entry: ObjectEntry, payload: list) -> None:
@@ -650,12 +651,12 @@ class CoreWorker:
             "returns": [r.hex() for r in refs], "actor_id": actor_id.hex() or None,
             "required_resources": resources, "owner": self.address, "type": spec.kind,
         })
-        self._call_soon(lambda: self._resolve(spec, submitted))
+        self.call_soon(lambda: self._resolve(spec, submitted))
         return refs
 
     def cancel(self, ref: ObjectRef, *, force: bool, recursive: bool) -> None:
         """Cancel the task that makes ``ref`` (see ``cellfleet.cancel``)."""
-        self._call_soon(lambda: self._cancel(ref._id[:16], force, recursive))
+        self.call_soon(lambda: self._cancel(ref._id[:16], force, recursive))
 
     def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
         self._carry_out(self.tasks.handle(CancelRequested(task_id, "cancel", recursive, force)))
@@ -666,7 +667,7 @@ class CoreWorker:
             for child in self.tasks.specs():
                 if child.parent_task_id == parent_task_id:
                     self._cancel(child.task_id, False, True)
-        self._call_soon(cancel_all)
+        self.call_soon(cancel_all)
 
     def _serialize_args(self, name: str, args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
         if not args and not kwargs:
@@ -806,7 +807,7 @@ class CoreWorker:
     def _task_pushed(self, spec: TaskSpec, worker: LeasedWorker) -> None:
         self.task_pushed(spec, worker.node_id, worker.worker_id, worker.reason)
 
-    def _task_infeasible(self, spec: TaskSpec, reason: str) -> None:
+    def task_infeasible(self, spec: TaskSpec, reason: str) -> None:
         """No node fits the task yet: its record says why it waits (the views show it)."""
         self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT",
                          {"placement_reason": f"waiting: {reason}"})
@@ -896,7 +897,7 @@ class CoreWorker:
             if owner == self.address:
                 self.refs.add_borrower([object_id], borrower)
             else:
-                self._call_soon(lambda o=owner, i=object_id: self._register_borrow(
+                self.call_soon(lambda o=owner, i=object_id: self._register_borrow(
                     o, [i], borrower))
 
     def _return_borrows(self, refs: list) -> None:

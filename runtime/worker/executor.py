@@ -196,8 +196,8 @@ class TaskExecutor:
     def _deliver(self, conn: Connection, result: TaskResult) -> None:
         self._results.append((conn, result.to_wire()))
         if self.core.events.logs:  # what the task printed leaves before its result
-            self.core._call_soon(self._flush_events)
-        self.core._call_soon(self._send_results)
+            self.core.call_soon(self._flush_events)
+        self.core.call_soon(self._send_results)
         if self._exiting:
             self._exit_actor()
 
@@ -424,7 +424,7 @@ class TaskExecutor:
         stored = [object_id_for(spec.task_id, i) for i, p in enumerate(payloads, start=1)
                   if p[0] == "s"]
         if stored:
-            self.core._call_soon(lambda: self.core.raylet.send(m.FreeObjects(stored)))
+            self.core.call_soon(lambda: self.core.raylet.send(m.FreeObjects(stored)))
 
 
 def _split_returns(value: Any, num_returns: int, name: str) -> list:
