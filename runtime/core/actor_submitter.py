@@ -221,6 +221,8 @@ class ActorSubmitter:
         state = self.actors.get(spec.actor_id)
         if state is not None:
             state.in_flight.pop(spec.task_id, None)
+            if not state.in_flight and state.conn is not None:
+                state.conn.awaiting = 0
 
     def connection_of(self, spec: TaskSpec) -> Connection | None:
         state = self.actors.get(spec.actor_id)
@@ -239,6 +241,8 @@ class ActorSubmitter:
             batch.append(spec.to_wire())
         if batch:
             state.conn.send(m.PushTasks(batch))
+            if not state.conn.awaiting:  # an actor gone silent with calls owed is dropped
+                state.conn.awaiting = 1
 
     # -- the GCS ------------------------------------------------------------------------
 

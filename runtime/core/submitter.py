@@ -183,6 +183,8 @@ class TaskSubmitter:
         if worker is None:
             return
         spec = worker.in_flight.pop(task_id, None)
+        if not worker.in_flight and worker.conn is not None:
+            worker.conn.awaiting = 0
         avg = self._durations.get(function_id)
         self._durations[function_id] = duration if avg is None else 0.8 * avg + 0.2 * duration
         if spec is not None:
@@ -246,6 +248,8 @@ class TaskSubmitter:
             self._export(conn, spec)
             self._on_pushed(spec, worker)
         conn.send(m.PushTasks([spec.to_wire() for spec in batch]))
+        if not conn.awaiting:  # results are owed: a worker gone silent is pinged, then dropped
+            conn.awaiting = 1
 
     # -- leases ---------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class FakeConnection:
     def __init__(self) -> None:
         self.closed = asyncio.get_running_loop().create_future()
         self.sent: list[m.Message] = []
+        self.awaiting = 0
 
     def send(self, message: m.Message) -> None:
         self.sent.append(message)
