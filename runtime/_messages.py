@@ -518,3 +518,76 @@ class DefineFunctions(Message):
     """Pickled functions ``[[function_id, name, blob], ...]`` sent ahead of the first task."""
 
     functions: list
+
+
+# --- placement groups (gcs.placement_groups, raylet.bundles) --------------------------------
+
+
+@_message(130)
+class CreatePlacementGroup(Message):
+    """A new placement group (``bundles``: resource dicts; ``strategy``: PACK, SPREAD,
+    STRICT_PACK or STRICT_SPREAD). ValueError for bad bundles or a taken name."""
+
+    pg_id: bytes
+    bundles: list
+    strategy: str
+    name: str
+    namespace: str
+    detached: bool
+    job_id: int
+
+
+@_message(131)
+class RemovePlacementGroup(Message):
+    pg_id: bytes
+
+
+@_message(132)
+class WaitPlacementGroup(Message):
+    """Answered with the group's record once it is CREATED or REMOVED, or None after
+    ``timeout`` seconds."""
+
+    pg_id: bytes
+    timeout: float
+
+
+@_message(133)
+class GetPlacementGroup(Message):
+    """The record of the group ``pg_id``, or (``pg_id`` empty) of the one named ``name``."""
+
+    pg_id: bytes
+    name: str = ""
+    namespace: str = ""
+
+
+@_message(134)
+class ListPlacementGroups(Message):
+    pass
+
+
+@_message(135)
+class PrepareBundles(Message):
+    """GCS to raylet: take these bundles' resources (``[[index, resources], ...]``) for the
+    attempt, all or none; answered True or False."""
+
+    pg_id: bytes
+    attempt: int
+    bundles: list
+
+
+@_message(136)
+class CommitBundles(Message):
+    """GCS to raylet: make the attempt's prepared bundles usable; answered True or False."""
+
+    pg_id: bytes
+    attempt: int
+    indices: list
+
+
+@_message(137)
+class ReturnBundles(Message):
+    """GCS to raylet: give back what the group holds here for the attempt (-1: all of it);
+    work using it is killed."""
+
+    pg_id: bytes
+    attempt: int

@@ -26,9 +26,10 @@ from .remote_function import (
     check_options,
     check_options_call,
     resources_from_options,
+    running_resources,
     signature_of,
 )
-from .util.scheduling_strategies import strategy_to_wire
+from .util.scheduling_strategies import in_placement_group, strategy_from_options
 
 __all__ = ["ActorClass", "ActorClassInheritanceException", "ActorHandle", "ActorMethod",
            "actor_method", "exit_actor", "method"]
@@ -212,7 +213,7 @@ class ActorClass(ExportedCode):
         check_arguments(self._init_signature, self._name, args, kwargs)
         function_id = self._function_id(core, self._cls)
         opts = self._options
-        strategy = strategy_to_wire(opts.get("scheduling_strategy"))
+        strategy = strategy_from_options(opts)
         detached = opts.get("lifetime") == "detached"
         namespace = opts.get("namespace")
         namespace = core.namespace if namespace is None else namespace
@@ -233,6 +234,10 @@ class ActorClass(ExportedCode):
         # Ray's defaults: an actor takes 1 CPU to be placed and none to run, unless told.
         run = resources_from_options(opts, 0)
         place = run if "num_cpus" in opts else {**run, "CPU": run.get("CPU", 0) + 1}
+        if strategy is not None or core.current_task is not None:  # in a placement group
+            current = running_resources(core)
+            place, strategy = in_placement_group(place, strategy, current)
+            run, _ = in_placement_group(run, strategy, current)
         refs = core.submit_task(
             function_id, self._name, args, kwargs, num_returns=1, resources=place,
             max_retries=0, retry_exceptions=False, task_name=f"{self._name}.__init__",

@@ -14,7 +14,7 @@ import cloudpickle
 
 from ._serialization import dumps_function
 from .core.object_ref import ObjectRef
-from .util.scheduling_strategies import strategy_to_wire
+from .util.scheduling_strategies import in_placement_group, strategy_from_options
 
 __all__ = ["TASK_OPTIONS", "ArgumentCheck", "ExportedCode", "RemoteFunction", "check_arguments",
            "check_options", "resources_from_options", "signature_of"]
@@ -210,7 +210,7 @@ class RemoteFunction(ExportedCode):
         check_options(options, TASK_OPTIONS, "a remote function")
         self._function = function
         self._options = {**_DEFAULTS, **options}
-        self._strategy = strategy_to_wire(options.get("scheduling_strategy"))
+        self._strategy = strategy_from_options(options)
         self._name = getattr(function, "__name__", "task")
         self._signature = signature_of(function)
         self._decorator = getattr(function, "__ray_invocation_decorator__", None)
@@ -257,13 +257,16 @@ class RemoteFunction(ExportedCode):
             self._warn_if_large(args, kwargs)
         opts = self._options
         num_returns = opts["num_returns"]
+        resources, strategy = resources_from_options(opts, 1), self._strategy
+        if strategy is not None or core.current_task is not None:  # placement groups
+            resources, strategy = in_placement_group(resources, strategy, running_resources(core))
         refs = core.submit_task(
             function_id, self._name, args, kwargs,
             num_returns=num_returns,
-            resources=resources_from_options(opts, 1),
+            resources=resources,
             max_retries=opts["max_retries"],
             retry_exceptions=_retry_exceptions(opts["retry_exceptions"]),
-            task_name=opts.get("name"), strategy=self._strategy,
+            task_name=opts.get("name"), strategy=strategy,
         )
         if num_returns == 1:
             return refs[0]
@@ -291,6 +294,13 @@ class RemoteFunction(ExportedCode):
 
     def __repr__(self) -> str:
         return f"RemoteFunction({self._name})"
+
+
+def running_resources(core: Any) -> dict[str, float] | None:
+    """The resources of the task (or actor) running here, whose placement group captures
+    the work it submits."""
+    spec = core.current_task
+    return spec.resources if spec is not None and spec.resources else core.actor_resources
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -24,6 +24,14 @@ from .._graveyard import Graveyard, limit_from_env
 from .._rpc import Connection, HandlerTable
 from .actors import ActorChanged, ActorForgotten, ActorTable
 from .nodes import NodeDied, NodeForgotten, NodeTable
+from .placement_groups import (
+    BundlesChanged,
+    Commit,
+    GroupSettled,
+    PlacementGroupManager,
+    Prepare,
+    ReturnBundles,
+)
 from .resource_view import ResourceView
 from .storage import MemoryStorage, RedisStorage
 from .task_events import TaskEventStore
@@ -37,6 +45,8 @@ LOG_HISTORY = 10_000  # recent log lines kept, and at most LOG_HISTORY_BYTES of 
 LOG_HISTORY_BYTES = 8 * 2**20
 MAX_DEAD_ACTORS = 1000  # as Ray's GCS keeps a bounded number of destroyed actors
 MAX_FINISHED_JOBS = 1000
+MAX_PLACEMENT_GROUPS = 100_000  # live ones; creating more fails, saying so
+MAX_REMOVED_PLACEMENT_GROUPS = 1000
 MAX_TASK_EVENTS = 20_000  # task records (and object records) kept, ~1.4 KB each
 MAX_SUBSCRIBER_BACKLOG = 16 * 2**20  # unread bytes after which a subscriber misses logs
 OBSERVABILITY_CHANNELS = frozenset({"logs", "tasks"})
@@ -85,6 +95,13 @@ class GcsServer:
         self._background: set[asyncio.Task] = set()  # storage writes under way
         self._node_conns: dict[Connection, tuple[bytes, int]] = {}  # -> node id, epoch
         self._job_conns: dict[Connection, int] = {}
+        self.placement_groups = PlacementGroupManager(
+            limit_from_env("CELLFLEET_MAX_PLACEMENT_GROUPS", MAX_PLACEMENT_GROUPS),
+            limit_from_env("CELLFLEET_MAX_REMOVED_PLACEMENT_GROUPS",
+                           MAX_REMOVED_PLACEMENT_GROUPS))
+        self._raylets: dict[bytes, Connection] = {}  # node id -> its raylet's registration
+        # placement group id -> connection -> its WaitPlacementGroup answers to give
+        self._pg_waiters: dict[bytes, dict[Connection, list[asyncio.Future]]] = {}
 
     async def load(self) -> None:
         """Reload the recoverable tables from storage (a no-op in memory)."""
@@ -133,6 +150,14 @@ class GcsServer:
             m.ListActors: lambda conn, msg: list(self.actors.values()),
             m.ProcessExited: self.process_exited,
             m.GetTableStats: lambda conn, msg: self.table_stats(),
+            m.CreatePlacementGroup: self.create_placement_group,
+            m.RemovePlacementGroup: lambda conn, msg: self._carry_out_pg(
+                self.placement_groups.remove(msg.pg_id)),
+            m.WaitPlacementGroup: self.wait_placement_group,
+            m.GetPlacementGroup: lambda conn, msg: (
+                self.placement_groups.get(msg.pg_id) if msg.pg_id
+                else self.placement_groups.named(msg.name, msg.namespace)),
+            m.ListPlacementGroups: lambda conn, msg: self.placement_groups.table(),
         }
 
     def table_stats(self) -> dict[str, Any]:
@@ -142,6 +167,7 @@ class GcsServer:
             "nodes": self.node_table.stats(),
             "jobs": {"total": len(self.jobs), "finished_forgotten": self.finished_jobs.forgotten},
             "actors": self.actor_table.stats(),
+            "placement_groups": self.placement_groups.stats(),
             "task_events": {"tasks": len(events.tasks), "dropped_tasks": events.dropped_tasks,
                             "objects": len(events.objects),
                             "dropped_objects": events.dropped_objects},
@@ -160,8 +186,15 @@ class GcsServer:
                 fut.cancel()  # nobody to answer
             if not by_conn:
                 del self._actor_waiters[actor_id]
+        for pg_id, by_conn in list(self._pg_waiters.items()):
+            for fut in by_conn.pop(conn, ()):
+                fut.cancel()
+            if not by_conn:
+                del self._pg_waiters[pg_id]
         registration = self._node_conns.pop(conn, None)
         if registration is not None:
+            if self._raylets.get(registration[0]) is conn:
+                del self._raylets[registration[0]]
             self._carry_out(self.node_table.disconnected(*registration, time.time()))
         job_id = self._job_conns.pop(conn, None)
         if job_id is not None:
@@ -188,8 +221,10 @@ class GcsServer:
         }
         epoch = self.node_table.register(node, time.time())
         self._node_conns[conn] = (msg.node_id, epoch)
+        self._raylets[msg.node_id] = conn
         self.resource_view.node_added(msg.node_id, msg.raylet_address, msg.resources)
         self._resources_changed()
+        self._carry_out_pg(self.placement_groups.node_added(msg.node_id, msg.resources))
         await self.storage.put("nodes", msg.node_id, _pack(node))
         self.publish("node", {"node_id": msg.node_id, "alive": True,
                               "raylet_address": msg.raylet_address})
@@ -201,6 +236,7 @@ class GcsServer:
                                           store=msg.store, load=msg.load)
         if alive and self.resource_view.report(msg.node_id, msg.available, msg.load):
             self._resources_changed()
+            self._carry_out_pg(self.placement_groups.node_report(msg.node_id, msg.available))
         return alive
 
     def report_resources(self, conn: Connection, msg: m.ReportResources) -> None:
@@ -210,6 +246,7 @@ class GcsServer:
         node["available"], node["load"] = msg.available, msg.load
         if self.resource_view.report(msg.node_id, msg.available, msg.load):
             self._resources_changed()
+            self._carry_out_pg(self.placement_groups.node_report(msg.node_id, msg.available))
 
     def _resources_changed(self) -> None:
         """Broadcast the view's changes to the raylets soon (changes within the window go
@@ -234,6 +271,7 @@ class GcsServer:
                 logger.warning("node %s is dead: %s", action.node_id.hex(), action.reason)
                 if self.resource_view.node_removed(action.node_id):
                     self._resources_changed()
+                self._carry_out_pg(self.placement_groups.node_removed(action.node_id))
                 self._spawn(self.storage.put("nodes", action.node_id, _pack(node)))
                 self.publish("node", {"node_id": action.node_id, "alive": False,
                                       "reason": action.reason})
@@ -257,6 +295,7 @@ class GcsServer:
         while True:
             await asyncio.sleep(interval)
             self._carry_out(self.node_table.tick(time.time()))
+            self._carry_out_pg(self.placement_groups.tick())
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -285,8 +324,10 @@ class GcsServer:
         job["end_time"] = time.time()
         await self.storage.put("jobs", str(job_id).encode(), _pack(job))
         self._bury_job(job_id)
-        # A job's actors share its fate, unless detached (their processes are already gone).
+        # A job's actors share its fate, unless detached (their processes are already gone);
+        # so do its placement groups.
         await self._apply(self.actor_table.job_finished(job_id))
+        self._carry_out_pg(self.placement_groups.job_finished(job_id))
 
     def _bury_job(self, job_id: int) -> None:
         for old in self.finished_jobs.bury(job_id):
@@ -357,6 +398,77 @@ class GcsServer:
         fut = asyncio.get_running_loop().create_future()
         self._actor_waiters.setdefault(msg.actor_id, {}).setdefault(conn, []).append(fut)
         return fut
+
+    # -- placement groups ---------------------------------------------------------------
+
+    def create_placement_group(self, conn: Connection, msg: m.CreatePlacementGroup) -> None:
+        self._carry_out_pg(self.placement_groups.create(
+            msg.pg_id, msg.bundles, msg.strategy, msg.name, msg.namespace, msg.detached,
+            msg.job_id))
+
+    def wait_placement_group(self, conn: Connection, msg: m.WaitPlacementGroup) -> Any:
+        record = self.placement_groups.get(msg.pg_id)
+        if record is None:
+            raise ValueError(f"no placement group {msg.pg_id.hex()} in this cluster (removed "
+                             "long ago, or never created)")
+        if record["state"] in ("CREATED", "REMOVED"):
+            return record
+        fut = asyncio.get_running_loop().create_future()
+        waiters = self._pg_waiters.setdefault(msg.pg_id, {}).setdefault(conn, [])
+        waiters.append(fut)
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_result(None)
+                if fut in waiters:
+                    waiters.remove(fut)
+
+        handle = asyncio.get_running_loop().call_later(max(0.0, msg.timeout), expire)
+        fut.add_done_callback(lambda _: handle.cancel())
+        return fut
+
+    def _carry_out_pg(self, actions: list) -> None:
+        """Carry out the placement group manager's answer: the two phases on raylets, the
+        view's totals, the waiters."""
+        manager = self.placement_groups
+        for action in actions:
+            if isinstance(action, Prepare):
+                self._ask_raylet(action.node_id, m.PrepareBundles(
+                    action.pg_id, action.attempt, action.bundles),
+                    lambda ok, a=action: manager.prepared(a.pg_id, a.attempt, a.node_id, ok))
+            elif isinstance(action, Commit):
+                self._ask_raylet(action.node_id, m.CommitBundles(
+                    action.pg_id, action.attempt, action.indices),
+                    lambda ok, a=action: manager.committed(a.pg_id, a.attempt, a.node_id, ok))
+            elif isinstance(action, ReturnBundles):
+                conn = self._raylets.get(action.node_id)
+                if conn is not None and conn.is_open:
+                    conn.send(m.ReturnBundles(action.pg_id, action.attempt))
+            elif isinstance(action, BundlesChanged):
+                if self.resource_view.bundles_changed(
+                        action.node_id, manager.node_bundle_resources(action.node_id)):
+                    self._resources_changed()
+            elif isinstance(action, GroupSettled):
+                pg_id = bytes.fromhex(action.record["placement_group_id"])
+                for futures in self._pg_waiters.pop(pg_id, {}).values():
+                    for fut in futures:
+                        if not fut.done():
+                            fut.set_result(action.record)
+
+    def _ask_raylet(self, node_id: bytes, message: m.Message,
+                    answered: Callable[[bool], list]) -> None:
+        """Send a reservation step to a node's raylet; its answer (False when the node is
+        gone) goes back to the manager."""
+        conn = self._raylets.get(node_id)
+        if conn is None or not conn.is_open:
+            asyncio.get_running_loop().call_soon(lambda: self._carry_out_pg(answered(False)))
+            return
+
+        def done(fut: asyncio.Future) -> None:
+            ok = not fut.cancelled() and fut.exception() is None and fut.result() is True
+            self._carry_out_pg(answered(ok))
+
+        conn.request(message).add_done_callback(done)
 
     # -- events, logs, pub/sub ------------------------------------------------------------
 

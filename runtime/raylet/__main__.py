@@ -40,7 +40,8 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
 
     while not stop.is_set():
         try:
-            conn: Connection = await connect(args.gcs_address, token, {m.Publish: published},
+            conn: Connection = await connect(args.gcs_address, token,
+                                             {m.Publish: published, **raylet.gcs_handlers()},
                                              timeout=2.0)
             conn.send(m.Subscribe("resources"))
             conn.send(m.Subscribe("exits"))

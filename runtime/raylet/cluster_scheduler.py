@@ -164,6 +164,12 @@ class ClusterScheduler:
             return self._affinity(request, strategy[1], bool(strategy[2]))
         if strategy and strategy[0] == "SPREAD":
             return self._spread(request)
+        if strategy and strategy[0] == "PLACEMENT_GROUP":
+            # Its resources are the bundles' (``raylet.bundles``): only nodes holding them
+            # have them. Until the group is placed none does: it waits, without a warning.
+            request.wait_infeasible = True
+            index = f", bundle {strategy[2]}" if strategy[2] >= 0 else ""
+            return self._default(request, f"PlacementGroup({strategy[1].hex()[:8]}{index}): ")
         return self._default(request, "")
 
     def _default(self, request: LeaseRequest, prefix: str) -> list:

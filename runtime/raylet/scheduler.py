@@ -354,8 +354,13 @@ def invalid_request(resources: dict[str, float]) -> str:
 
 def _held(resources: dict[str, float], blocked: bool) -> dict[str, float]:
     """What a lease of ``resources`` holds now: a blocked one has given its CPUs back."""
-    return {k: v for k, v in resources.items() if k != "CPU"} if blocked else resources
+    return {k: v for k, v in resources.items() if not _is_cpu(k)} if blocked else resources
 
 
 def _cpus(resources: dict[str, float]) -> dict[str, float]:
-    return {"CPU": resources["CPU"]} if "CPU" in resources else {}
+    """The CPUs of a lease: ``CPU``, or a placement group bundle's (``CPU_group_...``)."""
+    return {k: v for k, v in resources.items() if _is_cpu(k)}
+
+
+def _is_cpu(name: str) -> bool:
+    return name == "CPU" or name.startswith("CPU_group_")

@@ -18,6 +18,7 @@ from .. import _messages as m
 from .._rpc import Connection, HandlerTable
 from .._shm import SharedArena
 from ..exceptions import TaskUnschedulableError
+from .bundles import BundleLedger
 from .chunk_channel import ChannelPool
 from .cluster_scheduler import ClusterScheduler, Infeasible, Spill
 from .object_manager import Pull
@@ -59,6 +60,7 @@ class Raylet:
         self.token = token  # to dial other nodes' raylets (pulls)
         self.scheduler = LocalScheduler(dict(resources), limits, prestart)
         self.cluster = ClusterScheduler(node_id, self.scheduler)
+        self.bundles = BundleLedger(self.scheduler)  # this node's part of placement groups
         self._report: asyncio.TimerHandle | None = None
         self._reported: tuple[dict, int] | None = None  # the figures the GCS has
         self.store = store
@@ -91,6 +93,33 @@ class Raylet:
                 self.store.unpin(conn, msg.object_ids)),
             m.GetNodeStats: lambda conn, msg: self.stats(),
         }
+
+    def gcs_handlers(self) -> HandlerTable:
+        """What the GCS asks of this raylet on the raylet's own connection to it: the
+        two-phase reservation of placement groups' bundles (``bundles``)."""
+        return {
+            m.PrepareBundles: self.prepare_bundles,
+            m.CommitBundles: self.commit_bundles,
+            m.ReturnBundles: self.return_bundles,
+        }
+
+    # -- placement groups -----------------------------------------------------------------
+
+    def prepare_bundles(self, conn: Connection, msg: m.PrepareBundles) -> bool:
+        ok = self.bundles.prepare(msg.pg_id, msg.attempt, msg.bundles)
+        self._report_soon()
+        return ok
+
+    def commit_bundles(self, conn: Connection, msg: m.CommitBundles) -> bool:
+        ok, actions = self.bundles.commit(msg.pg_id, msg.attempt, msg.indices)
+        self._carry_out(actions)
+        return ok
+
+    def return_bundles(self, conn: Connection, msg: m.ReturnBundles) -> None:
+        workers, actions = self.bundles.give_back(msg.pg_id, msg.attempt)
+        for worker_id in workers:  # tasks and actors in the removed bundles end
+            self.pool.kill(worker_id)
+        self._carry_out(actions)
 
     # -- clients --------------------------------------------------------------------------
 

@@ -6,8 +6,17 @@ import socket
 from typing import Any
 
 from .actor_pool import ActorPool
+from .placement_group import (
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
-__all__ = ["ActorPool", "get_node_ip_address", "list_named_actors"]
+__all__ = ["ActorPool", "get_current_placement_group", "get_node_ip_address",
+           "get_placement_group", "list_named_actors", "placement_group",
+           "placement_group_table", "remove_placement_group"]
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
