@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from . import _context
 from . import _messages as m
 from ._ids import random_id
 from .core.object_ref import ObjectRef
-from .exceptions import ActorExitRequest
+from .exceptions import ActorExitRequest, PendingCallsLimitExceeded
 from .remote_function import (
     ExportedCode,
     check_arguments,
@@ -133,6 +134,11 @@ class ActorClass(ExportedCode):
                              "for the job's namespace.")
         if options.get("get_if_exists") and not options.get("name"):
             raise ValueError("The actor name must be specified to use `get_if_exists`.")
+        pending = options.get("max_pending_calls", -1)
+        if not isinstance(pending, int) or isinstance(pending, bool) or pending == 0 \
+                or pending < -1:
+            raise ValueError(f"max_pending_calls must be -1 (no limit) or a positive int, "
+                             f"got {pending!r}")
         groups = options.get("concurrency_groups")
         if groups is not None and (not isinstance(groups, dict) or not all(
                 isinstance(n, int) and n >= 1 for n in groups.values())):
@@ -226,6 +232,7 @@ class ActorClass(ExportedCode):
             "max_task_retries": opts.get("max_task_retries", 0),
             "max_concurrency": max_concurrency, "methods": self._methods,
             "is_async": self._is_async, "job_id": core.current_job_id,
+            "max_pending_calls": opts.get("max_pending_calls", -1),
         }
         existing = core.request(
             "gcs", m.RegisterActor(actor_id, info, bool(opts.get("get_if_exists"))))
@@ -252,7 +259,8 @@ class ActorClass(ExportedCode):
         # the same connection).
         update = m.UpdateActor(actor_id, "", {"creation_object_id": refs[0]._id})
         core.call_soon(lambda: core.gcs.send(update))
-        return ActorHandle(actor_id, self._name, self._methods, refs[0], self._signatures)
+        return ActorHandle(actor_id, self._name, self._methods, refs[0], self._signatures,
+                           opts.get("max_pending_calls", -1))
 
     def __repr__(self) -> str:
         return f"ActorClass({self._name})"
@@ -263,12 +271,13 @@ class ActorHandle:
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int],
                  creation_ref: ObjectRef | None, signatures: dict[str, Any] | None = None,
-                 ) -> None:
+                 max_pending_calls: int = -1) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._creation_ref = creation_ref
         self._signatures = signatures or {}  # known where the class was decorated
+        self._pending = _PendingCalls(max_pending_calls) if max_pending_calls > 0 else None
 
     @classmethod
     def _from_record(cls, record: dict, keep_alive: bool = True) -> ActorHandle:
@@ -279,7 +288,8 @@ class ActorHandle:
         ref = None
         if keep_alive and creation and not record.get("detached"):
             ref = ObjectRef(creation, record["owner"])
-        return cls(record["actor_id"], record["class_name"], record["methods"], ref)
+        return cls(record["actor_id"], record["class_name"], record["methods"], ref,
+                   max_pending_calls=record.get("max_pending_calls", -1))
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
@@ -294,8 +304,9 @@ class ActorHandle:
         return sorted({*self._methods, *BUILTIN_METHODS, "__init__"})
 
     def __reduce__(self):
+        limit = self._pending.limit if self._pending is not None else -1
         return ActorHandle, (self._actor_id, self._class_name, self._methods,
-                             self._creation_ref, self._signatures)
+                             self._creation_ref, self._signatures, limit)
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"
@@ -305,6 +316,30 @@ class ActorHandle:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+
+class _PendingCalls:
+    """The calls a handle has in flight, held to its actor's ``max_pending_calls``."""
+
+    __slots__ = ("limit", "count", "_lock")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def take(self, handle: ActorHandle, method: str) -> None:
+        with self._lock:
+            if self.count >= self.limit:
+                raise PendingCallsLimitExceeded(
+                    f"The task {handle._class_name}.{method} could not be submitted to "
+                    f"{handle!r} because more than {self.limit} tasks are queued on the actor. "
+                    "This limit can be adjusted with the `max_pending_calls` actor option.")
+            self.count += 1
+
+    def done(self, _result: Any) -> None:
+        with self._lock:
+            self.count -= 1
 
 
 class ActorMethod:
@@ -325,12 +360,25 @@ class ActorMethod:
         check_arguments(handle._signatures.get(self._name), f"{handle._class_name}.{self._name}",
                         args, kwargs)
         ref = handle._creation_ref
-        refs = _core().submit_task(
-            b"", f"{handle._class_name}.{self._name}", args, kwargs,
-            num_returns=num_returns, resources={}, max_retries=0, retry_exceptions=False,
-            task_name=self._options.get("name"), actor_id=handle._actor_id,
-            method=self._name, holds=[ref._id] if ref is not None else [],
-        )
+        pending = handle._pending
+        if pending is not None:
+            pending.take(handle, self._name)
+        try:
+            refs = _core().submit_task(
+                b"", f"{handle._class_name}.{self._name}", args, kwargs,
+                num_returns=num_returns, resources={}, max_retries=0, retry_exceptions=False,
+                task_name=self._options.get("name"), actor_id=handle._actor_id,
+                method=self._name, holds=[ref._id] if ref is not None else [],
+            )
+        except BaseException:
+            if pending is not None:
+                pending.done(None)
+            raise
+        if pending is not None:
+            if refs:
+                refs[0]._on_completed(pending.done)
+            else:
+                pending.done(None)
         if num_returns == 1:
             return refs[0]
         return refs if num_returns else None
