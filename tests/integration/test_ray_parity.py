@@ -11,6 +11,7 @@ import warnings
 
 import cloudpickle
 import pytest
+from gates import touch, wait_for_file
 from helpers import wait_until
 
 import cellfleet as ray
@@ -155,30 +156,6 @@ def test_an_object_ref_made_from_an_id_checks_its_length() -> None:
             ray.ObjectRef(wrong)
 
 
-def test_a_placement_group_strategy_is_refused_clearly() -> None:
-    from cellfleet.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    strategy = PlacementGroupSchedulingStrategy(None, placement_group_bundle_index=0)
-    with pytest.raises(ValueError, match="placement groups are not supported yet"):
-        noop.options(scheduling_strategy=strategy)
-
-
-@ray.remote
-def noop() -> None:
-    return None
-
-
-def test_the_deprecated_context_ids_warn_and_have_hex(cluster) -> None:
-    ctx = ray.get_runtime_context()
-    with pytest.warns(DeprecationWarning, match=r"Use get_node_id\(\) instead"):
-        node_id = ctx.node_id
-    assert node_id == node_id.hex() == ctx.get_node_id()
-    with pytest.warns(DeprecationWarning, match=r"Use get_job_id\(\) instead"):
-        assert ctx.job_id.hex() == ctx.get_job_id()
-    with pytest.warns(DeprecationWarning):
-        assert ctx.task_id is None and ctx.actor_id is None  # the driver runs no task
-
-
 def _death_cause(actor) -> str | None:
     from cellfleet.util.state import list_actors
 
@@ -200,3 +177,32 @@ def test_a_queue_shuts_down_gracefully_unless_forced(cluster) -> None:
     assert forced_cause == "killed" and graceful_cause != "killed"  # it exited by itself
     with pytest.raises(RuntimeError, match="shut down"):
         graceful.put(2)
+
+
+@ray.remote(max_pending_calls=2)
+class Limited:
+    def wait(self, gate: str) -> str:
+        wait_for_file(gate)
+        return "done"
+
+
+def test_max_pending_calls_refuses_calls_past_the_limit(cluster, tmp_path) -> None:
+    actor = Limited.remote()
+    gate = str(tmp_path / "gate")
+    pending = [actor.wait.remote(gate) for _ in range(2)]
+    try:
+        with pytest.raises(ray.exceptions.PendingCallsLimitExceeded, match="more than 2 tasks"):
+            actor.wait.remote(gate)
+    finally:
+        touch(gate)
+    assert ray.get(pending, timeout=30) == ["done", "done"]
+
+    def accepts_again() -> bool:
+        try:
+            return ray.get(actor.wait.remote(gate), timeout=30) == "done"
+        except ray.exceptions.PendingCallsLimitExceeded:
+            return False  # the finished calls are not counted off yet
+
+    wait_until(accepts_again, timeout=20, message="the handle to take calls again")
+    with pytest.raises(ValueError, match="max_pending_calls must be -1"):
+        Limited.options(max_pending_calls=0)
