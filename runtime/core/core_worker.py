@@ -808,9 +808,15 @@ class CoreWorker:
         self.task_pushed(spec, worker.node_id, worker.worker_id, worker.reason)
 
     def task_infeasible(self, spec: TaskSpec, reason: str) -> None:
-        """No node fits the task yet: its record says why it waits (the views show it)."""
+        """No node fits the task yet: its record says why it waits (the views show it), and
+        a task submitted from a notebook cell says so in that cell."""
         self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT",
                          {"placement_reason": f"waiting: {reason}"})
+        if spec.tag and self.log_handler is not None:
+            self.log_handler([[spec.job_id, spec.tag, spec.task_id.hex(), spec.name,
+                               os.getpid(), "stderr",
+                               f"cannot be scheduled yet: {reason}. It waits until a node "
+                               "that has them joins; interrupt the cell to cancel it."]])
 
     def _task_results(self, conn: Connection, msg: m.TaskResults) -> None:
         for items in msg.results:
