@@ -193,8 +193,9 @@ class ExportedCode:
 
     def _function_id(self, core: Any, code: Any) -> bytes:
         if self._registered is None or self._registered[0] is not core:
-            check_export_size(len(dumps_function(code)), self._kind, self._name)
-            self._registered = (core, core.register_function(code, self._name))
+            blob = dumps_function(code)  # pickled once: checked, then exported
+            check_export_size(len(blob), self._kind, self._name)
+            self._registered = (core, core.register_function(code, self._name, blob))
         return self._registered[1]
 
     def __getstate__(self) -> dict[str, Any]:
