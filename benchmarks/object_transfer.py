@@ -1,12 +1,13 @@
-"""Objects moving between two nodes on this machine (``cluster_utils.Cluster``, 1 CPU each):
+"""Objects moving between nodes on this machine (``cluster_utils.Cluster``, 1 CPU each):
 
-- ``get`` on the driver (head node) of an array a task made on the other node;
-- a task on the other node taking an array the driver put on the head node.
+- ``get`` on the driver (head node) of an array a task made on another node;
+- a task on another node taking an array the driver put on the head node;
+- a broadcast: one array the driver put, read by a task on each of the other nodes at once.
 
 The same code runs on Ray (``--ray``, with Ray's own ``cluster_utils``) for comparison. Each
 figure is a warm-up then ``--repeats`` timed runs (mean ± standard deviation)::
 
-    python benchmarks/object_transfer.py [--mb 100] [--repeats 5] [--ray]
+    python benchmarks/object_transfer.py [--mb 100] [--nodes 4] [--repeats 5] [--ray]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--nodes", type=int, default=4, help="nodes, the head included")
     parser.add_argument("--ray", action="store_true", help="run on Ray instead")
     args = parser.parse_args()
     ray = importlib.import_module("ray" if args.ray else "cellfleet")
@@ -31,7 +33,9 @@ def main() -> None:
     store = {"object_store_memory": 4 * size}
     cluster = cluster_utils.Cluster(initialize_head=True,
                                     head_node_args={"num_cpus": 1, **store})
-    cluster.add_node(num_cpus=1, resources={"other": 1}, **store)
+    cluster.add_node(num_cpus=1, resources={"other": 1, "reader": 1}, **store)
+    for _ in range(args.nodes - 2):
+        cluster.add_node(num_cpus=1, resources={"reader": 1}, **store)
     ray.init(address=cluster.address)
     try:
         @ray.remote(resources={"other": 1})
@@ -58,8 +62,22 @@ def main() -> None:
             assert ray.get(first.remote(ref)) == 1
             return size / (time.perf_counter() - start) / 1e9
 
-        for name, run in (("get of an object made on the other node", pull_to_driver),
-                          ("task on the other node reads a put object", push_to_task)):
+        @ray.remote(resources={"reader": 1})
+        def read(array: np.ndarray) -> int:
+            return int(array[-1])
+
+        readers = args.nodes - 1
+
+        def broadcast() -> float:
+            ref = ray.put(np.ones(size, dtype=np.uint8))
+            ray.get([read.remote(np.ones(1, dtype=np.uint8)) for _ in range(readers)])
+            start = time.perf_counter()
+            assert ray.get([read.remote(ref) for _ in range(readers)]) == [1] * readers
+            return readers * size / (time.perf_counter() - start) / 1e9
+
+        for name, run in (("get of an object made on another node", pull_to_driver),
+                          ("task on another node reads a put object", push_to_task),
+                          (f"broadcast to {readers} nodes (total)", broadcast)):
             run()
             rates = [run() for _ in range(args.repeats)]
             spread = statistics.stdev(rates) if len(rates) > 1 else 0.0
