@@ -454,6 +454,8 @@ class GcsServer:
                     for fut in futures:
                         if not fut.done():
                             fut.set_result(action.record)
+                if action.record["state"] == "REMOVED":  # raylets refuse work sent to it
+                    self.publish("placement_groups", pg_id)
 
     def _ask_raylet(self, node_id: bytes, message: m.Message,
                     answered: Callable[[bool], list]) -> None:

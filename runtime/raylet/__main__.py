@@ -37,6 +37,8 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
             raylet.resources_published(msg.data)
         elif msg.channel == "exits":  # an owner on another node: its objects here go too
             raylet.owner_exited(msg.data)
+        elif msg.channel == "placement_groups":  # a group removed: refuse work sent to it
+            raylet.placement_group_removed(msg.data)
 
     while not stop.is_set():
         try:
@@ -45,6 +47,7 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
                                              timeout=2.0)
             conn.send(m.Subscribe("resources"))
             conn.send(m.Subscribe("exits"))
+            conn.send(m.Subscribe("placement_groups"))
             reply = await conn.request(registration)
         except ValueError as exc:  # refused for good (another cellfleet version)
             logger.error("the GCS at %s refused this node: %s", args.gcs_address, exc)

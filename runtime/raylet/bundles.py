@@ -13,6 +13,7 @@ the raylet carries out what comes back.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from .scheduler import LocalScheduler, Reject
 __all__ = ["BundleLedger"]
 
 EPS = 1e-9
+MAX_REMOVED = 10_000  # removed groups remembered, to refuse work sent to them
 
 
 @dataclass(slots=True)
@@ -37,6 +39,16 @@ class BundleLedger:
     def __init__(self, scheduler: LocalScheduler) -> None:
         self.scheduler = scheduler
         self.bundles: dict[tuple[bytes, int], _Bundle] = {}
+        self._removed: OrderedDict[bytes, None] = OrderedDict()
+
+    def group_removed(self, pg_id: bytes) -> None:
+        """The GCS removed the group: work asking for it from now on is refused."""
+        self._removed[pg_id] = None
+        if len(self._removed) > MAX_REMOVED:
+            self._removed.popitem(last=False)
+
+    def was_removed(self, pg_id: bytes) -> bool:
+        return pg_id in self._removed
 
     def prepare(self, pg_id: bytes, attempt: int, bundles: list) -> bool:
         """Take the resources of ``bundles`` (``[[index, resources], ...]``) if all are free."""

@@ -32,6 +32,7 @@ local scheduler's).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,17 @@ class ClusterScheduler:
             self.parked = [r for r in self.parked if r.owner is not owner]
         cancelled, actions = self.local.cancel_requests(owner)
         return parked + cancelled, actions
+
+    def withdraw_where(self, pick: Callable[[LeaseRequest], bool]
+                       ) -> tuple[list[LeaseRequest], list]:
+        """Take out the requests, parked or queued here, that ``pick`` selects (those of a
+        placement group that was removed); returns them (to refuse) and what their absence
+        lets through."""
+        parked = [r for r in self.parked if pick(r)]
+        if parked:
+            self.parked = [r for r in self.parked if not pick(r)]
+        queued = [r for r in self.local.queue if pick(r)]
+        return parked + queued, self.local.withdraw(queued) if queued else []
 
     # -- decisions ------------------------------------------------------------------------
 

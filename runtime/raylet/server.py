@@ -115,6 +115,13 @@ class Raylet:
         self._carry_out(actions)
         return ok
 
+    def placement_group_removed(self, pg_id: bytes) -> None:
+        """The GCS removed a group: requests for it, queued here or waiting, are refused, and
+        so are later ones."""
+        self.bundles.group_removed(pg_id)
+        refused, actions = self.cluster.withdraw_where(lambda r: _in_group(r, pg_id))
+        self._carry_out([Reject(r, _removed(pg_id)) for r in refused] + actions)
+
     def return_bundles(self, conn: Connection, msg: m.ReturnBundles) -> None:
         workers, actions = self.bundles.give_back(msg.pg_id, msg.attempt)
         for worker_id in workers:  # tasks and actors in the removed bundles end
@@ -179,7 +186,11 @@ class Raylet:
         request = LeaseRequest(request_id, msg.resources, conn, msg.kind, msg.strategy,
                                msg.spilled, msg.wait_infeasible, msg.reason or "local",
                                msg.task_s, msg.locality)
-        self._carry_out(self.cluster.request_lease(request))
+        if msg.strategy and msg.strategy[0] == "PLACEMENT_GROUP" and \
+                self.bundles.was_removed(msg.strategy[1]):
+            self._carry_out([Reject(request, _removed(msg.strategy[1]))])
+        else:
+            self._carry_out(self.cluster.request_lease(request))
         return future
 
     def return_lease(self, conn: Connection, msg: m.ReturnLease) -> None:
@@ -430,3 +441,13 @@ class Raylet:
         if gcs is self.gcs and gcs.is_open:
             logger.warning("the GCS had declared this node dead; registering again")
             gcs.close()
+
+
+def _in_group(request: LeaseRequest, pg_id: bytes) -> bool:
+    strategy = request.strategy
+    return bool(strategy) and strategy[0] == "PLACEMENT_GROUP" and strategy[1] == pg_id
+
+
+def _removed(pg_id: bytes) -> str:
+    return (f"its placement group {pg_id.hex()} was removed: create a new one, or submit "
+            "it without the placement group")
