@@ -44,6 +44,7 @@ WINDOW = 10_000  # tasks read by the pages' periodic requests
 TIMEOUT_S = 5.0
 STREAM_SPANS = 300  # the overview's task stream: the newest spans of the last minute
 SAMPLE_S = 2.0  # the object stores' use is sampled this often, page open or not
+DISCOVER_S = 10.0  # the sampler looks for new clusters this often
 MAX_CLUSTERS = 32  # clusters sampled
 OWNED_TTL_S = 2.0
 MAX_CELL_LABELS = 10_000  # how long the kernels' answers about their objects are served
@@ -283,11 +284,15 @@ async def sample_stores(clusters: Callable[[], list[ClusterInfo]],
     """Forever, every ``interval`` s: each cluster's store use per node into its history, so
     the objects page's chart shows what the extension saw from its start (or since it first
     found the cluster), not only from the moment the page opened."""
+    found: list[ClusterInfo] = []
+    looked = -DISCOVER_S
     while True:
-        try:
-            found = await asyncio.to_thread(clusters)
-        except Exception:  # noqa: BLE001 - discovery failing now may work next time
-            found = []
+        if time.monotonic() - looked >= DISCOVER_S:  # discovery reads files: not every time
+            looked = time.monotonic()
+            try:
+                found = await asyncio.to_thread(clusters)
+            except Exception:  # noqa: BLE001 - discovery failing now may work next time
+                found = []
         for cluster in found[:MAX_CLUSTERS]:
             try:
                 (raw,) = await ask(cluster, m.GetNodes())

@@ -22,7 +22,7 @@ from .discovery import ClusterInfo
 __all__ = ["ClusterState", "state_of"]
 
 MAX_CHANGES = 100_000  # per refresh (the GCS keeps 100,000 tasks)
-MIN_REFRESH_S = 0.2
+MIN_REFRESH_S = 0.5  # pages poll once a second: a fresher model would cost more than it shows
 STALE_S = 1.0  # GCS answers older than this are read again, in the background (see cached)
 TIMELINE_S = 600  # the longest window the pages ask spans for (the timeline page's)
 MAX_UNFINISHED = 10_000  # unfinished tasks remembered for the task stream
