@@ -134,8 +134,9 @@ class ProgressReporter:
             self._get = self._wait = None
             _context.copy_progress = None
 
-    def copy_progress(self, done: int, total: int) -> None:
-        """Called by the runtime while it copies a large object into the object store."""
+    def copy_progress(self, done: int, total: int, label: str = "") -> None:
+        """Called by the runtime while it copies a large object into the object store, or
+        pulls one from another node (``label`` says which)."""
         if threading.current_thread() is not threading.main_thread():
             return
         now = time.monotonic()
@@ -146,8 +147,8 @@ class ProgressReporter:
             if not self._copy_started:
                 self._copy_started = now
             elif now - self._copy_started >= COPY_BAR_AFTER_S:
-                self._copy_bar = self.bar_factory(
-                    total // MB, f"copying {total / 1e9:.1f} GB into the object store (MB)")
+                what = label or f"copying {total / 1e9:.1f} GB into the object store"
+                self._copy_bar = self.bar_factory(total // MB, f"{what} (MB)")
         if self._copy_bar is not None:
             self._copy_bar.update(done // MB)
         if done >= total:

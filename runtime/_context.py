@@ -2,7 +2,8 @@
 
 ``core`` is None until ``init`` runs in a driver, and always set in a worker process.
 ``copy_progress``, when a front end (the kernel) sets it, is called as ``(done, total)`` bytes
-while this process copies a large object into the object store.
+while this process copies a large object into the object store, and as ``(done, total, label)``
+while a large object is pulled from another node for it.
 """
 
 from __future__ import annotations
@@ -14,4 +15,4 @@ if TYPE_CHECKING:
     from .core.core_worker import CoreWorker
 
 core: CoreWorker | None = None
-copy_progress: Callable[[int, int], None] | None = None
+copy_progress: Callable[..., None] | None = None

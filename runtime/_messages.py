@@ -422,6 +422,17 @@ class GetObjects(Message):
     sources: list | None = None
 
 
+@_message(93)
+class PullProgress(Message):
+    """Raylet to a reader waiting for an object it is pulling: ``done`` of ``total`` bytes
+    are here, from the raylet at ``source`` (large pulls only, see ``object_manager``)."""
+
+    object_id: bytes
+    done: int
+    total: int
+    source: str
+
+
 @_message(92)
 class ReadObjectChunk(Message):
     """Raylet to raylet: ``size`` bytes of a sealed object from ``offset`` (``None`` if it is

@@ -70,6 +70,9 @@ logger = logging.getLogger(__name__)
 
 DRIVER_TASK_ID = bytes(16)
 LARGE_COPY_BYTES = 256 << 20  # copies at least this large report their progress
+LARGE_PULL_BYTES = 64 << 20  # objects pulled from another node this large show progress
+PROGRESS_EVERY_S = 0.25
+MAX_PULLS_SHOWN = 64  # pulls whose progress is remembered at once
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # call sites
 BORROW_ACK_TIMEOUT_S = 10.0  # an owner that does not answer by then is dead or wedged
 submission_tag: contextvars.ContextVar[str] = contextvars.ContextVar("cellfleet_tag", default="")
@@ -110,6 +113,7 @@ class CoreWorker:
         self.peers: PeerCache  # set in start(), once the address is known
         # Borrow registrations the owners have not acknowledged yet (see after_borrows).
         self._borrows_in_flight: set[asyncio.Future] = set()
+        self.pull_progress: dict[bytes, tuple[int, int, str]] = {}  # object -> done, total, from
         self.tasks = TaskManager()
         self.resolver = DependencyResolver()
         self._exported: set[bytes] = set()
@@ -316,6 +320,7 @@ class CoreWorker:
     def _handlers(self) -> dict:
         return {
             m.PushTasks: self._push_tasks,
+            m.PullProgress: self._pull_progressed,
             m.DefineFunctions: self._define_functions,
             m.TaskResults: self._task_results,
             m.GetObjectStatus: self._get_object_status,
@@ -527,11 +532,42 @@ class CoreWorker:
         """Deserialize several payloads, asking the raylet once for all the shared-memory ones
         (it pins them for this process before it answers where they are)."""
         stored = [(object_id, payload) for object_id, payload in items if payload[0] == "s"]
-        where = self.run(self._locate(stored)) if stored else []
+        where = self._locate_reporting(stored) if stored else []
         located = {object_id: at for (object_id, _), at in zip(stored, where)}
         return [deserialize_inline(payload[1]) if payload[0] == "i"
                 else self._view(object_id, payload, located[object_id])
                 for object_id, payload in items]
+
+    def _locate_reporting(self, stored: list[tuple[bytes, list]]) -> list:
+        """``_locate`` from the caller's thread; while a large object is pulled from another
+        node its progress goes to the front end's bar (``_context.copy_progress``)."""
+        progress = _context.copy_progress
+        remote = [object_id for object_id, p in stored
+                  if p[3] != self.node_id and p[2] >= LARGE_PULL_BYTES]
+        located = asyncio.run_coroutine_threadsafe(self._locate(stored), self._loop)
+        if progress is None or not remote:
+            return located.result()
+        def report(finished: bool) -> None:
+            for object_id in remote:
+                seen = self.pull_progress.pop(object_id, None) if finished else \
+                    self.pull_progress.get(object_id)
+                if seen is not None:
+                    done, total, source = seen
+                    progress(total if finished else done, total,
+                             f"pulling {total / 1e9:.1f} GB from {source}")
+
+        while True:
+            try:
+                where = located.result(timeout=PROGRESS_EVERY_S)
+            except concurrent.futures.TimeoutError:
+                report(False)
+                continue
+            report(True)
+            return where
+
+    def _pull_progressed(self, conn: Connection, msg: m.PullProgress) -> None:
+        if len(self.pull_progress) < MAX_PULLS_SHOWN or msg.object_id in self.pull_progress:
+            self.pull_progress[msg.object_id] = (msg.done, msg.total, msg.source)
 
     async def _locate(self, stored: list[tuple[bytes, list]]) -> list:
         """Ask this node's raylet where objects are (it pulls those held by other nodes)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 from itertools import count
 
 from .. import _messages as m
@@ -49,8 +50,10 @@ class ChunkChannel:
     def close(self) -> None:
         self._sock.close()
 
-    def pull(self, pull: Pull, into: memoryview) -> None:
-        """Read the object's chunks into ``into`` (its block here), as ``pull`` asks for them."""
+    def pull(self, pull: Pull, into: memoryview,
+             on_chunk: Callable[[int], None] | None = None) -> None:
+        """Read the object's chunks into ``into`` (its block here), as ``pull`` asks for them;
+        ``on_chunk(bytes received so far)`` after each."""
         asked: deque[tuple[int, int, int]] = deque()
         whole = False
         while not whole:
@@ -62,6 +65,8 @@ class ChunkChannel:
             request_id, offset, size = asked.popleft()
             self._receive(pull.object_id, request_id, into[offset:offset + size])
             whole = pull.chunk_arrived(offset, size)
+            if on_chunk is not None:
+                on_chunk(pull.received)
 
     def _receive(self, object_id: bytes, request_id: int, into: memoryview) -> None:
         """Read one answer: a bulk reply lands in ``into``; anything else means not here."""

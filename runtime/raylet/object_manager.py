@@ -10,6 +10,9 @@ object (pinned, by id). The copy is secondary: it goes when its last reader unpi
 primary copy stays with the node that made it. The holder pins its copy while a pull reads it,
 so the bytes cannot be freed or reused mid-transfer.
 
+Pulls of ``PROGRESS_BYTES`` or more tell the readers waiting for them how far they are
+(``PullProgress``), so the kernel shows a bar while a large object arrives.
+
 ``Pull`` is the decision part (which chunks to ask for next, when the copy is whole) and has no
 I/O; ``chunk_channel.ChunkChannel`` carries it out.
 """
@@ -18,10 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CHUNK_BYTES", "WINDOW", "Pull"]
+__all__ = ["CHUNK_BYTES", "PROGRESS_BYTES", "WINDOW", "Pull"]
 
 CHUNK_BYTES = 4 << 20  # as Ray's object_manager_default_chunk_size (5 MiB), rounded to pages
 WINDOW = 4  # chunks in flight per pull
+PROGRESS_BYTES = 64 << 20  # pulls this large tell their readers how far they are
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from ..exceptions import TaskUnschedulableError
 from .bundles import BundleLedger
 from .chunk_channel import ChannelPool
 from .cluster_scheduler import ClusterScheduler, Infeasible, Spill
-from .object_manager import Pull
+from .object_manager import PROGRESS_BYTES, Pull
 from .object_store import ObjectStore
 from .pool_state import PoolLimits
 from .scheduler import Grant, LeaseRequest, LocalScheduler, Reject, SpawnWorker, StopWorker
@@ -327,8 +327,9 @@ class Raylet:
         """Carry a pull out on a thread (``chunk_channel``): the bytes go from the holder's
         socket straight into the copy's block, and this loop stays free meanwhile."""
         into = self.arena.writable_view(pull.offset, pull.size)
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._pull_into, pull, into)
+            await loop.run_in_executor(None, self._pull_into, pull, into, loop)
         except Exception as exc:  # the holder went, or lost the object: readers hear None
             logger.warning("could not pull object %s from %s: %s", pull.object_id.hex(),
                            pull.source, exc)
@@ -339,14 +340,25 @@ class Raylet:
             into.release()
         self.seal_object(None, m.SealObject(pull.object_id))
 
-    def _pull_into(self, pull: Pull, into: memoryview) -> None:
+    def _pull_into(self, pull: Pull, into: memoryview, loop: asyncio.AbstractEventLoop) -> None:
+        on_chunk = None
+        if pull.size >= PROGRESS_BYTES:
+            on_chunk = lambda done: loop.call_soon_threadsafe(  # noqa: E731
+                self._pull_progress, pull, done)
         channel = self.channels.take(pull.source)
         try:
-            channel.pull(pull, into)
+            channel.pull(pull, into, on_chunk)
         except BaseException:
             channel.close()
             raise
         self.channels.give_back(channel)
+
+    def _pull_progress(self, pull: Pull, done: int) -> None:
+        """Tell the readers waiting for a large pull how far it is."""
+        notice = m.PullProgress(pull.object_id, done, pull.size, pull.source)
+        for reader, _, answer in self._unsealed.get(pull.object_id, ()):
+            if reader.is_open and not answer.done():
+                reader.send(notice)
 
     def read_object_chunk(self, conn: Connection, msg: m.ReadObjectChunk) -> Any:
         """A view of a sealed object's bytes for another node's pull (written to the socket

@@ -121,3 +121,16 @@ def test_a_task_goes_to_the_node_that_holds_its_large_argument(cluster):
     reasons = [t.get("placement_reason", "") for t in list_tasks(limit=10_000)
                if t.get("name") == "checksum_here" and t.get("node_id") == c.node_id]
     assert any("locality" in r and "holds 8 MB of the arguments" in r for r in reasons), reasons
+
+
+def test_a_large_pull_reports_its_progress_to_the_front_end(cluster, monkeypatch):
+    calls: list[tuple] = []
+    monkeypatch.setattr(ray._context, "copy_progress", lambda *call: calls.append(call))
+    ref = make.options(resources={"c": 1}).remote(96 * MiB, 4)
+    ray.wait([ref], timeout=60, fetch_local=False)
+    assert ray.get(ref, timeout=60)[0] == 4
+    c = cluster.worker_nodes[1]
+    assert calls, "no progress was reported"
+    done, total, label = calls[-1]
+    assert done == total >= 96 * MiB and label == f"pulling 0.1 GB from {c.address}"
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))  # it only goes forward
