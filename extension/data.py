@@ -1,9 +1,13 @@
 """What the API and the pages show: GCS answers turned into plain JSON data.
 
-Every call opens a short-lived authenticated connection to the cluster's GCS on the running
-event loop (Jupyter's own loop inside the server), asks, and closes it. Task views (``view``,
-``timeline``, ``overview``, the actors' pending calls) read only what changed since the last
-request, through the cluster's ``live.ClusterState`` (the GCS's incremental cursor).
+Each GCS question opens a short-lived authenticated connection to the cluster's GCS on the
+running event loop (Jupyter's own loop inside the server), asks, and closes it. Task views
+(``view``, ``timeline``, ``overview``, the actors' pending calls) read only what changed,
+through the cluster's ``live.ClusterState`` (the GCS's incremental cursor); it and the GCS's
+node, actor and object tables are read in the background, so a request is answered from
+state at most a second or so old and never waits on the GCS once that state exists. What only
+an owner knows (cancelling its task, what keeps its objects alive, its cells' names) is asked
+of this server's notebook kernels (``kernels``). Log files are read in a thread, bounded.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from cellfleet import _messages as m
 from cellfleet._rpc import connect
+from cellfleet.widgets.model import cancelled_error, was_cancelled
 
 from . import kernels
 from .discovery import ClusterInfo
@@ -116,16 +121,27 @@ async def tasks(cluster: ClusterInfo, *, state: str | None = None, name: str | N
     filters = {k: v for k, v in (("state", state), ("name", name), ("tag", tag)) if v is not None}
     (selected,) = await ask(cluster, m.ListTasks(filters, MAX_TASKS))
     return {"total": len(selected), "offset": offset, "limit": limit,
-            "tasks": plain(selected[offset : offset + limit])}
+            "tasks": [_said(plain(t)) for t in selected[offset : offset + limit]]}
+
+
+def _said(task: dict) -> dict:
+    """A record as the pages say it: a cancelled task's error is a TaskCancelledError (its
+    worker reports the KeyboardInterrupt that stopped it)."""
+    task["cancelled"] = was_cancelled(task)
+    if task["cancelled"]:
+        task["error_message"] = cancelled_error(task)
+    return task
 
 
 def _task_node(task: dict) -> dict:
+    task = _said(dict(task))
     return {
         "id": task["task_id"], "name": task.get("name", "?"), "state": task.get("state"),
         "node_id": task.get("node_id"), "worker_id": task.get("worker_id"),
         "worker_pid": task.get("worker_pid"), "duration": _duration(task),
         "error_message": task.get("error_message"), "parent_task_id": task.get("parent_task_id"),
         "tag": task.get("tag"), "type": task.get("type"), "actor_id": task.get("actor_id"),
+        "cancelled": task["cancelled"],
         "updated": _last_ts(task),
     }
 

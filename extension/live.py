@@ -1,10 +1,14 @@
 """What the dashboard keeps per cluster between requests, refreshed through incremental cursors.
 
 One ``ClusterState`` per cluster in the server process: a ``GraphModel`` of every task the GCS
-keeps, advanced with ``ListTaskChanges(cursor)`` (only what changed since the last request is
-read, however many tasks the cluster holds), and the object store's usage per node sampled on
-each request (the history the objects page draws, kept from the first request on, bounded).
-Every open page and every viewer share it; a refresh happens at most every ``MIN_REFRESH_S``.
+keeps, advanced with ``ListTaskChanges(cursor)`` (only what changed since the last read,
+however many tasks the cluster holds), a log of which tasks each read changed and which are
+unfinished (what the timeline's cursor and the task stream read instead of every task), the
+GCS's other tables as last read (``cached``), and the object store's usage per node (the
+history the objects page draws, sampled from the server's start by ``data.sample_stores``,
+bounded). Every open page and every viewer share it. Only the first request waits for the GCS;
+later ones are answered from the state while the next read runs in the background, at most
+every ``MIN_REFRESH_S``.
 """
 
 from __future__ import annotations

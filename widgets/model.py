@@ -22,7 +22,8 @@ from typing import Any
 from cellfleet.gcs.task_events import TASK_STATES as STATES
 
 __all__ = [
-    "COLORS", "DONE_STATES", "SHORT", "STATES", "GraphModel", "state_at", "was_cancelled",
+    "COLORS", "DONE_STATES", "SHORT", "STATES", "GraphModel", "cancelled_error", "state_at",
+    "was_cancelled",
 ]
 
 COLORS = {  # as in static/taskgraph.js
@@ -407,7 +408,7 @@ class GraphModel:
         error = record.get("error_message")
         cancelled = was_cancelled(record)
         if cancelled:
-            error = f"TaskCancelledError: task {record['task_id']} was cancelled"
+            error = cancelled_error(record)
         elif error and len(error) > MAX_ERROR_CHARS:
             error = error[:MAX_ERROR_CHARS] + "\n… (cut)"
         tag = record.get("tag") or ""
@@ -480,6 +481,11 @@ def _compact(record: dict) -> dict:
     strings is left alone by the garbage collector once it has seen it (a process keeping
     100,000 records would otherwise have its collections walk them all)."""
     return {k: tuple(v) if type(v) is list else v for k, v in record.items()}
+
+
+def cancelled_error(record: dict) -> str:
+    """What a cancelled task's error says in the views (the owner's ``get`` raises it)."""
+    return f"TaskCancelledError: task {record['task_id']} was cancelled"
 
 
 def group_key(record: dict) -> str:

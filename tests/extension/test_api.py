@@ -325,3 +325,35 @@ async def test_cancel_needs_a_task_id_and_a_notebook_that_submitted_it(jp_fetch,
                        body=json.dumps({"task_id": inc.remote(1).task_id()}))
     assert err.value.code == 409
     assert "no notebook kernel of this Jupyter server" in err.value.response.body.decode()
+
+
+@cellfleet.remote
+def nap(seconds):
+    time.sleep(seconds)
+
+
+async def test_a_cancelled_tasks_record_says_cancelled(jp_fetch, cluster):
+    """Its worker reports the KeyboardInterrupt that stopped it; the API says what its
+    owner's get raises."""
+    cid = await cluster_id(jp_fetch, cluster)
+    ref = nap.remote(60)
+
+    async def running():
+        found = await get(jp_fetch, "clusters", cid, "tasks", name="nap", state="RUNNING")
+        return any(t["task_id"] == ref.task_id() for t in found["tasks"])
+
+    await until(running)
+    cellfleet.cancel(ref)
+    with pytest.raises(cellfleet.exceptions.TaskCancelledError):
+        cellfleet.get(ref, timeout=10)
+    records: list[dict] = []
+
+    async def ended():
+        found = await get(jp_fetch, "clusters", cid, "tasks", name="nap", state="FAILED")
+        records[:] = [t for t in found["tasks"] if t["task_id"] == ref.task_id()]
+        return bool(records)
+
+    await until(ended)
+    (record,) = records
+    assert record["cancelled"] and record["error_message"].startswith("TaskCancelledError")
+    assert "KeyboardInterrupt" not in record["error_message"]
