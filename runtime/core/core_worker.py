@@ -43,6 +43,7 @@ from .._shm import SharedArena
 from .actor_submitter import ActorSubmitter
 from .dependency_resolver import DependencyResolver
 from .events import FLUSH_INTERVAL_S, EventBuffer
+from .lineage import LineageTable
 from .memory_store import MemoryStore, error_payload, is_error
 from .object_ref import ObjectRef
 from .peers import PeerCache
@@ -116,6 +117,7 @@ class CoreWorker:
         self.pull_progress: dict[bytes, tuple[int, int, str]] = {}  # object -> done, total, from
         self.tasks = TaskManager()
         self.resolver = DependencyResolver()
+        self.lineage = LineageTable()
         self._exported: set[bytes] = set()
         self._closed = False
         self.submitter: TaskSubmitter | None = None
@@ -454,11 +456,45 @@ class CoreWorker:
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         entries = [self._entry_for(ref) for ref in refs]
-        if not self._wait_for(entries, len(entries), deadline, refs, stop_on_error=True):
-            for ref, entry in zip(refs, entries):  # one failed: raise it, as Ray does, at once
-                if entry.payload is not None and is_error(entry.payload):
-                    self._value(ref, entry)
-        return [self._value(ref, entry) for ref, entry in zip(refs, entries)]
+        while True:
+            if not self._wait_for(entries, len(entries), deadline, refs, stop_on_error=True):
+                for ref, entry in zip(refs, entries):  # one failed: raise it, as Ray does
+                    if entry.payload is not None and is_error(entry.payload):
+                        self._value(ref, entry)
+            try:
+                return [self._value(ref, entry) for ref, entry in zip(refs, entries)]
+            except exceptions.ObjectLostError as exc:  # its node died: re-run its task?
+                if type(exc) is not exceptions.ObjectLostError:
+                    raise
+                why = self.run(self._rerun(bytes.fromhex(exc.object_ref_hex)))
+                if why is not None:
+                    raise why from exc
+
+    async def _rerun(self, object_id: bytes) -> BaseException | None:
+        """Lineage reconstruction: run again the task that made a lost object this process
+        owns (its shared-memory outputs wait for the new run); or why it cannot be."""
+        entry = self.refs.entries.get(object_id)
+        spec = entry.spec if entry is not None and entry.owned else None
+        if spec is None:
+            return exceptions.ObjectReconstructionFailedError(object_id.hex())
+        if spec.task_id in self.tasks:
+            return None  # already running again for another reader
+        outcome = self.lineage.rerun(spec, object_id)
+        if isinstance(outcome, BaseException):
+            return outcome
+        with self.refs.lock:
+            for index in range(spec.num_returns):
+                output = self.refs.entries.get(object_id_for(spec.task_id, index + 1))
+                if output is not None and output.payload is not None \
+                        and output.payload[0] == "s":
+                    output.payload = None
+        spec.attempt += 1
+        self.refs.add_submitted(outcome)
+        self.events.task(spec.task_id, "PENDING_ARGS_AVAIL", {
+            "attempt_number": spec.attempt,
+            "placement_reason": f"reconstructing {object_id.hex()[:8]}: every copy was lost"})
+        self._resolve(spec, outcome)
+        return None
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None,
              ids: list[bytes] | None = None) -> tuple[list[ObjectRef], list[ObjectRef]]:
@@ -903,6 +939,11 @@ class CoreWorker:
             })
         else:
             self.events.task(spec.task_id, "FAILED", {"error_message": "see the error object"})
+        if result is not None and result.ok:  # kept while outputs live, to re-run it
+            stored = sum(1 for index, p in enumerate(result.returns[:spec.num_returns])
+                         if p[0] == "s" and object_id_for(spec.task_id, index + 1)
+                         in self.refs.entries)
+            submitted = self.lineage.finished(spec, submitted, stored)
         if submitted:
             self.refs.remove_submitted(submitted)
 
@@ -917,6 +958,10 @@ class CoreWorker:
         if entry.owned:
             if entry.payload is not None and entry.payload[0] == "s":
                 self._free_stored(object_id, entry.payload)
+                if spec is not None:  # the task's arguments go with its last stored output
+                    released = self.lineage.output_freed(spec.task_id)
+                    if released:
+                        self.refs.remove_submitted(released)
             self.events.object(object_id, "FREED")
         else:
             self.peers.send(entry.owner, m.RemoveBorrowers([object_id], self.address))

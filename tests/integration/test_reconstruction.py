@@ -1,0 +1,92 @@
+"""Lineage reconstruction on a real cluster: a node dies with the only copy of a task's output,
+and the owner runs the task again on a node that is left (within ``max_retries``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import cloudpickle
+import numpy as np
+import pytest
+
+import cellfleet as ray
+from cellfleet import exceptions
+from cellfleet.cluster_utils import Cluster
+
+pytestmark = pytest.mark.integration
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+MiB = 2**20
+
+
+@pytest.fixture
+def two_workers() -> Iterator[Cluster]:
+    """A head with no CPU for tasks, and two nodes that both have resource "x"."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster.add_node(num_cpus=1, resources={"x": 1})
+    cluster.add_node(num_cpus=1, resources={"x": 1})
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@ray.remote(resources={"x": 1})
+def scaled(array: np.ndarray, factor: int) -> np.ndarray:
+    return array * factor
+
+
+@ray.remote(resources={"x": 1}, max_retries=0)
+def once(n: int) -> np.ndarray:
+    return np.ones(n, dtype=np.uint8)
+
+
+def node_holding(ref: ray.ObjectRef) -> str:
+    return ray._context.core.refs.entries[ref._id].payload[3].hex()
+
+
+def kill_node(cluster: Cluster, node_id: str) -> None:
+    (node,) = [n for n in cluster.worker_nodes if n.node_id == node_id]
+    cluster.remove_node(node, allow_graceful=False)
+
+
+def test_a_lost_output_is_rebuilt_from_its_lineage(two_workers):
+    source = ray.put(np.arange(4 * MiB, dtype=np.uint8))  # on the head: survives
+    ref = scaled.remote(source, 2)
+    ray.wait([ref], timeout=60, fetch_local=False)
+    lost_on = node_holding(ref)
+    kill_node(two_workers, lost_on)
+    value = ray.get(ref, timeout=60)
+    assert value[1] == 2 and value.nbytes == 4 * MiB
+    assert node_holding(ref) != lost_on  # made again on the node that is left
+
+
+def test_an_output_of_a_task_without_retries_is_lost_for_good(two_workers):
+    ref = once.remote(2 * MiB)
+    ray.wait([ref], timeout=60, fetch_local=False)
+    kill_node(two_workers, node_holding(ref))
+    with pytest.raises(exceptions.ObjectReconstructionFailedMaxAttemptsExceededError):
+        ray.get(ref, timeout=60)
+
+
+def test_a_lost_put_object_cannot_be_rebuilt(two_workers):
+    @ray.remote(resources={"x": 1})
+    def put_there() -> list:
+        return [ray.put(np.ones(2 * MiB, dtype=np.uint8))]
+
+    (inner,) = ray.get(put_there.remote(), timeout=60)
+    ray.wait([inner], timeout=60, fetch_local=False)
+    kill_node(two_workers, node_holding_borrowed(inner))
+    with pytest.raises(exceptions.ObjectLostError):  # its owner (the worker) died with it
+        ray.get(inner, timeout=60)
+
+
+def node_holding_borrowed(ref: ray.ObjectRef) -> str:
+    """The node of a borrowed object's owner (a put object lives where its owner runs)."""
+    core = ray._context.core
+    owner = core.refs.entries[ref._id].owner
+    for node in ray.nodes():
+        if node["Alive"] and owner.startswith(node["NodeManagerAddress"] + ":"):
+            return node["NodeID"]
+    raise AssertionError(f"no node at the owner's address {owner}")
