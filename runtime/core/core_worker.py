@@ -470,9 +470,11 @@ class CoreWorker:
                 if why is not None:
                     raise why from exc
 
-    async def _rerun(self, object_id: bytes) -> BaseException | None:
+    async def _rerun(self, object_id: bytes, dead: set[bytes] | None = None,
+                     ) -> BaseException | None:
         """Lineage reconstruction: run again the task that made a lost object this process
-        owns (its shared-memory outputs wait for the new run); or why it cannot be."""
+        owns (its shared-memory outputs wait for the new run), after the arguments it needs
+        that were lost with it (``dead``: the nodes gone); or why it cannot be."""
         entry = self.refs.entries.get(object_id)
         spec = entry.spec if entry is not None and entry.owned else None
         if spec is None:
@@ -482,6 +484,17 @@ class CoreWorker:
         outcome = self.lineage.rerun(spec, object_id)
         if isinstance(outcome, BaseException):
             return outcome
+        if dead is None:
+            dead = {n["node_id"] for n in await self.gcs.request(m.GetNodes())
+                    if not n["alive"]}
+        for arg_id, _ in spec.arg_refs:  # lost arguments first (the resolver waits for them)
+            arg = self.refs.entries.get(arg_id)
+            if arg is not None and arg.owned and arg.spec is not None \
+                    and arg.payload is not None and arg.payload[0] == "s" \
+                    and arg.payload[3] in dead:
+                why = await self._rerun(arg_id, dead)
+                if why is not None:
+                    return why
         with self.refs.lock:
             for index in range(spec.num_returns):
                 output = self.refs.entries.get(object_id_for(spec.task_id, index + 1))

@@ -13,6 +13,7 @@ import pytest
 import cellfleet as ray
 from cellfleet import exceptions
 from cellfleet.cluster_utils import Cluster
+from cellfleet.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 pytestmark = pytest.mark.integration
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -60,6 +61,19 @@ def test_a_lost_output_is_rebuilt_from_its_lineage(two_workers):
     value = ray.get(ref, timeout=60)
     assert value[1] == 2 and value.nbytes == 4 * MiB
     assert node_holding(ref) != lost_on  # made again on the node that is left
+
+
+def test_a_chain_lost_with_its_node_is_rebuilt_link_by_link(two_workers):
+    first = scaled.options(resources={"x": 1}).remote(np.ones(3 * MiB, dtype=np.uint8), 3)
+    ray.wait([first], timeout=60, fetch_local=False)
+    on = node_holding(first)
+    strategy = NodeAffinitySchedulingStrategy(on, soft=True)  # the second link there too
+    second = scaled.options(scheduling_strategy=strategy).remote(first, 2)
+    ray.wait([second], timeout=60, fetch_local=False)
+    assert node_holding(second) == on
+    kill_node(two_workers, on)
+    value = ray.get(second, timeout=60)  # both links run again on the node that is left
+    assert value[0] == 6 and node_holding(first) != on
 
 
 def test_an_output_of_a_task_without_retries_is_lost_for_good(two_workers):
