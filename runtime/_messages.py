@@ -579,11 +579,12 @@ class ListPlacementGroups(Message):
 @_message(135)
 class PrepareBundles(Message):
     """GCS to raylet: take these bundles' resources (``[[index, resources], ...]``) for the
-    attempt, all or none; answered True or False."""
+    attempt, all or none (and ``commit`` them at once); answered True or False."""
 
     pg_id: bytes
     attempt: int
     bundles: list
+    commit: bool = False
 
 
 @_message(136)

@@ -10,17 +10,21 @@ Reservation is all-or-nothing, in two phases per attempt (Ray's ``PrepareBundleR
 ``CommitBundleResources``): the manager picks a node per bundle from its estimate of the
 nodes' free resources, asks each node's raylet to *prepare* its bundles (take the resources
 if free, or refuse), and once every node has prepared, to *commit* them (the bundles'
-resources appear on the node as ``CPU_group_<i>_<id>`` ...). A refusal, a node that dies or an
-attempt that takes longer than ``ATTEMPT_TIMEOUT_S`` (a lost message) aborts the attempt:
-every node of the attempt is told to return what it took for it (``ReturnBundles``, sent on
-the same connection after the prepare, so it lands after it), and the group waits for the
-next change of the cluster's resources to try again. Answers of an aborted attempt are
-ignored (each carries its attempt number). A group that fits no node stays ``PENDING`` and is
-placed when a node that fits joins.
+resources appear on the node as ``CPU_group_<i>_<id>`` ...). An attempt on a single node
+prepares and commits in one message: with one participant, one phase is all-or-nothing.
+A refusal, a node that dies or an attempt that takes longer than ``ATTEMPT_TIMEOUT_S`` (a
+lost message) aborts the attempt: every node of the attempt is told to return what it took
+for it (``ReturnBundles``, sent on the same connection after the prepare, so it lands after
+it), and the group waits for the next change of the cluster's resources to try again.
+Answers of an aborted attempt are ignored (each carries its attempt number). A group that
+fits no node stays ``PENDING`` and is placed when a node that fits joins.
 
-The free resources come from the nodes' reports; between two reports the manager counts what
-it took and returned itself (``_delta``), so a group removed and another created at once do
-not wait for a report. A wrong estimate costs only a refused prepare and a retry.
+The free resources come from the nodes' reports (on every change, and every heartbeat);
+between two reports the manager counts what it took and what removed groups gave back
+(``_Node.delta``), so a group removed and another created at once do not wait for a report.
+An aborted attempt's resources are not counted back: what it took may not show in the last
+report, so only the next one tells. A wrong estimate costs a refused prepare and a retry at
+the next report.
 
 Live groups are bounded (``max_groups``; creating more fails with a clear error) and removed
 ones are remembered up to ``max_removed``. No I/O: the server carries out the actions.
@@ -29,6 +33,7 @@ ones are remembered up to ``max_removed``. No I/O: the server carries out the ac
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,12 +52,14 @@ EPS = 1e-9
 
 @dataclass(slots=True)
 class Prepare:
-    """Ask node ``node_id``'s raylet to take ``bundles`` (``[[index, resources], ...]``)."""
+    """Ask node ``node_id``'s raylet to take ``bundles`` (``[[index, resources], ...]``);
+    ``commit``: and commit them at once (the attempt's only node: one phase is enough)."""
 
     node_id: bytes
     pg_id: bytes
     attempt: int
     bundles: list
+    commit: bool = False
 
 
 @dataclass(slots=True)
@@ -77,10 +84,12 @@ class ReturnBundles:
 
 @dataclass(slots=True)
 class BundlesChanged:
-    """The committed bundles of node ``node_id`` changed: the resource view's totals follow
-    (``PlacementGroupManager.node_bundle_resources``)."""
+    """Bundles were committed on node ``node_id`` (``sign`` 1) or given back (-1): its
+    totals in the resource view change by ``resources`` (``bundle_resource_names``)."""
 
     node_id: bytes
+    resources: dict[str, float]
+    sign: int
 
 
 @dataclass(slots=True)
@@ -163,6 +172,8 @@ class PlacementGroupManager:
         self.max_groups = max_groups
         self.removed = Graveyard(max_removed)
         self._names: dict[tuple[str, str], bytes] = {}
+        self._refused: OrderedDict[bytes, str] = OrderedDict()  # pg id -> why, bounded
+        self._bundle_totals: dict[bytes, dict[str, float]] = {}  # node -> committed bundles'
         self._nodes: dict[bytes, _Node] = {}
         self._waiting: dict[bytes, None] = {}  # groups to place, oldest first
         self._clock = clock
@@ -182,17 +193,27 @@ class PlacementGroupManager:
 
     def node_bundle_resources(self, node_id: bytes) -> dict[str, float]:
         """The resources the committed bundles on ``node_id`` add to its totals."""
-        out: dict[str, float] = {}
-        for group in self.groups.values():
-            if group.state == "REMOVED":
-                continue
-            pg_hex = group.pg_id.hex()
-            for index, node in enumerate(group.nodes):
-                if node == node_id:
-                    for k, v in bundle_resource_names(pg_hex, index,
-                                                      group.bundles[index]).items():
-                        out[k] = out.get(k, 0.0) + v
-        return out
+        return dict(self._bundle_totals.get(node_id, {}))
+
+    def _moved(self, group: _Group, placed: dict[int, bytes], sign: int) -> list:
+        """Bundles ``placed`` (index -> node) committed (``sign`` 1) or given back (-1)."""
+        by_node: dict[bytes, dict[str, float]] = {}
+        pg_hex = group.pg_id.hex()
+        for index, node_id in placed.items():
+            names = by_node.setdefault(node_id, {})
+            for k, v in bundle_resource_names(pg_hex, index, group.bundles[index]).items():
+                names[k] = names.get(k, 0.0) + v
+        for node_id, names in by_node.items():
+            totals = self._bundle_totals.setdefault(node_id, {})
+            for k, v in names.items():
+                value = totals.get(k, 0.0) + sign * v
+                if abs(value) < EPS:
+                    totals.pop(k, None)
+                else:
+                    totals[k] = value
+            if not totals:
+                del self._bundle_totals[node_id]
+        return [BundlesChanged(n, names, sign) for n, names in sorted(by_node.items())]
 
     def stats(self) -> dict[str, int]:
         live = sum(g.state != "REMOVED" for g in self.groups.values())
@@ -201,10 +222,32 @@ class PlacementGroupManager:
 
     # -- events from clients --------------------------------------------------------------
 
+    def refusal(self, pg_id: bytes) -> str | None:
+        """Why the creation of ``pg_id`` was refused, if it was (creation may be one-way)."""
+        return self._refused.get(pg_id)
+
     def create(self, pg_id: bytes, bundles: list[dict[str, float]], strategy: str,
                name: str = "", namespace: str = "", detached: bool = False,
                job_id: int = 0) -> list:
-        """A new group; ValueError (what to do) for bad input, a taken name or too many."""
+        """A new group; ValueError (what to do) for bad input, a taken name or too many
+        (remembered: ``refusal``)."""
+        try:
+            self._check_new(pg_id, bundles, strategy, name, namespace)
+        except ValueError as exc:
+            self._refused[pg_id] = str(exc)
+            if len(self._refused) > self.removed.limit:
+                self._refused.popitem(last=False)
+            raise
+        group = _Group(pg_id, [dict(b) for b in bundles], strategy, name, namespace,
+                       detached, job_id, time.time(), nodes=[None] * len(bundles))
+        self.groups[pg_id] = group
+        if name:
+            self._names[(namespace, name)] = pg_id
+        self._waiting[pg_id] = None
+        return self._try(group)
+
+    def _check_new(self, pg_id: bytes, bundles: list[dict[str, float]], strategy: str,
+                   name: str, namespace: str) -> None:
         check_bundles(bundles, strategy)
         if pg_id in self.groups:
             raise ValueError(f"placement group {pg_id.hex()} exists already")
@@ -215,28 +258,17 @@ class PlacementGroupManager:
         if live >= self.max_groups:
             raise ValueError(f"the cluster already has {live} placement groups (the limit): "
                              "remove some with remove_placement_group()")
-        group = _Group(pg_id, [dict(b) for b in bundles], strategy, name, namespace,
-                       detached, job_id, time.time(), nodes=[None] * len(bundles))
-        self.groups[pg_id] = group
-        if name:
-            self._names[(namespace, name)] = pg_id
-        self._waiting[pg_id] = None
-        return self._try(group)
 
     def remove(self, pg_id: bytes) -> list:
         """Remove a group: its nodes give its resources back and kill the work using them."""
         group = self.groups.get(pg_id)
         if group is None or group.state == "REMOVED":
             return []
-        actions: list = []
         holding = {n for n in group.nodes if n is not None} | set(group.trying.values())
-        for node_id in sorted(holding):
-            actions.append(ReturnBundles(node_id, pg_id, -1))
-            if node_id in group.nodes:
-                actions.append(BundlesChanged(node_id))
+        actions: list = [ReturnBundles(node_id, pg_id, -1) for node_id in sorted(holding)]
+        actions += self._moved(group, {i: n for i, n in enumerate(group.nodes)
+                                       if n is not None}, -1)
         self._release(group, group.nodes, group.bundles)
-        self._release(group, [group.trying.get(i) for i in range(len(group.bundles))],
-                      group.bundles)
         group.state = "REMOVED"
         group.nodes = [None] * len(group.bundles)
         group.trying.clear()
@@ -259,8 +291,10 @@ class PlacementGroupManager:
     # -- events from nodes ----------------------------------------------------------------
 
     def node_added(self, node_id: bytes, total: dict[str, float]) -> list:
+        """A node registered (again: the bundles it holds go back into the view)."""
         self._nodes[node_id] = _Node(dict(total), dict(total))
-        return self.retry()
+        held = self._bundle_totals.get(node_id)
+        return ([BundlesChanged(node_id, dict(held), 1)] if held else []) + self.retry()
 
     def node_report(self, node_id: bytes, available: dict[str, float]) -> list:
         """A node reported its free resources: they include everything done before."""
@@ -276,6 +310,7 @@ class PlacementGroupManager:
         rescheduled (their other bundles stay)."""
         if self._nodes.pop(node_id, None) is None:
             return []
+        self._bundle_totals.pop(node_id, None)
         actions: list = []
         for group in self.groups.values():
             if group.state == "REMOVED":
@@ -300,6 +335,8 @@ class PlacementGroupManager:
                                       "resources free")
         group.prepared.add(node_id)
         nodes = set(group.trying.values())
+        if len(nodes) == 1:  # prepared and committed in one step
+            return self.committed(pg_id, attempt, node_id, True)
         if group.prepared != nodes:
             return []
         return [Commit(n, pg_id, attempt, sorted(i for i, m in group.trying.items() if m == n))
@@ -318,12 +355,12 @@ class PlacementGroupManager:
             return []
         for index, node in group.trying.items():
             group.nodes[index] = node
-        changed = sorted(set(group.trying.values()))
+        actions = self._moved(group, group.trying, 1)
         group.trying.clear()
         group.state = "CREATED"
         group.why_pending = ""
         self._waiting.pop(pg_id, None)
-        return [BundlesChanged(n) for n in changed] + [GroupSettled(group.record())]
+        return actions + [GroupSettled(group.record())]
 
     def tick(self) -> list:
         """Time passed: attempts whose answers are overdue (lost) abort and try again."""
@@ -373,14 +410,13 @@ class PlacementGroupManager:
         for index, node_id in sorted(placement.items()):
             by_node.setdefault(node_id, []).append([index, group.bundles[index]])
             self._nodes[node_id].change(group.bundles[index], -1)
-        return [Prepare(n, group.pg_id, group.attempt, bundles)
+        one_phase = len(by_node) == 1
+        return [Prepare(n, group.pg_id, group.attempt, bundles, one_phase)
                 for n, bundles in sorted(by_node.items())]
 
     def _abort(self, group: _Group, why: str) -> list:
         """Give back everything this attempt took; try again on the next change."""
         nodes = sorted(set(group.trying.values()))
-        self._release(group, [group.trying.get(i) for i in range(len(group.bundles))],
-                      group.bundles)
         actions: list = [ReturnBundles(n, group.pg_id, group.attempt)
                          for n in nodes if n in self._nodes]
         group.trying.clear()

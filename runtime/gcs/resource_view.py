@@ -22,7 +22,6 @@ class ResourceView:
         self.rows: dict[bytes, dict[str, Any]] = {}
         self._changed: set[bytes] = set()
         self._gone: set[bytes] = set()
-        self._bundles: dict[bytes, dict[str, float]] = {}  # per node, in its total
 
     def node_added(self, node_id: bytes, address: str, total: dict[str, float]) -> None:
         """A raylet registered (again): all of it is free until it reports otherwise."""
@@ -30,7 +29,6 @@ class ResourceView:
                               "available": dict(total), "queued": 0, "alive": True}
         self._gone.discard(node_id)
         self._changed.add(node_id)
-        self._bundles.pop(node_id, None)
 
     def report(self, node_id: bytes, available: dict[str, float],
                load: dict[str, Any]) -> bool:
@@ -46,23 +44,25 @@ class ResourceView:
         self._changed.add(node_id)
         return True
 
-    def bundles_changed(self, node_id: bytes, bundles: dict[str, float]) -> bool:
-        """The placement group bundles committed on a node changed: its totals are its own
-        plus ``bundles`` (``gcs.placement_groups``). True if it is in the view."""
+    def bundles_changed(self, node_id: bytes, resources: dict[str, float], sign: int) -> bool:
+        """Placement group bundles were committed on a node (``sign`` 1) or given back (-1):
+        its totals change by ``resources`` (``gcs.placement_groups``). True if it is in the
+        view."""
         row = self.rows.get(node_id)
         if row is None:
             return False
-        before = self._bundles.pop(node_id, {})
-        own = {k: v for k, v in row["total"].items() if k not in before}
-        row["total"] = {**own, **bundles}
-        if bundles:
-            self._bundles[node_id] = dict(bundles)
+        total = row["total"]
+        for k, v in resources.items():
+            value = total.get(k, 0.0) + sign * v
+            if abs(value) < 1e-9:
+                total.pop(k, None)
+            else:
+                total[k] = value
         self._changed.add(node_id)
         return True
 
     def node_removed(self, node_id: bytes) -> bool:
         """A node died; True if it was in the view."""
-        self._bundles.pop(node_id, None)
         if self.rows.pop(node_id, None) is None:
             return False
         self._changed.discard(node_id)

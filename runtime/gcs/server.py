@@ -236,6 +236,7 @@ class GcsServer:
                                           store=msg.store, load=msg.load)
         if alive and self.resource_view.report(msg.node_id, msg.available, msg.load):
             self._resources_changed()
+        if alive:  # the placement groups' estimate is made right at least every heartbeat
             self._carry_out_pg(self.placement_groups.node_report(msg.node_id, msg.available))
         return alive
 
@@ -409,8 +410,9 @@ class GcsServer:
     def wait_placement_group(self, conn: Connection, msg: m.WaitPlacementGroup) -> Any:
         record = self.placement_groups.get(msg.pg_id)
         if record is None:
-            raise ValueError(f"no placement group {msg.pg_id.hex()} in this cluster (removed "
-                             "long ago, or never created)")
+            raise ValueError(self.placement_groups.refusal(msg.pg_id) or (
+                f"no placement group {msg.pg_id.hex()} in this cluster (removed long ago, or "
+                "never created)"))
         if record["state"] in ("CREATED", "REMOVED"):
             return record
         fut = asyncio.get_running_loop().create_future()
@@ -434,7 +436,7 @@ class GcsServer:
         for action in actions:
             if isinstance(action, Prepare):
                 self._ask_raylet(action.node_id, m.PrepareBundles(
-                    action.pg_id, action.attempt, action.bundles),
+                    action.pg_id, action.attempt, action.bundles, action.commit),
                     lambda ok, a=action: manager.prepared(a.pg_id, a.attempt, a.node_id, ok))
             elif isinstance(action, Commit):
                 self._ask_raylet(action.node_id, m.CommitBundles(
@@ -445,8 +447,8 @@ class GcsServer:
                 if conn is not None and conn.is_open:
                     conn.send(m.ReturnBundles(action.pg_id, action.attempt))
             elif isinstance(action, BundlesChanged):
-                if self.resource_view.bundles_changed(
-                        action.node_id, manager.node_bundle_resources(action.node_id)):
+                if self.resource_view.bundles_changed(action.node_id, action.resources,
+                                                      action.sign):
                     self._resources_changed()
             elif isinstance(action, GroupSettled):
                 pg_id = bytes.fromhex(action.record["placement_group_id"])

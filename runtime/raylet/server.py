@@ -107,6 +107,10 @@ class Raylet:
 
     def prepare_bundles(self, conn: Connection, msg: m.PrepareBundles) -> bool:
         ok = self.bundles.prepare(msg.pg_id, msg.attempt, msg.bundles)
+        if ok and msg.commit:
+            ok, actions = self.bundles.commit(msg.pg_id, msg.attempt,
+                                              [index for index, _ in msg.bundles])
+            self._carry_out(actions)
         self._report_soon()
         return ok
 

@@ -141,9 +141,18 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
     bundles = [{k: float(v) for k, v in b.items() if v > 0} for b in bundles]
     core = _core()
     pg_id = random_id()
-    core.request("gcs", m.CreatePlacementGroup(pg_id, bundles, strategy, name, core.namespace,
-                                               lifetime == "detached", core.current_job_id))
+    create = m.CreatePlacementGroup(pg_id, bundles, strategy, name, core.namespace,
+                                    lifetime == "detached", core.current_job_id)
+    if name:  # a taken name is an error here, as in Ray
+        core.request("gcs", create)
+    else:  # nothing else can fail that was not checked here: no round trip (what the GCS
+        _send(core, create)  # might still refuse, wait() and ready() raise)
     return PlacementGroup(PlacementGroupID(pg_id), bundles)
+
+
+def _send(core: Any, message: m.Message) -> None:
+    """Send to the GCS without waiting; later requests of this process come after it."""
+    core.call_soon(lambda: core.gcs.send(message))
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
@@ -151,7 +160,7 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"remove_placement_group takes a PlacementGroup, got "
                         f"{placement_group!r}")
-    _core().request("gcs", m.RemovePlacementGroup(placement_group.id.binary()))
+    _send(_core(), m.RemovePlacementGroup(placement_group.id.binary()))
 
 
 def get_placement_group(placement_group_name: str) -> PlacementGroup:

@@ -77,6 +77,14 @@ def nodes_of(pg: PlacementGroup) -> dict[int, str]:
     return {int(i): n for i, n in placement_group_table(pg)["bundles_to_node_id"].items()}
 
 
+def dead(actor: ray.actor.ActorHandle) -> bool:
+    try:
+        ray.get(actor.node.remote(), timeout=30)
+    except exceptions.RayActorError:
+        return True
+    return False
+
+
 def all_free(cluster: Cluster) -> bool:
     """Every CPU of the cluster is free again and no bundle resource is left anywhere."""
     free = ray.available_resources()
@@ -123,8 +131,7 @@ def test_the_reservation_is_exact_and_a_bundle_only_takes_what_fits_it(cluster: 
     assert ready == []
     remove_placement_group(pg)
     # Removal kills the actor and refuses the task that waited for the bundle.
-    with pytest.raises(exceptions.RayActorError):
-        ray.get(actor.node.remote(), timeout=30)
+    wait_until(lambda: dead(actor), timeout=30, message="the actor to be killed")
     with pytest.raises(exceptions.TaskUnschedulableError, match="was removed"):
         ray.get(too_big, timeout=30)
     with pytest.raises(ValueError, match="Failed to look up"):

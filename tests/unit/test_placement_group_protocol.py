@@ -134,6 +134,9 @@ class SimulatedCluster:
         lg = self.ledgers[node]
         if isinstance(action, Prepare):
             ok = lg.prepare(action.pg_id, action.attempt, action.bundles)
+            if ok and action.commit:
+                ok, _ = lg.commit(action.pg_id, action.attempt,
+                                  [index for index, _ in action.bundles])
             self.to_gcs[node].append(("prepared", action.pg_id, action.attempt, ok))
         elif isinstance(action, Commit):
             ok, _ = lg.commit(action.pg_id, action.attempt, action.indices)
@@ -174,7 +177,9 @@ class SimulatedCluster:
                     while self.to_gcs[node]:
                         self.deliver_to_gcs(node)
             for node in sorted(self.ledgers):
-                self.report(node)
+                self.report(node)  # nothing is in flight: the reports are exact
+            if any(self.to_node[n] for n in self.ledgers):
+                continue  # new attempts, made from exact figures
             if not any(g.trying for g in self.pgm.groups.values()):
                 return
             self.now += ATTEMPT_TIMEOUT_S + 1

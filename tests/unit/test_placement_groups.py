@@ -44,7 +44,7 @@ def reserve(pgm: PlacementGroupManager, actions: list) -> list:
     out: list = []
     for prepare in of(actions, Prepare):
         out += pgm.prepared(prepare.pg_id, prepare.attempt, prepare.node_id, True)
-    done: list = []
+    done: list = [a for a in out if not isinstance(a, Commit)]  # one phase: done already
     for commit in of(out, Commit):
         done += pgm.committed(commit.pg_id, commit.attempt, commit.node_id, True)
     return done
@@ -54,11 +54,19 @@ def placement(prepares: list) -> dict[int, bytes]:
     return {index: p.node_id for p in prepares for index, _ in p.bundles}
 
 
+def test_a_group_on_one_node_is_prepared_and_committed_in_one_step() -> None:
+    pgm = manager(A)
+    (prepare,) = pgm.create(PG, [{"CPU": 1}, {"CPU": 1}], "PACK")
+    assert prepare.commit and prepare.node_id == A
+    done = pgm.prepared(PG, 1, A, True)
+    assert of(done, GroupSettled)[0].record["state"] == "CREATED"
+
+
 def test_a_group_is_created_after_every_node_prepared_then_committed() -> None:
     pgm = manager(A, B)
     actions = pgm.create(PG, [{"CPU": 1}, {"CPU": 1}], "SPREAD")
     prepares = of(actions, Prepare)
-    assert sorted(p.node_id for p in prepares) == [A, B]
+    assert sorted(p.node_id for p in prepares) == [A, B] and not prepares[0].commit
     assert pgm.get(PG)["state"] == "PENDING"
     first = pgm.prepared(PG, 1, A, True)
     assert first == []  # B has not prepared yet: nothing is committed
@@ -123,8 +131,9 @@ def test_a_node_dying_mid_commit_aborts_and_places_the_group_on_the_others() -> 
     pgm.committed(PG, 1, used[0], True)
     after = pgm.node_removed(used[1])
     assert (used[0], 1) in [(r.node_id, r.attempt) for r in of(after, ReturnBundles)]
-    # The returned attempt's resources are free again in the estimate: a new attempt starts.
-    retry = of(after, Prepare)
+    # What the aborted attempt took counts as free again once its node reports it.
+    assert of(after, Prepare) == []
+    retry = of(pgm.node_report(used[0], {"CPU": 1}), Prepare)
     assert retry and all(p.attempt == 2 for p in retry)
     assert used[1] not in placement(retry).values()
 
