@@ -251,6 +251,8 @@ class ActorClass(ExportedCode):
             actor_id=actor_id,
             actor_options={"max_concurrency": max_concurrency, "is_async": self._is_async,
                            "detached": detached, "run_resources": run,
+                           "max_restarts": opts.get("max_restarts", 0),
+                           "max_task_retries": opts.get("max_task_retries", 0),
                            "concurrency_groups": groups, "method_groups": self._method_groups},
             strategy=strategy,
         )

@@ -403,7 +403,9 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor at once: pending and later calls fail with ActorDiedError.
 
-    Returns once the cluster has the actor as dead (its name is free again).
+    Returns once the cluster has the actor as dead (its name is free again). With
+    ``no_restart=False`` only its process is killed, and its owner restarts it within
+    ``max_restarts``.
     """
     from .actor import ActorHandle
 
@@ -412,8 +414,10 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
         raise ValueError("kill() only supported for actors. For tasks, try cancel(). "
                          f"Got: {type(actor).__name__}.")
     actor_id = actor._actor_id
-    core.call_soon(lambda: core.actor_submitter.kill(actor_id, ActorDeathReason.KILLED))
-    core.run(_until_dead(core, actor_id, KILL_WAIT_S))
+    core.call_soon(lambda: core.actor_submitter.kill(actor_id, ActorDeathReason.KILLED,
+                                                     restart=not no_restart))
+    if no_restart:
+        core.run(_until_dead(core, actor_id, KILL_WAIT_S))
 
 
 KILL_WAIT_S = 5.0  # how long kill() waits for the GCS to record the actor's death

@@ -30,6 +30,7 @@ from .. import _messages as m
 from .._graveyard import Graveyard, limit_from_env
 from ..exceptions import ActorDeathReason, ActorDiedError, RayError
 from .submitter import lease_worker
+from .task_manager import TaskSubmitted
 from .task_spec import TaskResult, TaskSpec
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ class ActorState:
     lease_id: int = 0
     run_resources: dict | None = None
     raylet: Connection | None = None  # the raylet that granted the actor's lease
+    creation: TaskSpec | None = None  # the owner's: to run the constructor again
+    kind: str = ""  # its lease kind ("actor" or "detached_actor")
+    restarts: int = 0
 
 
 class ActorSubmitter:
@@ -123,8 +127,8 @@ class ActorSubmitter:
     # -- creation (owner) -----------------------------------------------------------------
 
     def create(self, spec: TaskSpec, kind: str, run_resources: dict) -> None:
-        state = self.actors[spec.actor_id] = ActorState(spec.actor_id, owned=True,
-                                                        run_resources=run_resources)
+        state = self.actors[spec.actor_id] = ActorState(
+            spec.actor_id, owned=True, run_resources=run_resources, creation=spec, kind=kind)
         asyncio.ensure_future(self._place(state, spec, kind))
 
     async def _place(self, state: ActorState, spec: TaskSpec, kind: str) -> None:
@@ -300,8 +304,13 @@ class ActorSubmitter:
 
     # -- death ----------------------------------------------------------------------------
 
-    def kill(self, actor_id: bytes, reason: ActorDeathReason) -> None:
+    def kill(self, actor_id: bytes, reason: ActorDeathReason, restart: bool = False) -> None:
+        """Kill an actor for good; with ``restart`` only its process (``kill(no_restart=
+        False)``): its owner restarts it within ``max_restarts``."""
         state = self._state(actor_id)
+        if restart:
+            asyncio.ensure_future(self._kill_process(state, reason))
+            return
         state.killed = True
         error = ActorDiedError(actor_id.hex(), reason)
         if state.conn is not None and state.conn.is_open:
@@ -328,18 +337,75 @@ class ActorSubmitter:
             logger.info("kill of actor %s: %s", state.actor_id.hex(), exc)
         self._mark_dead_in_gcs(state.actor_id, error, reason)
 
+    async def _kill_process(self, state: ActorState, reason: ActorDeathReason) -> None:
+        try:
+            if state.conn is None or not state.conn.is_open:
+                info = await self._ask_gcs(m.WaitActor(state.actor_id))
+                if info["state"] != "ALIVE":
+                    return
+                conn = await self._core.peers.connect(info["address"])
+            else:
+                conn = state.conn
+            conn.send(m.KillActor(reason.value))
+        except Exception as exc:  # already gone
+            logger.info("kill of actor %s's process: %s", state.actor_id.hex(), exc)
+
     def _lost(self, state: ActorState) -> None:
-        """The connection to the actor's worker closed."""
+        """The connection to the actor's worker closed: restart it (its owner, within
+        ``max_restarts``), wait for its owner to (other callers), or it is dead."""
         self._core.peers.forget(state.address)
         if state.state == "DEAD":
             self._die(state, state.death)
             return
+        if not state.killed and state.state == "ALIVE":
+            if state.owned and _may_restart(state):
+                self._restart(state)
+                return
+            if not state.owned:  # its owner decides: look it up again (ALIVE or DEAD)
+                self._fail_in_flight(state, ActorDiedError(
+                    state.actor_id.hex(), ActorDeathReason.PROCESS_DIED,
+                    "its process died while this call ran"))
+                state.state, state.conn = "PENDING", None
+                asyncio.ensure_future(self._look_up(state))
+                return
         reason = ActorDeathReason.KILLED if state.killed else ActorDeathReason.PROCESS_DIED
         error = ActorDiedError(state.actor_id.hex(), reason)
         if state.owned:
             self._report(state.actor_id, "DEAD", {"death_cause": reason.value,
                                                   "death_message": str(error)})
         self._die(state, error)
+
+    def _restart(self, state: ActorState) -> None:
+        """Run the constructor again on a node that fits; calls that were running go again
+        (``max_task_retries``) or fail, calls queued behind them wait for the new process."""
+        creation = state.creation
+        options = creation.actor_options
+        state.restarts += 1
+        state.state, state.conn = "RESTARTING", None
+        retries = options.get("max_task_retries", 0)
+        again = [spec for spec in state.in_flight.values()
+                 if spec.task_id != creation.task_id
+                 and (retries == -1 or spec.attempt < retries)]
+        for spec in again:
+            spec.attempt += 1
+            del state.in_flight[spec.task_id]
+        self._fail_in_flight(state, ActorDiedError(
+            state.actor_id.hex(), ActorDeathReason.PROCESS_DIED,
+            f"its process died while this call ran; the actor is restarting "
+            f"(restart {state.restarts}) and max_task_retries={retries}"))
+        state.queue.extendleft([spec, True] for spec in reversed(again))
+        logger.warning("actor %s died; restarting it (%d of %s)", creation.name,
+                       state.restarts, options.get("max_restarts"))
+        self._report(state.actor_id, "RESTARTING", {"num_restarts": state.restarts})
+        options["restarts"] = state.restarts  # the new process knows it was reconstructed
+        self._core.tasks.handle(TaskSubmitted(creation.task_id, "restart", creation, []))
+        asyncio.ensure_future(self._place(state, creation, state.kind))
+
+    def _fail_in_flight(self, state: ActorState, error: ActorDiedError) -> None:
+        failed = list(state.in_flight.values())
+        state.in_flight.clear()
+        for spec in failed:
+            self._core.fail_task(spec, error)
 
     def _die(self, state: ActorState, error: ActorDiedError) -> None:
         state.state = "DEAD"
@@ -358,6 +424,11 @@ class ActorSubmitter:
         for state in self.actors.values():
             if state.conn is not None:
                 state.conn.close()
+
+
+def _may_restart(state: ActorState) -> bool:
+    limit = state.creation.actor_options.get("max_restarts", 0) if state.creation else 0
+    return limit == -1 or state.restarts < limit
 
 
 def _death_from_record(info: dict) -> ActorDiedError:
