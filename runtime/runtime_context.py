@@ -96,8 +96,17 @@ class RuntimeContext:
     def gcs_address(self) -> str:
         return self._core.gcs_address
 
-    def get_placement_group_id(self) -> None:
-        return None
+    def get_placement_group_id(self) -> str | None:
+        """The hex id of the placement group the current task or actor runs in (None in the
+        driver, or outside any group)."""
+        from .util.placement_group import current_placement_group_id
+
+        return current_placement_group_id()
+
+    @property
+    def current_placement_group_id(self) -> str | None:
+        """Deprecated (as in Ray): use ``get_placement_group_id()``."""
+        return _deprecated_id(self.get_placement_group_id(), "get_placement_group_id")
 
     def get_runtime_env_string(self) -> str:
         return "{}"
