@@ -291,10 +291,11 @@ class PlacementGroupManager:
     # -- events from nodes ----------------------------------------------------------------
 
     def node_added(self, node_id: bytes, total: dict[str, float]) -> list:
-        """A node registered (again: the bundles it holds go back into the view)."""
+        """A node registered. A raylet registers again only after losing its connection,
+        and then gives back every bundle it held: what was placed there is placed again."""
+        actions = self.node_removed(node_id) if node_id in self._nodes else []
         self._nodes[node_id] = _Node(dict(total), dict(total))
-        held = self._bundle_totals.get(node_id)
-        return ([BundlesChanged(node_id, dict(held), 1)] if held else []) + self.retry()
+        return actions + self.retry()
 
     def node_report(self, node_id: bytes, available: dict[str, float]) -> list:
         """A node reported its free resources: they include everything done before."""

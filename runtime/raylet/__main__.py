@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from .. import __version__
@@ -59,7 +60,15 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
             continue
         raylet.gcs_connected(conn, reply.get("view", []))
         await conn.closed
+        raylet.gcs_lost()
         logger.warning("lost the GCS connection; reconnecting")
+
+
+def spill_directory(session: Path, node_id: bytes) -> str:
+    """Where this node spills objects: ``CELLFLEET_SPILL_DIR`` (Ray's
+    object_spilling_directory), else the session's ``spill`` folder, one folder per node."""
+    root = os.environ.get("CELLFLEET_SPILL_DIR") or str(session / "spill")
+    return os.path.join(root, node_id.hex()[:8])
 
 
 WORKER_MEMORY_BUDGET = 64 * 2**20  # bytes of the node's memory the default cap allows a worker
@@ -122,7 +131,7 @@ def main() -> None:
         raylet = Raylet(node_id=node_id, resources=resources,
                         store=ObjectStore(args.object_store_memory), store_name=store_name,
                         pool=pool, prestart=prestart, limits=limits, arena=arena,
-                        token=token)
+                        token=token, spill_dir=spill_directory(session.path, node_id))
         server, _ = await serve(raylet.handlers(), token, sock=sock,
                                 on_close=raylet.connection_closed)
         registration = m.RegisterNode(node_id, address, resources, store_name,
@@ -144,6 +153,7 @@ def main() -> None:
             await pool.stop()
             arena.close()
             arena.unlink()
+            shutil.rmtree(raylet.spill_dir, ignore_errors=True)
 
     run_service("raylet", args, serve_raylet)
 

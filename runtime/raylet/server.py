@@ -10,14 +10,17 @@ and load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from .. import _messages as m
 from .._rpc import Connection, HandlerTable
 from .._shm import SharedArena
-from ..exceptions import TaskUnschedulableError
+from ..exceptions import ObjectStoreFullError, TaskUnschedulableError
 from .bundles import BundleLedger
 from .chunk_channel import ChannelPool
 from .cluster_scheduler import ClusterScheduler, Infeasible, Spill
@@ -54,10 +57,14 @@ class Raylet:
 
     def __init__(self, *, node_id: bytes, resources: dict[str, float], store: ObjectStore,
                  store_name: str, pool: WorkerPool, prestart: int, limits: PoolLimits,
-                 arena: SharedArena | None = None, token: bytes = b"") -> None:
+                 arena: SharedArena | None = None, token: bytes = b"",
+                 spill_dir: str = "") -> None:
         self.node_id = node_id
         self.arena = arena
         self.token = token  # to dial other nodes' raylets (pulls)
+        self.spill_dir = spill_dir or tempfile.mkdtemp(prefix="cellfleet-spill-")
+        self._spill_error: OSError | None = None  # the last spill's failure, if it failed
+        self._restoring: set[bytes] = set()  # spilled objects being read back
         self.scheduler = LocalScheduler(dict(resources), limits, prestart)
         self.cluster = ClusterScheduler(node_id, self.scheduler)
         self.bundles = BundleLedger(self.scheduler)  # this node's part of placement groups
@@ -126,7 +133,13 @@ class Raylet:
         refused, actions = self.cluster.withdraw_where(lambda r: _in_group(r, pg_id))
         self._carry_out([Reject(r, _removed(pg_id)) for r in refused] + actions)
 
-    def return_bundles(self, conn: Connection, msg: m.ReturnBundles) -> None:
+    def gcs_lost(self) -> None:
+        """The connection to the GCS closed: the GCS holds this node dead and places its
+        bundles elsewhere, so they are given back here (work using them ends)."""
+        for pg_id in {pg_id for pg_id, _ in self.bundles.bundles}:
+            self.return_bundles(None, m.ReturnBundles(pg_id, -1))
+
+    def return_bundles(self, conn: Connection | None, msg: m.ReturnBundles) -> None:
         workers, actions = self.bundles.give_back(msg.pg_id, msg.attempt)
         for worker_id in workers:  # tasks and actors in the removed bundles end
             self.pool.kill(worker_id)
@@ -294,13 +307,88 @@ class Raylet:
     # -- objects --------------------------------------------------------------------------
 
     def _reclaim(self, ranges: list[tuple[int, int]]) -> None:
-        """Give the memory of freed arena ranges back to the system."""
+        """Give the memory of freed arena ranges back to the system, and the disk of spill
+        files no object needs any more."""
         if self.arena is not None:
             for offset, size in ranges:
                 self.arena.discard(offset, size)
+        for path in self.store.take_spill_deletions():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
-    def allocate_object(self, conn: Connection, msg: m.AllocateObject) -> int:
-        return self.store.allocate(msg.object_id, msg.size, msg.owner_address, writer=conn)
+    async def allocate_object(self, conn: Connection, msg: m.AllocateObject) -> int:
+        """Space for a new object; a full store spills objects nobody reads to disk first."""
+        return await self._allocate(
+            lambda: self.store.allocate(msg.object_id, msg.size, msg.owner_address,
+                                        writer=conn), msg.size)
+
+    async def _allocate(self, allocate: Callable[[], Any], size: int) -> Any:
+        for _ in range(SPILL_ROUNDS):
+            try:
+                return allocate()
+            except ObjectStoreFullError:
+                if not await self._spill(size):
+                    break
+        try:
+            return allocate()
+        except ObjectStoreFullError as exc:
+            if self._spill_error is None:
+                raise
+            raise ObjectStoreFullError(f"{exc} Spilling to {self.spill_dir} failed too: "
+                                       f"{self._spill_error}") from None
+
+    async def _spill(self, size: int) -> bool:
+        """Write primary copies nobody reads to files until ``size`` bytes would fit; False
+        if nothing could be spilled."""
+        chosen = self.store.spill_candidates(size)
+        if not chosen:
+            return False
+        loop = asyncio.get_running_loop()
+        spilled_any = False
+        for object_id in chosen:
+            obj = self.store.objects[object_id]
+            path = os.path.join(self.spill_dir, object_id.hex())
+            view = self.arena.read_view(obj.offset, obj.size)
+            try:
+                await loop.run_in_executor(None, _write_file, path, view)
+                self._spill_error = None
+                spilled_any = True
+            except OSError as exc:  # a full or missing disk: the object stays in memory
+                logger.warning("could not spill object %s to %s: %s", object_id.hex(),
+                               path, exc)
+                self._spill_error = exc
+                path = None
+            finally:
+                view.release()
+            self._reclaim(self.store.spilled_out(object_id, path))
+        return spilled_any
+
+    def _start_restore(self, object_id: bytes) -> None:
+        """Read a spilled object back into the arena; its readers wait for the seal."""
+        self._restoring.add(object_id)
+        task = asyncio.get_running_loop().create_task(self._restore(object_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda _: self._restoring.discard(object_id))
+
+    async def _restore(self, object_id: bytes) -> None:
+        try:
+            offset, spilled = await self._allocate(
+                lambda: self.store.restoring(object_id), self.store.spilled[object_id].size)
+            into = self.arena.writable_view(offset, spilled.size)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, _read_file, spilled.path, into)
+            finally:
+                into.release()
+        except Exception as exc:  # the file went, or there is no room: readers hear None
+            logger.warning("could not restore spilled object %s: %s", object_id.hex(), exc)
+            self.store.spilled.pop(object_id, None)
+            self._reclaim(self.store.drop_unsealed(object_id))
+            self._answer_dropped()
+            return
+        self.seal_object(None, m.SealObject(object_id))
+        self._reclaim([])  # its file is no longer needed
 
     def seal_object(self, conn: Connection, msg: m.SealObject) -> None:
         if self.store.seal(msg.object_id):
@@ -314,6 +402,9 @@ class Raylet:
         for object_id, source in zip(msg.object_ids, msg.sources or ()):
             if source is not None and object_id not in self.store.objects:
                 self._start_pull(object_id, source[0], source[1])
+        for object_id in msg.object_ids:
+            if object_id in self.store.spilled and object_id not in self._restoring:
+                self._start_restore(object_id)
         answer = asyncio.get_running_loop().create_future()
         self._answer_locations(conn, msg.object_ids, answer)
         return answer
@@ -467,3 +558,24 @@ def _in_group(request: LeaseRequest, pg_id: bytes) -> bool:
 def _removed(pg_id: bytes) -> str:
     return (f"its placement group {pg_id.hex()} was removed: create a new one, or submit "
             "it without the placement group")
+
+
+SPILL_ROUNDS = 3  # spill-and-retry rounds before an allocation gives up
+
+
+def _write_file(path: str, data: memoryview) -> None:
+    """Write a spilled object's bytes (on a thread: the raylet's loop goes on meanwhile)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with open(path, "wb") as file:
+            file.write(data)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def _read_file(path: str, into: memoryview) -> None:
+    with open(path, "rb") as file:
+        if file.readinto(into) != len(into):
+            raise OSError(f"{path} is shorter than the object it holds")

@@ -152,6 +152,14 @@ def test_a_created_group_whose_node_dies_is_rescheduled_keeping_its_other_bundle
     assert record["state"] == "CREATED" and record["bundles_to_node_id"][0] == nodes[0].hex()
 
 
+def test_a_node_that_registers_again_has_its_bundles_placed_again() -> None:
+    pgm = manager(A, cpus=1)
+    reserve(pgm, pgm.create(PG, [{"CPU": 1}], "PACK"))
+    actions = pgm.node_added(A, {"CPU": 1})  # it gave them back when its connection closed
+    assert pgm.get(PG)["state"] == "RESCHEDULING" and pgm.node_bundle_resources(A) == {}
+    assert of(reserve(pgm, actions), GroupSettled)[0].record["state"] == "CREATED"
+
+
 def test_removal_returns_everything_and_frees_the_name() -> None:
     pgm = manager(A, B)
     reserve(pgm, pgm.create(PG, [{"CPU": 1}, {"CPU": 1}], "SPREAD", name="x"))
