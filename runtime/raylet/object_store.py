@@ -4,6 +4,13 @@ Processes on the node map the arena themselves and copy object bytes in and out 
 the store only hands out space, remembers each object's owner and readers, and frees space
 once the owner has released the object and no reader still maps it.
 
+When the arena is full, primary copies nobody is reading are spilled to files: the store
+picks them (``spill_candidates``), the raylet writes their bytes out while the store holds a
+pin of its own on them (``SPILLER``), and ``spilled_out`` then frees their blocks. A spilled
+object is still known by id: a reader's ``locate`` finds it in ``spilled``, the raylet
+allocates a block and reads the file back (``restoring``, then ``seal``). Freeing a spilled
+object deletes its file (``take_spill_deletions``).
+
 Objects are known by id, never by offset outside the node: a creator allocates space, writes
 the bytes and seals the object (``seal``); a reader asks for objects by id (``locate``), which
 pins each one for that reader before saying where it is, so it cannot be freed or moved while
@@ -25,9 +32,10 @@ from typing import Any
 from ..exceptions import ObjectStoreFullError, RaySystemError
 from .allocator import ArenaAllocator
 
-__all__ = ["RECLAIM_MIN_BYTES", "ObjectStore", "StoredObject"]
+__all__ = ["RECLAIM_MIN_BYTES", "SPILLER", "ObjectStore", "SpilledObject", "StoredObject"]
 
 RECLAIM_MIN_BYTES = 1 << 20  # the smallest block whose free gives pages back
+SPILLER = "spiller"  # the store's own pin on an object whose bytes are being written out
 
 
 def _mib(n: int) -> str:
@@ -45,6 +53,13 @@ class StoredObject:
     writer: Any = None  # the creator's connection, until it seals
 
 
+@dataclass(slots=True)
+class SpilledObject:
+    size: int
+    owner: str
+    path: str
+
+
 class ObjectStore:
     """Space accounting and lifetimes of the objects in one node's arena."""
 
@@ -52,7 +67,11 @@ class ObjectStore:
         self.allocator = ArenaAllocator(capacity)
         self.reclaim_min = max(RECLAIM_MIN_BYTES, capacity // 8)
         self.objects: dict[bytes, StoredObject] = {}
+        self.spilled: dict[bytes, SpilledObject] = {}  # primaries whose bytes are in files
+        self.spilled_total = 0  # objects spilled, ever
+        self.restored_total = 0
         self._reclaim: list[tuple[int, int]] = []  # (offset, size) freed since the last answer
+        self._deletions: list[str] = []  # spill files no object needs any more
 
     @property
     def capacity(self) -> int:
@@ -103,12 +122,13 @@ class ObjectStore:
 
     def locate(self, reader: Any, object_ids: list[bytes]) -> list[list[int] | bool | None]:
         """Where each object is, ``[offset, size]``, pinned for ``reader`` first; ``None`` for
-        an object not in this store, ``False`` for one not sealed yet (ask again once it is)."""
+        an object not in this store, ``False`` for one not sealed yet or spilled (ask again
+        once it is sealed: restored)."""
         where: list[list[int] | bool | None] = []
         for object_id in object_ids:
             obj = self.objects.get(object_id)
             if obj is None:
-                where.append(None)
+                where.append(False if object_id in self.spilled else None)
             elif not obj.sealed:
                 where.append(False)
             else:
@@ -124,7 +144,63 @@ class ObjectStore:
             if obj is not None:
                 obj.released = True
                 self._free_if_unused(object_id, obj)
+            spilled = self.spilled.pop(object_id, None)
+            if spilled is not None:
+                self._deletions.append(spilled.path)
         return self._take_reclaim()
+
+    # -- spilling -------------------------------------------------------------------------
+
+    def spill_candidates(self, size: int) -> list[bytes]:
+        """Primary copies nobody reads whose blocks together make room for ``size`` more
+        bytes (largest first); each is pinned by ``SPILLER`` until ``spilled_out``."""
+        free = self.allocator.capacity - self.allocator.used
+        chosen = []
+        for object_id, obj in sorted(self.objects.items(), key=lambda kv: -kv[1].size):
+            if free >= size:
+                break
+            if obj.sealed and not obj.released and not obj.readers and obj.owner:
+                obj.readers[SPILLER] = 1
+                chosen.append(object_id)
+                free += obj.size
+        return chosen
+
+    def spilled_out(self, object_id: bytes, path: str | None) -> list[tuple[int, int]]:
+        """The raylet wrote the object's bytes to ``path`` (``None``: it could not): free its
+        block, unless a reader mapped it meanwhile (then the file goes instead)."""
+        obj = self.objects.get(object_id)
+        if obj is None:
+            if path is not None:
+                self._deletions.append(path)
+            return self._take_reclaim()
+        obj.readers.pop(SPILLER, None)
+        if path is None or obj.released or obj.readers:
+            if path is not None:
+                self._deletions.append(path)
+            self._free_if_unused(object_id, obj)
+            return self._take_reclaim()
+        del self.objects[object_id]
+        self.spilled[object_id] = SpilledObject(obj.size, obj.owner, path)
+        self.spilled_total += 1
+        start, extent = self.allocator.free_merged(obj.offset)
+        if obj.size >= self.reclaim_min:
+            self._reclaim.append((start, extent))
+        return self._take_reclaim()
+
+    def restoring(self, object_id: bytes) -> tuple[int, SpilledObject]:
+        """Make a block for a spilled object to be read back into (ObjectStoreFullError if
+        there is no room); readers wait for its ``seal``."""
+        spilled = self.spilled[object_id]
+        offset = self.allocate(object_id, spilled.size, spilled.owner)
+        del self.spilled[object_id]
+        self.restored_total += 1
+        self._deletions.append(spilled.path)
+        return offset, spilled
+
+    def take_spill_deletions(self) -> list[str]:
+        """Spill files to delete now."""
+        paths, self._deletions = self._deletions, []
+        return paths
 
     def unpin(self, reader: Any, object_ids: list[bytes]) -> list[tuple[int, int]]:
         for object_id in object_ids:
@@ -152,7 +228,8 @@ class ObjectStore:
 
     def owner_gone(self, owner: str) -> list[tuple[int, int]]:
         """An owner process exited: nobody can reach its objects any more."""
-        return self.release([oid for oid, obj in self.objects.items() if obj.owner == owner])
+        return self.release([oid for oid, obj in self.objects.items() if obj.owner == owner]
+                            + [oid for oid, obj in self.spilled.items() if obj.owner == owner])
 
     def stats(self) -> dict[str, Any]:
         largest = sorted(self.objects.items(), key=lambda kv: kv[1].size, reverse=True)[:10]
@@ -160,7 +237,10 @@ class ObjectStore:
             "capacity": self.allocator.capacity,
             "used": self.allocator.used,
             "num_objects": len(self.objects),
-            "spilled": 0,
+            "spilled": len(self.spilled),
+            "spilled_bytes": sum(obj.size for obj in self.spilled.values()),
+            "spilled_total": self.spilled_total,
+            "restored_total": self.restored_total,
             "largest": [[oid.hex(), obj.size, obj.owner] for oid, obj in largest],
         }
 

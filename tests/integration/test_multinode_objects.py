@@ -104,7 +104,7 @@ def test_a_pulled_copy_goes_once_unread_and_the_primary_stays(cluster):
 
 def test_reading_an_object_whose_only_node_is_gone_raises_object_lost(cluster):
     node = cluster.add_node(num_cpus=1, resources={"d": 1})
-    ref = make.options(resources={"d": 1}).remote(2 * MiB, 5)
+    ref = make.options(resources={"d": 1}, max_retries=0).remote(2 * MiB, 5)  # not rebuilt
     ray.wait([ref], timeout=60)
     cluster.remove_node(node, allow_graceful=False)
     with pytest.raises(exceptions.ObjectLostError):

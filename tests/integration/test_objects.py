@@ -528,15 +528,13 @@ def test_put_larger_than_the_store_raises_object_store_full(cluster, empty_store
     del ref
 
 
-def test_store_full_of_live_objects_recovers_after_del(cluster, empty_store):
-    first = ray.put(np.zeros(200 * MiB, dtype=np.uint8))
-    with pytest.raises(exceptions.ObjectStoreFullError) as info:
-        ray.put(np.zeros(100 * MiB, dtype=np.uint8))
-    assert "100.0 MiB" in str(info.value) and "200.0 MiB" in str(info.value)
-    del first
-    second = ray.put(np.zeros(100 * MiB, dtype=np.uint8))  # the freed space is reusable
-    assert ray.get(second, timeout=20).nbytes == 100 * MiB
-    del second
+def test_a_store_full_of_live_objects_spills_one_to_make_room(cluster, empty_store):
+    first = ray.put(np.full(200 * MiB, 1, dtype=np.uint8))
+    second = ray.put(np.full(100 * MiB, 2, dtype=np.uint8))  # the first goes to disk
+    assert ray.get(second, timeout=20)[0] == 2
+    assert ray.get(first, timeout=60)[-1] == 1  # read back (spilling the second)
+    del first, second
+    wait_until(lambda: store_used() == 0, timeout=10)
 
 
 def test_task_result_larger_than_the_store_fails_at_get(cluster, empty_store):

@@ -98,3 +98,46 @@ def test_a_retried_write_of_the_same_size_is_unsealed_until_sealed_again() -> No
     store.seal(b"ret")
     assert store.allocate(b"ret", MiB, "owner", writer="attempt2") == offset
     assert store.locate("reader", [b"ret"]) == [False]
+
+
+def test_spilling_picks_unread_primaries_largest_first_until_there_is_room() -> None:
+    store = ObjectStore(64 * MiB)
+    for name, size in ((b"small", 8), (b"big", 32), (b"read", 16), (b"gone", 8)):
+        store.allocate(name, size * MiB, "owner")
+        store.seal(name)
+    store.locate("reader", [b"read"])
+    store.release([b"gone"])  # freed at once: not a candidate
+    assert store.spill_candidates(24 * MiB) == [b"big"]  # 8 free + 32 >= 24
+    assert store.objects[b"big"].readers == {"spiller": 1}
+    store.spilled_out(b"big", "/spill/big")
+    assert b"big" not in store.objects and store.spilled[b"big"].path == "/spill/big"
+    assert store.locate("reader", [b"big"]) == [False]  # known: ask again once restored
+    offset, spilled = store.restoring(b"big")
+    assert spilled.size == 32 * MiB and store.take_spill_deletions() == ["/spill/big"]
+    assert store.locate("reader", [b"big"]) == [False]  # until its bytes are back
+    store.seal(b"big")
+    assert store.locate("reader", [b"big"]) == [[offset, 32 * MiB]]
+
+
+def test_a_spill_a_reader_overtook_keeps_the_object_in_memory() -> None:
+    store = ObjectStore(64 * MiB)
+    store.allocate(b"obj", 32 * MiB, "owner")
+    store.seal(b"obj")
+    assert store.spill_candidates(48 * MiB) == [b"obj"]
+    store.locate("reader", [b"obj"])  # mapped while its bytes were being written out
+    store.spilled_out(b"obj", "/spill/obj")
+    assert b"obj" in store.objects and not store.spilled
+    assert store.take_spill_deletions() == ["/spill/obj"]
+
+
+def test_freeing_a_spilled_object_or_its_owner_deletes_its_file() -> None:
+    store = ObjectStore(64 * MiB)
+    for name, owner in ((b"a", "one"), (b"b", "two")):
+        store.allocate(name, 16 * MiB, owner)
+        store.seal(name)
+        store.spill_candidates(64 * MiB)
+        store.spilled_out(name, f"/spill/{name.decode()}")
+    store.release([b"a"])
+    store.owner_gone("two")
+    assert store.spilled == {} and sorted(store.take_spill_deletions()) == ["/spill/a",
+                                                                            "/spill/b"]
