@@ -25,6 +25,7 @@ from cellfleet.util import (
 )
 from cellfleet.util.placement_group import PlacementGroup
 from cellfleet.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from cellfleet.util.state import list_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +106,9 @@ def test_each_strategy_places_bundles_and_tasks_run_where_their_bundle_is(
     assert ran == [where[i] for i in range(3)]
     assert set(ray.get(current_group.options(**in_bundle(pg)).remote(), timeout=30) for _ in
                range(2)) == {pg.id.hex()}
+    reason = f"PlacementGroup({pg.id.hex()[:8]}, bundle "  # in each task's record
+    wait_until(lambda: any(t.get("placement_reason", "").startswith(reason)
+                           for t in list_tasks(limit=10_000)), message="the placement reasons")
     record = placement_group_table(pg)
     assert record["state"] == "CREATED" and record["strategy"] == strategy
     assert record["bundles"] == {0: {"CPU": 0.25}, 1: {"CPU": 0.25}, 2: {"CPU": 0.25}}
