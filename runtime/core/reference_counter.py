@@ -132,7 +132,16 @@ class ReferenceCounter:
         self._free(freed)
 
     def borrower_gone(self, borrower: str) -> None:
-        """A process holding refs of ours exited: it holds nothing any more."""
+        """A process holding refs of ours exited: it holds nothing any more. ``host:*``:
+        every process at that host (its node died)."""
+        if borrower.endswith(":*"):
+            prefix = borrower[:-1]
+            with self.lock:
+                gone = {b for e in self.entries.values() for b in e.borrowers
+                        if b.startswith(prefix)}
+            for address in gone:
+                self.borrower_gone(address)
+            return
         with self.lock:
             ids = [oid for oid, e in self.entries.items() if borrower in e.borrowers]
         self.remove_borrower(ids, borrower)

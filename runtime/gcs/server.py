@@ -276,6 +276,12 @@ class GcsServer:
                 self._spawn(self.storage.put("nodes", action.node_id, _pack(node)))
                 self.publish("node", {"node_id": action.node_id, "alive": False,
                                       "reason": action.reason})
+                host = node["raylet_address"].rpartition(":")[0]
+                if not any(other["alive"] and other["raylet_address"].startswith(host + ":")
+                           for other in self.nodes.values()):
+                    # Every process of the node went with it (no other node shares its
+                    # address): their borrows end and the objects they owned elsewhere go.
+                    self.publish("exits", f"{host}:*")
             elif isinstance(action, NodeForgotten):
                 self._spawn(self.storage.delete("nodes", action.node_id))
 

@@ -227,9 +227,15 @@ class ObjectStore:
         return self._take_reclaim()
 
     def owner_gone(self, owner: str) -> list[tuple[int, int]]:
-        """An owner process exited: nobody can reach its objects any more."""
-        return self.release([oid for oid, obj in self.objects.items() if obj.owner == owner]
-                            + [oid for oid, obj in self.spilled.items() if obj.owner == owner])
+        """An owner process exited (``host:*``: every process at that host, its node died):
+        nobody can reach its objects any more."""
+        if owner.endswith(":*"):
+            prefix = owner[:-1]
+            owns = lambda o: o.startswith(prefix)  # noqa: E731
+        else:
+            owns = owner.__eq__
+        return self.release([oid for oid, obj in self.objects.items() if owns(obj.owner)]
+                            + [oid for oid, obj in self.spilled.items() if owns(obj.owner)])
 
     def stats(self) -> dict[str, Any]:
         largest = sorted(self.objects.items(), key=lambda kv: kv[1].size, reverse=True)[:10]

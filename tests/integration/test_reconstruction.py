@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import cloudpickle
 import numpy as np
 import pytest
+from helpers import wait_until
 
 import cellfleet as ray
 from cellfleet import exceptions
@@ -104,3 +105,23 @@ def node_holding_borrowed(ref: ray.ObjectRef) -> str:
         if node["Alive"] and owner.startswith(node["NodeManagerAddress"] + ":"):
             return node["NodeID"]
     raise AssertionError(f"no node at the owner's address {owner}")
+
+
+@ray.remote(resources={"x": 1})
+class Keeper:
+    def __init__(self, kept: list) -> None:
+        self.kept = kept  # a borrowed ref, held here
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+def test_borrows_on_a_dead_node_end_with_it(two_workers):
+    core = ray._context.core
+    obj = ray.put(np.ones(2 * MiB, dtype=np.uint8))
+    keeper = Keeper.remote([obj])
+    node = ray.get(keeper.node.remote(), timeout=60)
+    wait_until(lambda: core.refs.entries[obj._id].borrowers, message="the actor's borrow")
+    kill_node(two_workers, node)
+    wait_until(lambda: not core.refs.entries[obj._id].borrowers, timeout=30,
+               message="the dead node's borrow dropped")
