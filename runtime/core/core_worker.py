@@ -839,9 +839,11 @@ class CoreWorker:
             kind = type(instruction)
             if kind is Complete:
                 error = instruction.error
+                text = ""
                 if isinstance(error, BaseException):
+                    text = f"{type(error).__name__}: {error}"
                     error = error_payload(error)
-                self._finish(spec, instruction.result, error, instruction.submitted)
+                self._finish(spec, instruction.result, error, instruction.submitted, text)
             elif kind is Schedule:
                 self.events.task(spec.task_id, "PENDING_NODE_ASSIGNMENT")
                 if spec.method:
@@ -926,8 +928,9 @@ class CoreWorker:
         self._carry_out(self.tasks.handle(SchedulingFailed(spec.task_id, "lease", exc)))
 
     def _finish(self, spec: TaskSpec, result: TaskResult | None, error: list | None,
-                submitted: list[bytes]) -> None:
-        """Record a task's outcome: fill its return objects and release its arguments."""
+                submitted: list[bytes], error_text: str = "") -> None:
+        """Record a task's outcome: fill its return objects and release its arguments
+        (``error_text``: what ended a task that never ran, for its record)."""
         for index in range(spec.num_returns):
             object_id = object_id_for(spec.task_id, index + 1)
             payload = error if result is None else result.returns[index]
@@ -951,7 +954,8 @@ class CoreWorker:
                                  for p in result.returns[:spec.num_returns]],
             })
         else:
-            self.events.task(spec.task_id, "FAILED", {"error_message": "see the error object"})
+            self.events.task(spec.task_id, "FAILED", {
+                "error_message": error_text or "an argument failed: see the error object"})
         if result is not None and result.ok:  # kept while outputs live, to re-run it
             stored = sum(1 for index, p in enumerate(result.returns[:spec.num_returns])
                          if p[0] == "s" and object_id_for(spec.task_id, index + 1)

@@ -64,6 +64,7 @@ class TaskExecutor:
         self._queued: dict[bytes, tuple[Connection, int]] = {}
         self._running_main: bytes | None = None  # task id running on the main thread
         self.gpu_ids: list[int] = []  # of the current lease, from the raylet
+        self.actor_restarts = 0  # how many times this worker's actor was restarted before it
         self._cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # as the worker started
         self._interrupt: bytes | None = None
         self._exiting = False  # the actor called exit_actor()
@@ -285,9 +286,15 @@ class TaskExecutor:
 
     def _become_actor(self, spec: TaskSpec, cls: type) -> Any:
         def construct(*args: Any, **kwargs: Any) -> None:
-            self.actor = cls(*args, **kwargs)
-            self.core.actor_id = spec.actor_id
             options = spec.actor_options or {}
+            # The constructor knows its actor's id and whether it is a restart, as in Ray.
+            self.core.actor_id = spec.actor_id
+            self.actor_restarts = int(options.get("restarts") or 0)
+            try:
+                self.actor = cls(*args, **kwargs)
+            except BaseException:
+                self.core.actor_id, self.actor_restarts = b"", 0
+                raise
             self.core.actor_resources = options.get("run_resources") or {}
             groups = {None: int(options.get("max_concurrency")
                                 or (1000 if options.get("is_async") else 1)),
@@ -354,7 +361,8 @@ class TaskExecutor:
             error = exceptions.RayTaskError(
                 spec.name, text, _picklable_cause(exc), self._pid, self._ip)
         payload = ["i", serialize(error, KIND_ERROR).inline()]
-        return False, retryable, _describe(exc), [payload] * spec.num_returns, []
+        return False, retryable, _describe(error if isinstance(
+            error, exceptions.TaskCancelledError) else exc), [payload] * spec.num_returns, []
 
     def _unreported(self, spec: TaskSpec, exc: BaseException) -> TaskResult:
         """The result of a call whose own outcome was lost: it was cancelled outside its code
