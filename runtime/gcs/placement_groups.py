@@ -367,7 +367,8 @@ class PlacementGroupManager:
         """Time passed: attempts whose answers are overdue (lost) abort and try again."""
         now = self._clock()
         actions: list = []
-        for group in self.groups.values():
+        for pg_id in list(self._waiting):  # every group with an attempt under way waits
+            group = self.groups[pg_id]
             if group.trying and now - group.started > ATTEMPT_TIMEOUT_S:
                 actions += self._abort(group, "a node did not answer the reservation in time")
         return actions + (self.retry() if self._waiting else [])
