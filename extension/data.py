@@ -289,7 +289,7 @@ def _store_rows(raw_nodes: list[dict]) -> dict[str, dict]:
             "used": store.get("used", 0),
             "capacity": store.get("capacity", node.get("store_capacity", 0)),
             "count": store.get("num_objects", 0),
-            "spilled": store.get("spilled", 0),
+            "spilled": store.get("spilled_bytes", 0),  # bytes now on disk
             "live_objects": 0, "live_bytes": 0,
         }
     return per_node
