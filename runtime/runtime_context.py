@@ -90,7 +90,9 @@ class RuntimeContext:
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        return False  # actors are not restarted
+        """Whether the current actor runs in a restarted process (``max_restarts``)."""
+        executor = self._core.executor
+        return bool(self._core.actor_id and executor is not None and executor.actor_restarts)
 
     @property
     def gcs_address(self) -> str:

@@ -206,3 +206,23 @@ def test_max_pending_calls_refuses_calls_past_the_limit(cluster, tmp_path) -> No
     wait_until(accepts_again, timeout=20, message="the handle to take calls again")
     with pytest.raises(ValueError, match="max_pending_calls must be -1"):
         Limited.options(max_pending_calls=0)
+
+
+@ray.remote(max_restarts=1, max_task_retries=1)
+class Restartable:
+    def __init__(self) -> None:
+        ctx = ray.get_runtime_context()
+        self.seen_in_init = (ctx.get_actor_id(), ctx.was_current_actor_reconstructed)
+
+    def seen(self) -> tuple:
+        return self.seen_in_init, ray.get_runtime_context().was_current_actor_reconstructed
+
+
+def test_an_actor_knows_its_id_and_whether_it_was_restarted_from_its_constructor(
+        cluster) -> None:
+    actor = Restartable.remote()
+    actor_id = actor._actor_id.hex()
+    assert ray.get(actor.seen.remote(), timeout=30) == ((actor_id, False), False)
+    ray.kill(actor, no_restart=False)  # its process goes; its owner starts it again
+    assert ray.get(actor.seen.remote(), timeout=60) == ((actor_id, True), True)
+    assert not ray.get_runtime_context().was_current_actor_reconstructed  # not an actor
