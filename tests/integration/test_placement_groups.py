@@ -57,6 +57,9 @@ class Where:
         group = get_current_placement_group()
         return None if group is None else group.id.hex()
 
+    def pid(self) -> int:
+        return os.getpid()
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
@@ -128,6 +131,7 @@ def test_the_reservation_is_exact_and_a_bundle_only_takes_what_fits_it(cluster: 
     actor = Where.options(**in_bundle(pg, 0)).remote()
     assert ray.get(actor.node.remote(), timeout=30) == with_a
     assert ray.get(actor.group.remote(), timeout=30) == pg.id.hex()
+    actor_pid = ray.get(actor.pid.remote(), timeout=30)
     # The actor runs on the bundle's CPU: the cluster's free CPUs stay as they were.
     assert ray.available_resources().get("CPU") == 2
     too_big = node_of.options(num_cpus=2, **in_bundle(pg, 0)).remote()
@@ -136,6 +140,7 @@ def test_the_reservation_is_exact_and_a_bundle_only_takes_what_fits_it(cluster: 
     remove_placement_group(pg)
     # Removal kills the actor and refuses the task that waited for the bundle.
     wait_until(lambda: dead(actor), timeout=30, message="the actor to be killed")
+    wait_until(lambda: not os.path.exists(f"/proc/{actor_pid}"), message="its process to end")
     with pytest.raises(exceptions.TaskUnschedulableError, match="was removed"):
         ray.get(too_big, timeout=30)
     with pytest.raises(ValueError, match="Failed to look up"):
