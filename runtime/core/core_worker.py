@@ -593,8 +593,10 @@ class CoreWorker:
         progress = _context.copy_progress
         remote = [object_id for object_id, p in stored
                   if p[3] != self.node_id and p[2] >= LARGE_PULL_BYTES]
+        if not remote:  # the hot path: one round trip to this node's raylet, no task
+            return self._ask_raylet(self._locate_message(stored))
         located = asyncio.run_coroutine_threadsafe(self._locate(stored), self._loop)
-        if progress is None or not remote:
+        if progress is None:
             return located.result()
         def report(finished: bool) -> None:
             for object_id in remote:
@@ -621,10 +623,27 @@ class CoreWorker:
     async def _locate(self, stored: list[tuple[bytes, list]]) -> list:
         """Ask this node's raylet where objects are (it pulls those held by other nodes)."""
         self._drain()  # this thread's earlier seals and releases go first
+        return await self.raylet.request(self._locate_message(stored))
+
+    def _locate_message(self, stored: list[tuple[bytes, list]]) -> m.GetObjects:
         sources = [None if p[3] == self.node_id else [p[4], p[2]] for _, p in stored]
-        return await self.raylet.request(m.GetObjects(
-            [object_id for object_id, _ in stored],
-            sources if any(sources) else None))
+        return m.GetObjects([object_id for object_id, _ in stored],
+                            sources if any(sources) else None)
+
+    def _ask_raylet(self, message: m.Message) -> Any:
+        """A request to this node's raylet from the caller's thread, in order after what this
+        thread queued before (seals, releases), with no task or future of the loop's own."""
+        done = threading.Lock()
+        done.acquire()
+        answer: list = []
+
+        def answered(fut: asyncio.Future) -> None:
+            answer.append(fut)
+            done.release()
+
+        self.call_soon(lambda: self.raylet.request(message).add_done_callback(answered))
+        done.acquire()
+        return answer[0].result()
 
     def _view(self, object_id: bytes, payload: list, where: list | None) -> tuple[int, Any]:
         """A pinned, zero-copy view of an object the raylet has located."""

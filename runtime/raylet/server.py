@@ -407,7 +407,7 @@ class Raylet:
                 self._start_restore(object_id)
         answer = asyncio.get_running_loop().create_future()
         self._answer_locations(conn, msg.object_ids, answer)
-        return answer
+        return answer.result() if answer.done() else answer  # at once when all are here
 
     def _start_pull(self, object_id: bytes, source: str, size: int) -> None:
         """Make room for a copy (ObjectStoreFullError says what is in the way) and fetch it."""
