@@ -47,6 +47,8 @@ from .lineage import LineageTable
 from .memory_store import MemoryStore, error_payload, is_error
 from .object_ref import ObjectRef
 from .peers import PeerCache
+from .pin_cache import GRACE_S as PIN_GRACE_S
+from .pin_cache import PinCache
 from .reference_counter import ObjectEntry, ReferenceCounter
 from .submitter import LeasedWorker, TaskSubmitter
 from .task_manager import (
@@ -115,6 +117,7 @@ class CoreWorker:
         # Borrow registrations the owners have not acknowledged yet (see after_borrows).
         self._borrows_in_flight: set[asyncio.Future] = set()
         self.pull_progress: dict[bytes, tuple[int, int, str]] = {}  # object -> done, total, from
+        self.pins = PinCache()
         self.tasks = TaskManager()
         self.resolver = DependencyResolver()
         self.lineage = LineageTable()
@@ -580,9 +583,19 @@ class CoreWorker:
     def read_payloads(self, items: list[tuple[bytes, list]]) -> list[tuple[int, Any]]:
         """Deserialize several payloads, asking the raylet once for all the shared-memory ones
         (it pins them for this process before it answers where they are)."""
-        stored = [(object_id, payload) for object_id, payload in items if payload[0] == "s"]
-        where = self._locate_reporting(stored) if stored else []
-        located = {object_id: at for (object_id, _), at in zip(stored, where)}
+        located: dict[bytes, list | None] = {}
+        stored = []
+        for object_id, payload in items:
+            if payload[0] == "s":
+                held = self.pins.take(object_id) if payload[3] == self.node_id else None
+                if held is not None:
+                    located[object_id] = held  # pinned already: no round trip
+                else:
+                    stored.append((object_id, payload))
+        if stored:
+            for (object_id, _), at in zip(stored, self._locate_reporting(stored)):
+                located[object_id] = at
+                self._hold(object_id, at)
         return [deserialize_inline(payload[1]) if payload[0] == "i"
                 else self._view(object_id, payload, located[object_id])
                 for object_id, payload in items]
@@ -645,17 +658,31 @@ class CoreWorker:
         done.acquire()
         return answer[0].result()
 
+    def _hold(self, object_id: bytes, where: list | None) -> None:
+        """Keep the pin the raylet took for this read (one pin per object per process)."""
+        if where is not None and not self.pins.add(object_id, where):
+            self.call_soon(lambda: self.raylet.send(m.UnpinObjects([object_id])))
+
     def _view(self, object_id: bytes, payload: list, where: list | None) -> tuple[int, Any]:
         """A pinned, zero-copy view of an object the raylet has located."""
         if where is None:  # freed, or its node (and so its only copy) is gone
             raise exceptions.ObjectLostError(object_id.hex())
         offset, size = where
 
-        def unpin() -> None:
+        def released() -> None:  # from a finalizer, on any thread: no lock here
             if not self._closed:
-                self.call_soon(lambda: self.raylet.send(m.UnpinObjects([object_id])))
+                self.call_soon(lambda: self._view_released(object_id))
 
-        return deserialize_view(self.arena.read_view(offset, size, on_release=unpin))
+        return deserialize_view(self.arena.read_view(offset, size, on_release=released))
+
+    def _view_released(self, object_id: bytes) -> None:
+        generation = self.pins.released(object_id)
+        if generation is not None:
+            self._loop.call_later(PIN_GRACE_S, self._expire_pin, object_id, generation)
+
+    def _expire_pin(self, object_id: bytes, generation: int) -> None:
+        if self.pins.expire(object_id, generation) and not self._closed:
+            self.raylet.send(m.UnpinObjects([object_id]))
 
     async def _fetch(self, object_id: bytes, entry: ObjectEntry) -> None:
         """Ask a borrowed object's owner for it; the reply comes once it is ready."""
@@ -696,8 +723,11 @@ class CoreWorker:
 
         async def resolve_stored(payload: list) -> None:
             try:
-                where = await self._locate([(ref._id, payload)])
-                out.set_result(self._view(ref._id, payload, where[0])[1])
+                where = self.pins.take(ref._id) if payload[3] == self.node_id else None
+                if where is None:
+                    where = (await self._locate([(ref._id, payload)]))[0]
+                    self._hold(ref._id, where)
+                out.set_result(self._view(ref._id, payload, where)[1])
             except BaseException as exc:
                 out.set_exception(exc)
 

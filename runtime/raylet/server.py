@@ -20,6 +20,7 @@ from typing import Any
 from .. import _messages as m
 from .._rpc import Connection, HandlerTable
 from .._shm import SharedArena
+from ..core.pin_cache import GRACE_S as PIN_GRACE_S
 from ..exceptions import ObjectStoreFullError, TaskUnschedulableError
 from .bundles import BundleLedger
 from .chunk_channel import ChannelPool
@@ -323,12 +324,16 @@ class Raylet:
                                         writer=conn), msg.size)
 
     async def _allocate(self, allocate: Callable[[], Any], size: int) -> Any:
-        for _ in range(SPILL_ROUNDS):
+        for attempt in range(SPILL_ROUNDS):
             try:
                 return allocate()
             except ObjectStoreFullError:
                 if not await self._spill(size):
-                    break
+                    if attempt:
+                        break
+                    # Readers keep their pins a moment past their last view (pin_cache):
+                    # objects read just now become spillable after that grace.
+                    await asyncio.sleep(PIN_GRACE_S * 1.5)
         try:
             return allocate()
         except ObjectStoreFullError as exc:
