@@ -14,7 +14,6 @@ process: every object it owns, with what keeps it alive (reference types, as Ray
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from typing import Any
 
@@ -74,28 +73,13 @@ def _payload_size(entry: Any) -> int | None:
         return None
 
 
-def _pinned_views() -> Counter:
-    """Object id -> zero-copy views of it alive here. The core worker gives back a view's pin
-    from a ``weakref.finalize`` callback (``unpin``, closing over ``object_id``): the ones
-    still registered are the views alive."""
-    out: Counter = Counter()
-    for info in list(weakref.finalize._registry.values()):  # type: ignore[attr-defined]
-        func = getattr(info, "func", None)
-        code = getattr(func, "__code__", None)
-        if getattr(func, "__name__", "") != "unpin" or code is None or not func.__closure__:
-            continue
-        if "object_id" in code.co_freevars:
-            out[func.__closure__[code.co_freevars.index("object_id")].cell_contents] += 1
-    return out
-
-
 def owned_objects(limit: int = MAX_OBJECTS, tags: list[str] = ()) -> dict[str, Any]:
     """The objects this process owns, the largest ``limit`` first, with their references;
     ``cells`` names the cells of ``tags`` (and of the objects' tasks) as "In [3]"."""
     core = _context.core
     if core is None:
         return {"address": None, "total": 0, "objects": [], "cells": {}}
-    pinned = _pinned_views()
+    pinned = Counter(core.pins.views())  # zero-copy values read from each, alive here
     with core.refs.lock:
         entries = [(oid, e.local, e.submitted, sorted(e.borrowers), _payload_size(e),
                     e.payload, e.spec, list(e.contains))

@@ -60,6 +60,11 @@ class PinCache:
             held[3] += 1
             return held[3]
 
+    def views(self) -> dict[bytes, int]:
+        """Object id -> zero-copy views of it alive in this process (held pins only)."""
+        with self._lock:
+            return {object_id: held[2] for object_id, held in self._held.items() if held[2]}
+
     def expire(self, object_id: bytes, generation: int) -> bool:
         """The grace passed: True if the pin goes now (no view came back meanwhile)."""
         with self._lock:
