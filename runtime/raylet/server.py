@@ -569,10 +569,11 @@ SPILL_ROUNDS = 3  # spill-and-retry rounds before an allocation gives up
 
 
 def _write_file(path: str, data: memoryview) -> None:
-    """Write a spilled object's bytes (on a thread: the raylet's loop goes on meanwhile)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Write a spilled object's bytes (on a thread: the raylet's loop goes on meanwhile),
+    readable by this user only, as the shared memory is."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
-        with open(path, "wb") as file:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
             file.write(data)
     except OSError:
         with contextlib.suppress(OSError):

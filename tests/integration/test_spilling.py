@@ -39,6 +39,8 @@ def test_puts_beyond_the_store_spill_and_every_value_comes_back(fresh_cluster, t
     figures = store()
     assert figures["spilled"] >= 2 and figures["used"] <= 64 * MiB
     assert len(spill_files(tmp_path)) == figures["spilled"]
+    for path in spill_files(tmp_path):  # another local user cannot read what was spilled
+        assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0
     for i, ref in enumerate(refs):  # each read back (spilling others to make room)
         value = ray.get(ref, timeout=60)
         assert value[0] == i and value[-1] == i
