@@ -394,8 +394,13 @@ class NotifyUnblocked(Message):
     pass
 
 
+ALREADY_STORED = -1  # AllocateObject's answer when the node holds the object sealed already
+
+
 @_message(35)
 class AllocateObject(Message):
+    """Answered with the offset of a block for the object, or ``ALREADY_STORED``."""
+
     object_id: bytes
     size: int
     owner_address: str
@@ -490,6 +495,15 @@ class TaskResults(Message):
 @_message(52)
 class GetObjectStatus(Message):
     """Asks an owner for an object; answered once the object is ready."""
+
+    object_id: bytes
+
+
+@_message(150)
+class ReconstructObject(Message):
+    """Asks an owner to run again the task that made an object whose every copy was lost;
+    answered None once the new run is under way (the object is not ready yet), or the error
+    payload saying why it cannot be rebuilt."""
 
     object_id: bytes
 

@@ -57,6 +57,7 @@ from .task_manager import (
     CancelRequested,
     Complete,
     Dequeued,
+    RebuildArgument,
     ResultReceived,
     Retry,
     Schedule,
@@ -329,6 +330,7 @@ class CoreWorker:
             m.DefineFunctions: self._define_functions,
             m.TaskResults: self._task_results,
             m.GetObjectStatus: self._get_object_status,
+            m.ReconstructObject: self._reconstruct_object,
             m.AddBorrowers: lambda conn, msg: self.refs.add_borrower(msg.object_ids,
                                                                      msg.borrower),
             m.RemoveBorrowers: lambda conn, msg: self.refs.remove_borrower(msg.object_ids,
@@ -445,9 +447,10 @@ class CoreWorker:
             return ["i", obj.inline()]
         fut = asyncio.run_coroutine_threadsafe(self._allocate(object_id, size, owner), self._loop)
         offset = fut.result()
-        progress = _context.copy_progress if size >= LARGE_COPY_BYTES else None
-        self.arena.write(offset, obj.chunks(), progress)
-        self.call_soon(lambda: self.raylet.send(m.SealObject(object_id)))
+        if offset != m.ALREADY_STORED:  # a re-run's output this node holds already is kept
+            progress = _context.copy_progress if size >= LARGE_COPY_BYTES else None
+            self.arena.write(offset, obj.chunks(), progress)
+            self.call_soon(lambda: self.raylet.send(m.SealObject(object_id)))
         return ["s", obj.kind, size, self.node_id, self.raylet_address]
 
     async def _allocate(self, object_id: bytes, size: int, owner: str) -> int:
@@ -469,9 +472,53 @@ class CoreWorker:
             except exceptions.ObjectLostError as exc:  # its node died: re-run its task?
                 if type(exc) is not exceptions.ObjectLostError:
                     raise
-                why = self.run(self._rerun(bytes.fromhex(exc.object_ref_hex)))
+                why = self.run(self._rebuild(bytes.fromhex(exc.object_ref_hex)))
                 if why is not None:
                     raise why from exc
+
+    async def _rebuild(self, object_id: bytes) -> BaseException | None:
+        """Have a lost object made again: by this process if it owns it (``_rerun``), else
+        by its owner, and fetched anew from it once it is ready; or why it cannot be."""
+        entry = self.refs.entries.get(object_id)
+        if entry is None:
+            return exceptions.ObjectLostError(object_id.hex())
+        if entry.owned:
+            return await self._rerun(object_id)
+        try:
+            conn = await self.peers.connect(entry.owner)
+            answer = await conn.request(m.ReconstructObject(object_id))
+        except Exception as exc:  # noqa: BLE001 - the owner is gone: so is the object
+            logger.info("owner of %s unreachable: %s", object_id.hex(), exc)
+            return exceptions.OwnerDiedError(object_id.hex(), entry.owner)
+        if answer is not None:
+            return self.read_payloads([(object_id, answer)])[0][1]
+        with self.refs.lock:
+            entry.payload = None
+        if not entry.fetching:
+            entry.fetching = True
+            self._loop.create_task(self._fetch(object_id, entry))
+        return None
+
+    async def _reconstruct_object(self, conn: Connection, msg: m.ReconstructObject) -> Any:
+        """A borrower lost every copy of an object this process owns."""
+        entry = self.refs.entries.get(msg.object_id)
+        if entry is not None and entry.payload is None:
+            return None  # being made again already
+        why = await self._rerun(msg.object_id)
+        return None if why is None else error_payload(why)
+
+    async def _rebuild_argument(self, spec: TaskSpec, object_id: bytes) -> None:
+        """A task found an argument lost: have it made again, then let the task wait for it
+        as it waits for any argument (or fail with why it cannot be)."""
+        why = await self._rebuild(object_id)
+        if why is not None:
+            self._carry_out(self.tasks.handle(ArgumentsResolved(
+                spec.task_id, "rebuild", error_payload(why))))
+            return
+        self.events.task(spec.task_id, "PENDING_ARGS_AVAIL", {
+            "placement_reason": f"waiting for {object_id.hex()[:8]} to be made again: "
+                                "every copy was lost"})
+        self._await_arguments(spec)
 
     async def _rerun(self, object_id: bytes, dead: set[bytes] | None = None,
                      ) -> BaseException | None:
@@ -850,6 +897,12 @@ class CoreWorker:
         self.tasks.handle(TaskSubmitted(task_id, "submit", spec, submitted))
         if spec.method:
             self.actor_submitter.enqueue(spec)  # calls keep their order from here on
+        self._await_arguments(spec)
+
+    def _await_arguments(self, spec: TaskSpec) -> None:
+        """Dispatch the task once its top-level arguments are ready (fetching borrowed
+        ones from their owners)."""
+        task_id = spec.task_id
         entries = self.refs.entries
         waiting = []
         for object_id, _ in spec.arg_refs:
@@ -910,6 +963,8 @@ class CoreWorker:
                 self.submitter.submit(spec)
             elif kind is Cancel:
                 self._cancel_at(spec, instruction.force, instruction.recursive)
+            elif kind is RebuildArgument:
+                self._loop.create_task(self._rebuild_argument(spec, instruction.object_id))
 
     def _cancel_at(self, spec: TaskSpec, force: bool, recursive: bool) -> None:
         """Take a cancelled task out of its queue, or tell its worker to stop it."""

@@ -25,11 +25,12 @@ from .task_spec import TaskResult, TaskSpec
 
 __all__ = [
     "ArgumentsResolved", "Cancel", "CancelRequested", "Complete", "Dequeued", "Instruction",
-    "Pushed", "ResultReceived", "Retry", "Schedule", "SchedulingFailed", "TaskEvent", "TaskManager",
-    "TaskSubmitted", "WorkerLost",
+    "Pushed", "RebuildArgument", "ResultReceived", "Retry", "Schedule", "SchedulingFailed",
+    "TaskEvent", "TaskManager", "TaskSubmitted", "WorkerLost",
 ]
 
 LOG_LENGTH = 1000  # events kept for debugging
+MAX_ARGUMENT_REBUILDS = 100  # times one task may wait for a lost argument to be made again
 
 
 # -- events -------------------------------------------------------------------------------
@@ -106,6 +107,14 @@ class Retry(Instruction):
 
 
 @dataclass(slots=True)
+class RebuildArgument(Instruction):
+    """The task did not run: every copy of argument ``object_id`` was lost. Have it made
+    again (by its owner), then resolve the task's arguments anew (``ArgumentsResolved``)."""
+
+    object_id: bytes = b""
+
+
+@dataclass(slots=True)
 class Cancel(Instruction):
     """Stop the task wherever it is: out of a queue (then feed ``Dequeued``) or on its worker."""
 
@@ -127,8 +136,9 @@ class Complete(Instruction):
 class _Task:
     spec: TaskSpec
     submitted: list[bytes]
-    state: str = "WAITING_FOR_ARGS"  # -> SCHEDULED -> PUSHED
+    state: str = "WAITING_FOR_ARGS"  # -> SCHEDULED -> PUSHED (-> WAITING_FOR_ARGS: rebuild)
     cancelled: bool = False
+    rebuilds: int = 0  # arguments it waited to have made again
 
 
 class TaskManager:
@@ -207,6 +217,11 @@ class TaskManager:
             return []  # a late or repeated result: the task has its outcome already
         result = event.result
         spec = task.spec
+        if (result.lost_argument and not spec.actor_id and not task.cancelled
+                and task.rebuilds < MAX_ARGUMENT_REBUILDS):
+            task.rebuilds += 1
+            task.state = "WAITING_FOR_ARGS"
+            return [RebuildArgument(spec, result.lost_argument)]
         if (not result.ok and result.retryable and not spec.method and not spec.actor_id
                 and self._may_retry(task)):
             return [self._retry(task)]

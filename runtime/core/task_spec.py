@@ -81,10 +81,12 @@ class TaskResult:
     end: float
     retryable: bool = False  # an application error that retry_exceptions allows retrying
     error_text: str = ""
+    lost_argument: bytes = b""  # the task did not run: every copy of this argument was lost
 
     def to_wire(self) -> list:
         return [self.task_id, self.ok, self.returns, self.contained, self.worker_id,
-                self.node_id, self.pid, self.start, self.end, self.retryable, self.error_text]
+                self.node_id, self.pid, self.start, self.end, self.retryable, self.error_text,
+                self.lost_argument]
 
     @classmethod
     def from_wire(cls, items: list) -> TaskResult:

@@ -29,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import ObjectStoreFullError, RaySystemError
+from .._messages import ALREADY_STORED
+from ..exceptions import ObjectStoreFullError
 from .allocator import ArenaAllocator
 
 __all__ = ["RECLAIM_MIN_BYTES", "SPILLER", "ObjectStore", "SpilledObject", "StoredObject"]
@@ -78,12 +79,14 @@ class ObjectStore:
         return self.allocator.capacity
 
     def allocate(self, object_id: bytes, size: int, owner: str, writer: Any = None) -> int:
-        """Reserve space for a new object; ObjectStoreFullError says what is in the way."""
+        """Reserve space for a new object (``ALREADY_STORED``: this node has it sealed, as
+        Ray's plasma answers ObjectExists: nothing to write); ObjectStoreFullError says what
+        is in the way."""
         existing = self.objects.get(object_id)
-        if existing is not None:  # a retried task writing the same return again
-            if existing.readers:
-                raise RaySystemError(
-                    f"object {object_id.hex()} is being read and cannot be written again")
+        if existing is not None:  # a retried or re-run task writing the same return again
+            if existing.sealed:  # here already (a copy pulled here, an earlier attempt's)
+                existing.released, existing.owner = False, owner  # now the primary copy
+                return ALREADY_STORED
             if existing.size == size:
                 existing.sealed, existing.writer, existing.released = False, writer, False
                 return existing.offset

@@ -39,6 +39,15 @@ from ..core.task_spec import ArgSlot, TaskResult, TaskSpec
 __all__ = ["TaskExecutor"]
 
 
+class _ArgumentLost(Exception):
+    """Every copy of one of a task's arguments was lost before the task could read it: the
+    task does not run, and its owner rebuilds the argument and submits it again."""
+
+    def __init__(self, object_id: bytes) -> None:
+        super().__init__(object_id.hex())
+        self.object_id = object_id
+
+
 class TaskExecutor:
     """Executes tasks on the thread that calls ``run_forever``."""
 
@@ -340,7 +349,7 @@ class TaskExecutor:
     def _success(self, spec: TaskSpec, value: Any) -> tuple:
         values = _split_returns(value, spec.num_returns, spec.name)
         payloads, contained = self._store_returns(spec, values)
-        return True, False, "", payloads, contained
+        return True, False, "", payloads, contained, b""
 
     def _failure(self, spec: TaskSpec, exc: BaseException) -> tuple:
         if isinstance(exc, exceptions.ActorExitRequest) and self.actor is not None:
@@ -348,7 +357,12 @@ class TaskExecutor:
             error = exceptions.ActorDiedError(spec.actor_id.hex(),
                                               exceptions.ActorDeathReason.INTENDED_EXIT)
             payload = ["i", serialize(error, KIND_ERROR).inline()]
-            return False, False, "exit_actor()", [payload] * spec.num_returns, []
+            return False, False, "exit_actor()", [payload] * spec.num_returns, [], b""
+        if isinstance(exc, _ArgumentLost):  # the owner rebuilds the argument and runs it again
+            error = exc.__cause__
+            payload = ["i", serialize(error, KIND_ERROR).inline()]
+            return (False, False, str(error), [payload] * spec.num_returns, [],
+                    exc.object_id)
         if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
             self._cancelled.discard(spec.task_id)
             error: BaseException = exceptions.TaskCancelledError(spec.task_id.hex())
@@ -362,7 +376,7 @@ class TaskExecutor:
                 spec.name, text, _picklable_cause(exc), self._pid, self._ip)
         payload = ["i", serialize(error, KIND_ERROR).inline()]
         return False, retryable, _describe(error if isinstance(
-            error, exceptions.TaskCancelledError) else exc), [payload] * spec.num_returns, []
+            error, exceptions.TaskCancelledError) else exc), [payload] * spec.num_returns, [], b""
 
     def _unreported(self, spec: TaskSpec, exc: BaseException) -> TaskResult:
         """The result of a call whose own outcome was lost: it was cancelled outside its code
@@ -377,10 +391,10 @@ class TaskExecutor:
         return self._error_result(spec.task_id, spec.num_returns, error, text)
 
     def _result(self, spec: TaskSpec, start: float, outcome: tuple) -> TaskResult:
-        ok, retryable, error_text, payloads, contained = outcome
+        ok, retryable, error_text, payloads, contained, lost = outcome
         core = self.core
         return TaskResult(spec.task_id, ok, payloads, contained, core.worker_id, core.node_id,
-                          self._pid, start, time.time(), retryable, error_text)
+                          self._pid, start, time.time(), retryable, error_text, lost)
 
     def _function(self, function_id: bytes) -> Any:
         fn = self._functions.get(function_id)
@@ -400,9 +414,14 @@ class TaskExecutor:
         args, kwargs = pickle.loads(spec.args)
         if not spec.arg_refs:
             return args, kwargs
-        values = [value for _, value in self.core.read_payloads(
-            [(object_id, payload) for (object_id, _), payload in zip(spec.arg_refs,
-                                                                    spec.resolved)])]
+        try:
+            values = [value for _, value in self.core.read_payloads(
+                [(object_id, payload) for (object_id, _), payload in zip(spec.arg_refs,
+                                                                        spec.resolved)])]
+        except exceptions.ObjectLostError as exc:
+            if type(exc) is exceptions.ObjectLostError and not spec.actor_id:
+                raise _ArgumentLost(bytes.fromhex(exc.object_ref_hex)) from exc
+            raise
         args = tuple(values[a.index] if type(a) is ArgSlot else a for a in args)
         kwargs = {k: values[v.index] if type(v) is ArgSlot else v for k, v in kwargs.items()}
         return args, kwargs

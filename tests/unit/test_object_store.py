@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from cellfleet.exceptions import RaySystemError
+from cellfleet._messages import ALREADY_STORED
 from cellfleet.raylet.object_store import RECLAIM_MIN_BYTES, ObjectStore
 
 MiB = 2**20
@@ -52,13 +50,20 @@ def test_a_retried_return_larger_than_the_first_attempt_gets_a_block_of_its_own(
     assert first == 0
 
 
-def test_a_return_that_is_being_read_is_not_written_again() -> None:
+def test_a_return_this_node_holds_sealed_is_kept_not_written_again() -> None:
+    """A re-run's output, or a retried attempt's, that the node has sealed already (its own,
+    or a copy pulled here and being read) is kept: the writer is told there is nothing to do,
+    and the copy becomes the primary one, its owner the writer's."""
     store = ObjectStore(64 * MiB)
-    store.allocate(b"ret", 1 * MiB, "owner")
+    store.allocate(b"ret", 1 * MiB, "")
     store.seal(b"ret")
-    store.locate("reader", [b"ret"])
-    with pytest.raises(RaySystemError, match="being read"):
-        store.allocate(b"ret", 2 * MiB, "owner")
+    store.objects[b"ret"].released = True  # a copy pulled here, gone once unread
+    where = store.locate("reader", [b"ret"])
+    assert store.allocate(b"ret", 2 * MiB, "owner") == ALREADY_STORED
+    kept = store.objects[b"ret"]
+    assert (kept.size, kept.owner, kept.released, kept.sealed) == (MiB, "owner", False, True)
+    assert store.locate("reader", [b"ret"]) == where  # the reader's view is untouched
+    assert store.allocator.used == MiB
 
 
 def test_a_free_below_an_eighth_of_the_store_keeps_its_pages_for_reuse() -> None:
@@ -92,10 +97,17 @@ def test_an_object_its_creator_left_unsealed_is_dropped_with_the_creator() -> No
     assert list(store.objects) == [b"done"] and store.allocator.used == MiB
 
 
-def test_a_retried_write_of_the_same_size_is_unsealed_until_sealed_again() -> None:
+def test_a_retried_write_after_the_first_attempt_sealed_keeps_the_first_copy() -> None:
     store = ObjectStore(64 * MiB)
     offset = store.allocate(b"ret", MiB, "owner", writer="attempt1")
     store.seal(b"ret")
+    assert store.allocate(b"ret", MiB, "owner", writer="attempt2") == ALREADY_STORED
+    assert store.locate("reader", [b"ret"]) == [[offset, MiB]]
+
+
+def test_a_retried_write_of_the_same_size_reuses_an_unsealed_block() -> None:
+    store = ObjectStore(64 * MiB)
+    offset = store.allocate(b"ret", MiB, "owner", writer="attempt1")  # died before sealing
     assert store.allocate(b"ret", MiB, "owner", writer="attempt2") == offset
     assert store.locate("reader", [b"ret"]) == [False]
 
