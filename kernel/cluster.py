@@ -1,9 +1,10 @@
 """The kernel's runtime: started in the background, connected, restarted, stopped, shown.
 
-``KernelRuntime.start()`` returns at once; a thread runs ``cellfleet.init`` (a local runtime,
-or a connection to ``CELLFLEET_ADDRESS`` / the spec's address). Whatever needs the runtime
-first calls ``wait()``. Every runtime this kernel makes or finds gets the kernel's output
-router as its core worker's ``log_handler``.
+``KernelRuntime.start()`` returns at once; a thread connects the kernel's backend
+(``backends``: cellfleet's runtime, local or at ``CELLFLEET_ADDRESS``, or a Ray cluster with
+``CELLFLEET_BACKEND=ray`` / ``ray://`` addresses). Whatever needs the runtime first calls
+``wait()``. Every connection this kernel makes gets the kernel's output router as the place
+its tasks' lines go (``Backend.route_output``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import cellfleet
-from cellfleet import _context
-from cellfleet import _messages as m
 from cellfleet import exceptions as cf_exceptions
 
-__all__ = ["ClusterError", "ClusterInfo", "KernelRuntime", "parse_num_cpus"]
+from . import backends
 
-QUERY_TIMEOUT_S = 5.0
+__all__ = ["ClusterError", "ClusterInfo", "KernelRuntime", "parse_num_cpus"]
 
 
 class ClusterError(RuntimeError):
@@ -59,11 +57,14 @@ def explain_connection_error(exc: BaseException, address: str | None) -> str:
 
 
 class KernelRuntime:
-    """Owns the kernel's connection to a cluster (local or remote)."""
+    """Owns the kernel's connection to a cluster (local or remote) through its backend."""
 
     def __init__(self, *, address: str | None, num_cpus: float | int | None,
-                 log_handler: Callable[[list], None] | None) -> None:
-        self.address = address or None  # None: start a local runtime
+                 log_handler: Callable[[list], None] | None,
+                 backend: str | None = None) -> None:
+        name, address = backends.choose(address or None, backend)
+        self.address = address  # None: start a local runtime
+        self.backend: backends.Backend = backends.make(name)
         self.num_cpus = num_cpus
         self.log_handler = log_handler
         self._ready = threading.Event()
@@ -91,14 +92,7 @@ class KernelRuntime:
 
     def _start(self) -> None:
         try:
-            if cellfleet.is_initialized():
-                self.info = cellfleet.init(ignore_reinit_error=True)
-            elif self.address:
-                self.info = cellfleet.init(address=self.address, log_to_driver=True)
-            else:
-                # "local", not None: None would pick up $CELLFLEET_ADDRESS again.
-                self.info = cellfleet.init(address="local", num_cpus=self.num_cpus,
-                                           log_to_driver=True)
+            self.info = self.backend.connect(self.address, num_cpus=self.num_cpus)
             self.started_at = time.time()
             self.hook()
             self._announce()
@@ -125,28 +119,17 @@ class KernelRuntime:
         return explain_connection_error(self._error, self.address)
 
     def hook(self) -> None:
-        """Route the current core worker's output through the kernel (idempotent)."""
-        core = _context.core
-        if core is not None and self.log_handler is not None and \
-                core.log_handler is not self.log_handler and core.kind == "driver":
-            core.log_handler = self.log_handler
+        """Route the current connection's output through the kernel (idempotent)."""
+        self.backend.route_output(self.log_handler)
 
     def output_barrier(self, timeout: float = 0.5) -> None:
         """Wait until the output of tasks that have finished has been routed.
 
-        A worker sends what a task printed to the GCS before it sends the result; the GCS
-        publishes it to this process on the connection that answers this request, so once
-        the answer is here the lines are too. Called at the end of each cell so the cell's
-        output precedes its idle status (what nbclient and "Run all" rely on).
+        Called at the end of each cell so the cell's output precedes its idle status (what
+        nbclient and "Run all" rely on).
         """
-        core = _context.core
-        gcs = getattr(core, "gcs", None)
-        if core is None or gcs is None or not gcs.is_open or self.starting:
-            return
-        try:
-            core.request("gcs", m.KvGet("cellfleet_kernel", b"barrier"), timeout=timeout)
-        except Exception:  # noqa: BLE001 - a slow or dead cluster only delays output
-            pass
+        if not self.starting:
+            self.backend.output_barrier(timeout)
 
     # -- changing ---------------------------------------------------------------------------
 
@@ -154,19 +137,16 @@ class KernelRuntime:
         """Register the cluster in Jupyter's runtime dir, where the dashboard finds it."""
         from cellfleet.extension.discovery import register_cluster
 
-        session_dir = self.info.get("session_dir") if self.info else None
-        token_file = os.environ.get("CELLFLEET_TOKEN_FILE") or (
-            os.path.join(session_dir, "token") if session_dir else None)
-        if token_file is None:
-            return  # reached with CELLFLEET_TOKEN only: the dashboard finds its session
+        entry = self.backend.registration(self.info or {})
+        if entry is None:
+            return
         try:
             from ipykernel.connect import get_connection_file
 
             kernel_id = os.path.basename(get_connection_file())[len("kernel-"):-len(".json")]
         except Exception:  # noqa: BLE001 - not inside a kernel (tests, scripts)
             kernel_id = None
-        register_cluster(self.info["address"], token_file, kernel_id=kernel_id,
-                         session_dir=session_dir)
+        register_cluster(**entry, kernel_id=kernel_id)
 
     def stop(self) -> None:
         """Disconnect; stop the local runtime (a connected cluster keeps running)."""
@@ -175,7 +155,7 @@ class KernelRuntime:
             from cellfleet.extension.discovery import unregister_cluster
 
             unregister_cluster(self.info["address"])
-        cellfleet.shutdown()
+        self.backend.shutdown()
         self.info = None
         self.started_at = None
 
@@ -186,13 +166,18 @@ class KernelRuntime:
         self._start_now()
 
     def connect(self, address: str) -> None:
+        """Connect to ``address`` (``ray://``, ``ray:auto``: a Ray cluster; see
+        ``backends.choose``), on the backend it names."""
+        name, target = backends.choose(address, self.backend.name)
         self.stop()
-        previous = self.address
-        self.address = None if address in ("local", "") else address
+        previous = self.address, self.backend
+        if name != self.backend.name:
+            self.backend = backends.make(name)
+        self.address = target
         try:
             self._start_now()
         except ClusterError:
-            self.address = previous
+            self.address, self.backend = previous
             raise
 
     def start_local(self, *, num_cpus: float | int | None = None) -> None:
@@ -209,10 +194,13 @@ class KernelRuntime:
             self._error_reported = True
             raise ClusterError(explain_connection_error(error, self.address)) from None
 
+    def is_running(self) -> bool:
+        return self.backend.is_connected()
+
     def ensure(self) -> None:
         """Wait for the runtime; raise one clear ClusterError if there is none."""
         error = self.wait()
-        if cellfleet.is_initialized():
+        if self.backend.is_connected():
             return
         if error is not None:
             self._error_reported = True
@@ -224,39 +212,10 @@ class KernelRuntime:
 
     def describe(self) -> ClusterInfo:
         self.ensure()
-        core = _context.core
-        deadline = time.monotonic() + QUERY_TIMEOUT_S
-        while True:
-            try:
-                nodes = core.request("gcs", m.GetNodes(), timeout=QUERY_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - a dead cluster gets one message
-                raise ClusterError(
-                    f"the cluster at {core.gcs_address} does not answer ({exc}); it may have "
-                    f"stopped. {self._retry_hint()}") from None
-            # A runtime that has just started may not have registered its node yet.
-            if any(n["alive"] for n in nodes) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)  # polling the GCS's node table
-        info = self._info()
-        return ClusterInfo(
-            address=core.gcs_address,
-            mode="connected" if self.address else "local",
-            session_dir=info.get("session_dir"),
-            node_id=core.node_id.hex(),
-            job_id=core.job_id,
-            nodes=nodes,
-            dashboard_url=dashboard_url(info["address"]),
-        )
-
-    @staticmethod
-    def _info() -> dict:
-        """``init``'s RuntimeInfo of the current runtime (session dir, dashboard), or {}."""
-        if not cellfleet.is_initialized():
-            return {}
         try:
-            return dict(cellfleet.init(ignore_reinit_error=True))
-        except Exception:  # noqa: BLE001 - only decoration
-            return {}
+            return self.backend.describe(connected=bool(self.address))
+        except ClusterError as exc:
+            raise ClusterError(f"{exc} {self._retry_hint()}") from None
 
     def _retry_hint(self) -> str:
         if self.address:
@@ -267,8 +226,7 @@ class KernelRuntime:
                 "connects to a cluster.")
 
     def logs_dir(self) -> str:
-        session = self._info().get("session_dir")
-        return os.path.join(session, "logs") if session else ""
+        return self.backend.logs_dir()
 
 
 def dashboard_url(address: str, page: str = "") -> str:
@@ -294,7 +252,9 @@ class ClusterInfo:
     """What ``%cluster`` shows: the cluster's nodes and their resources (a rich repr)."""
 
     def __init__(self, *, address: str, mode: str, session_dir: str | None, node_id: str,
-                 job_id: int, nodes: list[dict], dashboard_url: str) -> None:
+                 job_id: int | str, nodes: list[dict], dashboard_url: str,
+                 backend: str = "cellfleet") -> None:
+        self.backend = backend
         self.address = address
         self.mode = mode
         self.session_dir = session_dir
@@ -302,6 +262,12 @@ class ClusterInfo:
         self.job_id = job_id
         self.nodes = nodes
         self.dashboard_url = dashboard_url
+
+    @property
+    def title(self) -> str:
+        """Which backend: "cellfleet cluster" or "Ray cluster (cellfleet's Ray backend)"."""
+        return "cellfleet cluster" if self.backend == "cellfleet" else \
+            "Ray cluster (cellfleet's Ray backend)"
 
     @property
     def alive_nodes(self) -> list[dict]:
@@ -334,7 +300,7 @@ class ClusterInfo:
     def __repr__(self) -> str:
         alive = self.alive_nodes
         lines = [
-            f"cellfleet cluster at {self.address} ({self.mode}), {len(alive)} of "
+            f"{self.title} at {self.address} ({self.mode}), {len(alive)} of "
             f"{_count(len(self.nodes), 'node')} alive, CPU {self.available('CPU'):g} free of "
             f"{self.total('CPU'):g}, GPU {self.available('GPU'):g} free of "
             f"{self.total('GPU'):g}",
@@ -361,7 +327,7 @@ class ClusterInfo:
                    if self.session_dir else "")
         return (
             "<div class='cellfleet-cluster'>"
-            f"<b>cellfleet cluster</b> at <code>{esc(self.address)}</code> ({esc(self.mode)})"
+            f"<b>{esc(self.title)}</b> at <code>{esc(self.address)}</code> ({esc(self.mode)})"
             f" &middot; {len(self.alive_nodes)} of {_count(len(self.nodes), 'node')} alive"
             f" &middot; CPU {self.available('CPU'):g} free of {self.total('CPU'):g}"
             f" &middot; GPU {self.available('GPU'):g} free of {self.total('GPU'):g}"

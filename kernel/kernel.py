@@ -3,9 +3,11 @@
 * On start it answers at once and starts the runtime in a background thread (a local one, or
   a connection to ``CELLFLEET_ADDRESS``); a cell waits for it only if it runs before the
   runtime is up. ``cellfleet`` is imported in the user namespace.
-* Each cell runs with ``submission_tag`` set to its msg_id, so the tasks it submits (and
-  theirs) print into this cell, even after other cells ran.
+* Each cell runs inside its backend's ``cell(msg_id)`` (``backends``: cellfleet's runtime or
+  a Ray cluster), so the tasks it submits print into this cell, even after other cells ran.
 * An interrupted cell cancels the remote work it started.
+* On the Ray backend ``cellfleet`` in the namespace is Ray's module and ``import cellfleet``
+  imports Ray: the same notebook runs on either.
 * Shutdown and restart stop the runtime (a connected cluster keeps running).
 """
 
@@ -21,12 +23,11 @@ from ipykernel.ipkernel import IPythonKernel
 from traitlets import Float, Integer, Unicode, default
 
 import cellfleet
-from cellfleet.core.core_worker import submission_tag
 
 from . import control
+from .backends import Backend
 from .cellstrip import CellStrips
 from .cluster import KernelRuntime, parse_num_cpus
-from .interrupts import cancel_cell
 from .magics import CellfleetMagics
 from .output import OutputRouter, hold_results_for_output
 from .progress import ProgressReporter
@@ -94,19 +95,20 @@ class CellfleetKernel(IPythonKernel):
         self.remote_runner = RemoteRunner(
             self.shell, ensure_runtime=self.runtime.ensure,
             write=lambda tag, text, stream: self.router.write(tag, text, stream),
-            tag=submission_tag.get,
+            tag=lambda: self.runtime.backend.current_tag(), backend=lambda: self.runtime.backend,
         )
         self.progress = ProgressReporter(after=self.progress_after,
                                          min_refs=self.progress_min_refs)
         self.strips = CellStrips(lambda kind, content, parent: self.session.send(
             self.iopub_socket, kind, content, parent=parent))
         shell = self.shell
-        shell.push({"cellfleet": cellfleet}, interactive=False)
+        self._synced: Backend | None = None
+        self._transformer: Any = None
+        self._sync_backend()
         shell.register_magics(CellfleetMagics(shell, self))
         shell.events.register("post_run_cell", self._post_run_cell)
         shell.set_custom_exc(_RUNTIME_ERRORS, _render_runtime_error)
         hold_results_for_output(shell, self.runtime.output_barrier)
-        self.progress.install()
         control.install(self)  # the dashboard's cancel and objects requests
         self.runtime.start(background=True)
 
@@ -115,11 +117,8 @@ class CellfleetKernel(IPythonKernel):
     async def execute_request(self, stream: Any, ident: Any, parent: dict) -> None:
         silent = bool((parent.get("content") or {}).get("silent"))
         msg_id = self.router.register_cell(parent, latest=not silent)
-        token = submission_tag.set(msg_id)
-        try:
+        with self.runtime.backend.cell(msg_id):
             await super().execute_request(stream, ident, parent)
-        finally:
-            submission_tag.reset(token)
 
     async def do_execute(self, code: str, silent: bool, store_history: bool = True,
                          user_expressions: dict | None = None, allow_stdin: bool = False,
@@ -134,23 +133,44 @@ class CellfleetKernel(IPythonKernel):
         if problem is not None:
             print(f"cellfleet: {problem}", file=sys.stderr)
         self.runtime.hook()
+        self._sync_backend()
+        backend = self.runtime.backend
+        tag = backend.current_tag()
         if not silent:
-            self.strips.cell_started(submission_tag.get(), self.get_parent(),
+            self.strips.cell_started(tag, self.get_parent(),
                                      f"In [{self.shell.execution_count}]")
         try:
             reply = await super().do_execute(code, silent, store_history, user_expressions,
                                              allow_stdin, **cell_info)
         finally:
-            self.strips.cell_finished(submission_tag.get())
+            self.strips.cell_finished(tag)
         if reply.get("status") == "error" and reply.get("ename") in ("KeyboardInterrupt",
                                                                       "CancelledError"):
-            cancel_cell(submission_tag.get(), background=True)
+            self.runtime.backend.cancel_cell(tag, background=True)
         elif not silent:
             self.runtime.output_barrier()
         return reply
 
     def _post_run_cell(self, result: Any) -> None:
         self.runtime.hook()  # the cell may have called cellfleet.init() itself
+        self._sync_backend()  # or '%cluster connect' chose another backend
+
+    def _sync_backend(self) -> None:
+        """Bind ``cellfleet`` in the notebook to the backend's API, its progress bars and its
+        cell rewrite, when the backend changed."""
+        backend = self.runtime.backend
+        if backend is self._synced:
+            return
+        self._synced = backend
+        self.shell.push({"cellfleet": backend.api}, interactive=False)
+        self.progress.uninstall()
+        self.progress.install(backend.api)
+        transformers = self.shell.ast_transformers
+        if self._transformer is not None and self._transformer in transformers:
+            transformers.remove(self._transformer)
+        self._transformer = backend.source_transformer()
+        if self._transformer is not None:
+            transformers.append(self._transformer)
 
     # -- life cycle ---------------------------------------------------------------------
 

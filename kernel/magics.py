@@ -191,7 +191,8 @@ class CellfleetMagics(Magics):
     @argument("action", nargs="?", default="show",
               help="show (default), connect ADDR, restart, start, stop")
     @argument("address", nargs="?", default=None,
-              help="for connect: the cluster's HOST:PORT, 'auto' or 'local'; for start: a "
+              help="for connect: the cluster's HOST:PORT, 'auto' or 'local', or a Ray "
+                   "cluster: ray://HOST:10001, ray:auto, ray:HOST:PORT; for start: a "
                    "cluster file (YAML) to start over SSH, as 'cellfleet up' does")
     @argument("--num-cpus", type=float, default=None, metavar="N",
               help="for restart/start: CPUs of the new local runtime")
@@ -199,8 +200,11 @@ class CellfleetMagics(Magics):
     def cluster(self, line: str) -> Any:
         """Show the cluster, or change it.
 
-        %cluster                   nodes, CPUs, GPUs, object store, dashboard link
+        %cluster                   the backend (cellfleet or Ray), nodes, CPUs, GPUs, object
+                                   store, dashboard link
         %cluster connect HOST:PORT disconnect (stopping a local runtime), connect there
+        %cluster connect ray://HOST:10001   the same on an existing Ray cluster (Ray Client;
+                                   also ray:auto, ray:HOST:PORT; needs 'cellfleet[ray]')
         %cluster restart           stop and start again (a connected cluster keeps running:
                                    only this kernel's work and connection are released)
         %cluster start             start a local runtime (after stop)
@@ -229,9 +233,7 @@ class CellfleetMagics(Magics):
             return runtime.describe()
         if action == "start":
             runtime.wait()
-            import cellfleet
-
-            if cellfleet.is_initialized():
+            if runtime.is_running():
                 raise ClusterError("a runtime is running already: use '%cluster restart'")
             runtime.start_local(num_cpus=num_cpus)
             return runtime.describe()

@@ -1,7 +1,8 @@
 """Progress bars: ``cellfleet.get`` / ``cellfleet.wait`` on many refs, and large copies.
 
-The kernel wraps ``cellfleet.get`` and ``cellfleet.wait`` (the attributes of the module the
-notebook uses; the runtime's own calls are untouched). A call on the main thread over at
+The kernel wraps ``get`` and ``wait`` of its backend's API module (``cellfleet``, or ``ray`` on
+the Ray backend: the attributes of the module the notebook uses; the runtime's own calls are
+untouched). A call on the main thread over at
 least ``min_refs`` refs first waits ``after`` seconds as usual; if the refs are not ready by
 then it shows a bar (an ipywidgets progress bar in a notebook, a text line elsewhere) that
 advances as they become ready and goes away when the call returns. Results, errors,
@@ -97,14 +98,17 @@ class ProgressReporter:
         self.bar_factory = _make_bar
         self._get = None
         self._wait = None
+        self._module: Any = None
         self._copy_started = 0.0
         self._copy_done = 0
         self._copy_bar: Any = None
 
-    def install(self) -> None:
+    def install(self, module: Any = cellfleet) -> None:
+        """Wrap ``module.get`` and ``module.wait`` (``module``: a Ray-style API)."""
         if self._get is not None:
             return
-        self._get, self._wait = cellfleet.get, cellfleet.wait
+        self._module = module
+        self._get, self._wait = module.get, module.wait
         real_get, real_wait = self._get, self._wait
 
         @functools.wraps(real_get)
@@ -125,14 +129,16 @@ class ProgressReporter:
                                                         kwargs.get("timeout"), "wait")
             return real_wait(object_refs, **kwargs)
 
-        cellfleet.get, cellfleet.wait = get, wait
-        _context.copy_progress = self.copy_progress
+        module.get, module.wait = get, wait
+        if module is cellfleet:
+            _context.copy_progress = self.copy_progress
 
     def uninstall(self) -> None:
         if self._get is not None:
-            cellfleet.get, cellfleet.wait = self._get, self._wait
-            self._get = self._wait = None
-            _context.copy_progress = None
+            self._module.get, self._module.wait = self._get, self._wait
+            if self._module is cellfleet:
+                _context.copy_progress = None
+            self._get = self._wait = self._module = None
 
     def copy_progress(self, done: int, total: int, label: str = "") -> None:
         """Called by the runtime while it copies a large object into the object store, or
@@ -164,7 +170,7 @@ class ProgressReporter:
             return None
         if not isinstance(object_refs, (list, tuple)) or len(object_refs) < self.min_refs:
             return None
-        if not all(isinstance(r, cellfleet.ObjectRef) for r in object_refs):
+        if not all(isinstance(r, self._module.ObjectRef) for r in object_refs):
             return None
         if len(set(object_refs)) != len(object_refs):
             return None

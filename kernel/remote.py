@@ -21,12 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cellfleet
-from cellfleet import _context
-from cellfleet import exceptions as cf_exceptions
-
 from .analysis import analyze, analyze_expression
-from .interrupts import cancel_refs
+from .backends import Backend, TaskOptions
 from .remote_exec import TRACEBACK_ATTR, CellNamespace, ModuleByName, probe, run_cell
 from .tracebacks import RemoteCellInterrupted, user_traceback
 
@@ -164,20 +160,11 @@ class RemoteOptions:
             all_nodes=args.all_nodes, node=_unquote(args.node),
         )
 
-    def resource_options(self) -> dict[str, Any]:
-        """The resource requests given, as ``.options()`` keywords."""
-        options: dict[str, Any] = {}
-        if self.num_cpus is not None:
-            options["num_cpus"] = self.num_cpus
-        if self.num_gpus:
-            options["num_gpus"] = self.num_gpus
-        if self.resources:
-            options["resources"] = self.resources
-        return options
-
-    def task_options(self, default_name: str) -> dict[str, Any]:
-        return {"name": self.name or default_name, "max_retries": 0,
-                **self.resource_options()}
+    def task_options(self, default_name: str, node_id: str | None = None) -> TaskOptions:
+        """What the cell's task asks of the backend."""
+        return TaskOptions(name=self.name or default_name, num_cpus=self.num_cpus,
+                           num_gpus=self.num_gpus, resources=dict(self.resources),
+                           node_id=node_id)
 
 
 LARGE_VALUE_BYTES = 100 * 2**20  # a name this large gets one suggestion to put() it
@@ -201,10 +188,10 @@ class RemoteCellHandle:
         self._done = threading.Event()
         self._outcome: tuple[bool, Any] | None = None
 
-    def _finished(self, future: Any) -> None:
-        """On the core worker's I/O thread: put the names in the namespace, report errors."""
+    def _finished(self, result: Any) -> None:
+        """On the backend's thread: put the names in the namespace, report errors."""
         try:
-            payload = future.result()
+            payload = result()
         except BaseException as exc:  # noqa: BLE001 - shown in the cell that started it
             self._outcome = (False, exc)
             self._runner.report_async_error(self._tag, self.cell, exc)
@@ -231,7 +218,7 @@ class RemoteCellHandle:
         return value
 
     def cancel(self, force: bool = False) -> None:
-        cancel_refs([self.ref], force=force)
+        self._runner.backend().cancel_refs([self.ref], force=force)
 
     @property
     def status(self) -> str:
@@ -247,15 +234,15 @@ class RemoteRunner:
     """Runs ``%%remote`` cells and ``%remote`` expressions for one kernel's shell."""
 
     def __init__(self, shell: Any, *, ensure_runtime: Callable[[], None],
-                 write: Callable[[str, str, str], None], tag: Callable[[], str]) -> None:
+                 write: Callable[[str, str, str], None], tag: Callable[[], str],
+                 backend: Callable[[], Backend]) -> None:
         self.shell = shell
         self.ensure_runtime = ensure_runtime
         self.write = write  # (tag, text, stream): output into a cell
         self.tag = tag
-        self.actors: dict[str, tuple[Any, Any]] = {}  # name -> (core worker, handle)
+        self.backend = backend  # the kernel's backend now (it changes on %cluster connect)
+        self.actors: dict[str, tuple[Any, Any]] = {}  # name -> (connection, handle)
         self.actor_names: dict[str, set[str]] = {}
-        self._task = cellfleet.remote(run_cell)
-        self._actor_class = None
         self._warned_large: set[str] = set()  # names told once to use put()
 
     # -- what to ship -----------------------------------------------------------------------
@@ -275,6 +262,7 @@ class RemoteRunner:
     def collect(self, names: list[str], *, explicit: bool) -> tuple[dict, dict]:
         """Values (modules by name) and ObjectRefs for ``names``; UnshippableError if any fail."""
         ns = self.shell.user_ns
+        backend = self.backend()
         values: dict[str, Any] = {}
         refs: dict[str, Any] = {}
         bad: list[str] = []
@@ -284,7 +272,7 @@ class RemoteRunner:
                     bad.append(f"'{name}' (--push) is not defined in the notebook")
                 continue
             value = ns[name]
-            if isinstance(value, cellfleet.ObjectRef):
+            if backend.is_ref(value):
                 refs[name] = value
             elif isinstance(value, types.ModuleType):
                 if value.__name__ == "__main__":
@@ -364,7 +352,7 @@ class RemoteRunner:
             to_ship, explicit = self._shippable_names(names.reads), False
             if opts.actor is not None:  # the actor's own names need not travel
                 actor = self.actors.get(opts.actor)
-                current = actor is not None and actor[0] is _context.core
+                current = actor is not None and actor[0] is self.backend().connection()
                 known = self.actor_names.get(opts.actor, set()) if current else set()
                 to_ship = [n for n in to_ship if n not in known]
         values, refs = self.collect(to_ship, explicit=explicit)
@@ -385,24 +373,21 @@ class RemoteRunner:
         tag = self.tag()
         if opts.all_nodes:
             return self._run_all_nodes(opts, args, kwargs, task_name, pull)
-        task_options = opts.task_options(task_name)
-        if opts.node:
-            node_id = self._check_node(opts.node)
-            strategy = _node_affinity()
-            if strategy is not None:
-                task_options["scheduling_strategy"] = strategy(node_id, soft=False)
+        backend = self.backend()
+        node_id = self._check_node(opts.node) if opts.node else None
         try:
             if opts.actor is not None:
-                ref = self._actor(opts).run.options(name=task_name).remote(*args, **kwargs)
+                ref = backend.call(self._actor(opts), "run", args, kwargs, task_name)
             else:
-                ref = self._task.options(**task_options).remote(*args, **kwargs)
+                ref = backend.submit(run_cell, args, kwargs,
+                                     opts.task_options(task_name, node_id))
         except TypeError as exc:
-            if "serialize" in str(exc):
+            if "serialize" in str(exc) or "pickle" in str(exc):
                 raise UnshippableError(f"{exc}. Nothing ran.") from None
             raise
         if opts.nowait:
             handle = RemoteCellHandle(self, ref, task_name, tag)
-            ref.future().add_done_callback(handle._finished)
+            backend.on_done(ref, handle._finished)
             return handle
         payload = self._get([ref])[0]
         if opts.actor is not None:
@@ -411,29 +396,31 @@ class RemoteRunner:
         return payload.get("result")
 
     def _get(self, refs: list) -> list:
+        backend = self.backend()
+        errors = backend.exceptions
         try:
-            return cellfleet.get(refs)
+            return backend.get(refs)
         except KeyboardInterrupt:
-            cancel_refs(refs, background=True)
+            backend.cancel_refs(refs, background=True)
             raise
-        except cf_exceptions.RayTaskError as exc:
+        except errors.RayTaskError as exc:
             raise_remote_error(exc)
-        except cf_exceptions.TaskCancelledError:
+        except errors.TaskCancelledError:
             raise RemoteCellError("the remote cell was cancelled") from None
-        except cf_exceptions.RayError as exc:
+        except errors.RayError as exc:
             raise RemoteCellError(f"{type(exc).__name__}: {exc}") from None
 
     def _run_all_nodes(self, opts: RemoteOptions, args: tuple, kwargs: dict, task_name: str,
                        pull: list[str]) -> dict:
-        nodes = [n for n in cellfleet.nodes() if n["Alive"]]
+        backend = self.backend()
+        nodes = [n for n in backend.nodes() if n.alive]
         refs = []
-        strategy = _node_affinity()
+        affinity = backend.node_affinity_available()
         for node in nodes:
-            options = opts.task_options(f"{task_name}@{node['NodeID'][:8]}")
-            if strategy is not None:
-                options["scheduling_strategy"] = strategy(node["NodeID"], soft=False)
-            refs.append(self._task.options(**options).remote(*args, **kwargs))
-        if strategy is None and len(nodes) > 1:
+            options = opts.task_options(f"{task_name}@{node.node_id[:8]}",
+                                        node.node_id if affinity else None)
+            refs.append(backend.submit(run_cell, args, kwargs, options))
+        if not affinity and len(nodes) > 1:
             self.write(self.tag(), "[cellfleet] node affinity is not available yet: the "
                        f"{len(nodes)} copies may not land on {len(nodes)} different nodes\n",
                        "stderr")
@@ -441,7 +428,7 @@ class RemoteRunner:
         results: dict[str, Any] = {}
         pulled: dict[str, dict[str, Any]] = {name: {} for name in pull}
         for node, payload in zip(nodes, payloads):
-            node_id = payload.get("node_id") or node["NodeID"]
+            node_id = payload.get("node_id") or node.node_id
             results[node_id] = payload.get("result")
             for name, value in payload.get("values", {}).items():
                 pulled[name][node_id] = value
@@ -453,7 +440,8 @@ class RemoteRunner:
 
     def _check_node(self, node: str) -> str:
         """The full id of the live node ``node`` starts; UsageError if there is none."""
-        alive = [n["NodeID"] for n in cellfleet.nodes() if n["Alive"]]
+        backend = self.backend()
+        alive = [n.node_id for n in backend.nodes() if n.alive]
         matches = [n for n in alive if n.startswith(node.lower())]
         if len(matches) != 1:
             from IPython.core.error import UsageError
@@ -461,22 +449,20 @@ class RemoteRunner:
             what = "no live node has" if not matches else "several live nodes have"
             raise UsageError(f"--node {node}: {what} that id (live: "
                              f"{', '.join(a[:12] for a in alive)})")
-        if _node_affinity() is None and len(alive) > 1:
+        if not backend.node_affinity_available() and len(alive) > 1:
             self.write(self.tag(), "[cellfleet] node affinity is not available yet: --node is "
                        "recorded but the task may run on any node\n", "stderr")
         return matches[0]
 
     def _actor(self, opts: RemoteOptions) -> Any:
-        core = _context.core
+        backend = self.backend()
+        connection = backend.connection()
         known = self.actors.get(opts.actor)
-        if known is not None and known[0] is core:
+        if known is not None and known[0] is connection:
             return known[1]
         self.actor_names.pop(opts.actor, None)  # a new runtime: a new actor
-        if self._actor_class is None:
-            self._actor_class = cellfleet.remote(CellNamespace)
-        handle = self._actor_class.options(
-            name=opts.actor, get_if_exists=True, **opts.resource_options()).remote()
-        self.actors[opts.actor] = (core, handle)
+        handle = backend.actor(CellNamespace, opts.actor, opts.task_options(opts.actor))
+        self.actors[opts.actor] = (connection, handle)
         return handle
 
     def forget_actors(self) -> None:
@@ -501,20 +487,11 @@ class RemoteRunner:
                        "stderr")
 
     def report_async_error(self, tag: str, cell: str, exc: BaseException) -> None:
-        lines = render_remote_error(exc) if isinstance(exc, cf_exceptions.RayTaskError) \
+        lines = render_remote_error(exc) \
+            if isinstance(exc, self.backend().exceptions.RayTaskError) \
             else [f"{type(exc).__name__}: {exc}"]
         self.write(tag, f"[cellfleet] {cell} (--nowait) failed:\n" + "\n".join(lines) + "\n",
                    "stderr")
-
-
-def _node_affinity() -> Any:
-    try:
-        from cellfleet.util.scheduling_strategies import (  # type: ignore[import-not-found]
-            NodeAffinitySchedulingStrategy,
-        )
-    except ImportError:
-        return None
-    return NodeAffinitySchedulingStrategy
 
 
 def render_remote_error(exc: BaseException) -> list[str]:
