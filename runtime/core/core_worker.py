@@ -494,9 +494,8 @@ class CoreWorker:
             return self.read_payloads([(object_id, answer)])[0][1]
         with self.refs.lock:
             entry.payload = None
-        if not entry.fetching:
-            entry.fetching = True
-            self._loop.create_task(self._fetch(object_id, entry))
+        entry.fetching = True  # asked again: the first answer pointed at the lost copy
+        self._loop.create_task(self._fetch(object_id, entry))
         return None
 
     async def _reconstruct_object(self, conn: Connection, msg: m.ReconstructObject) -> Any:

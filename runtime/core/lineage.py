@@ -3,10 +3,12 @@
 When every copy of a task's output is lost (its node died), the owner runs the task again
 from its spec, within ``max_retries`` (Ray's lineage reconstruction). That needs the task's
 arguments still alive, so a finished task's arguments stay pinned while any of its outputs is
-referenced: this table holds them and says when to let them go. It is bounded
-(``MAX_LINEAGE`` tasks, ``CELLFLEET_MAX_LINEAGE``); a task finishing beyond the bound has its
-arguments released at once, and its outputs cannot be rebuilt (``LineageEvicted``). A state
-class with no I/O: the core worker feeds it and releases what it answers.
+referenced: this table holds them and says when to let them go. It is bounded by count
+(``MAX_LINEAGE`` tasks, ``CELLFLEET_MAX_LINEAGE``) and by the memory its task specs take
+(``MAX_LINEAGE_BYTES``, ``CELLFLEET_MAX_LINEAGE_BYTES``, Ray's ``max_lineage_bytes``): past
+either, the oldest records are evicted, their arguments released, and their outputs can no
+longer be rebuilt (``ObjectReconstructionFailedLineageEvictedError``). A state class with no
+I/O: the core worker feeds it and releases what it answers.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from .. import exceptions
 from .._graveyard import limit_from_env
 from .task_spec import TaskSpec
 
-__all__ = ["MAX_LINEAGE", "LineageTable"]
+__all__ = ["MAX_LINEAGE", "MAX_LINEAGE_BYTES", "LineageTable"]
 
 MAX_LINEAGE = 10_000  # finished tasks whose arguments are kept for reconstruction
+MAX_LINEAGE_BYTES = 1 << 30  # of their specs (inline arguments): Ray's max_lineage_bytes
+SPEC_OVERHEAD = 256  # bytes a spec takes beyond its inline arguments
 
 
 @dataclass(slots=True)
@@ -27,16 +31,20 @@ class _Record:
     spec: TaskSpec
     submitted: list[bytes]  # the objects pinned for it (arguments, refs inside them)
     outputs: int  # its return objects still referenced
+    size: int  # bytes of its spec
 
 
 class LineageTable:
     """Finished tasks that can still be re-run, by task id."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, max_bytes: int | None = None) -> None:
         self.limit = limit if limit is not None else limit_from_env(
             "CELLFLEET_MAX_LINEAGE", MAX_LINEAGE)
-        self._records: dict[bytes, _Record] = {}
-        self.evicted = 0  # tasks finished beyond the bound (their outputs cannot be rebuilt)
+        self.max_bytes = max_bytes if max_bytes is not None else limit_from_env(
+            "CELLFLEET_MAX_LINEAGE_BYTES", MAX_LINEAGE_BYTES)
+        self._records: dict[bytes, _Record] = {}  # oldest first
+        self.bytes = 0  # of the specs kept
+        self.evicted = 0  # records evicted to stay in bounds (their outputs cannot be rebuilt)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -52,11 +60,19 @@ class LineageTable:
             return submitted
         if outputs <= 0 or spec.actor_id or spec.max_retries == 0:
             return submitted
-        if len(self._records) >= self.limit:
+        size = len(spec.args or b"") + SPEC_OVERHEAD
+        if size > self.max_bytes or self.limit <= 0:
             self.evicted += 1
             return submitted
-        self._records[spec.task_id] = _Record(spec, submitted, outputs)
-        return []
+        self._records[spec.task_id] = _Record(spec, submitted, outputs, size)
+        self.bytes += size
+        released: list[bytes] = []
+        while len(self._records) > self.limit or self.bytes > self.max_bytes:
+            oldest = self._records.pop(next(iter(self._records)))
+            self.bytes -= oldest.size
+            self.evicted += 1
+            released += oldest.submitted
+        return released
 
     def output_freed(self, task_id: bytes) -> list[bytes]:
         """One of a task's outputs is unreferenced; what to release once none is left."""
@@ -67,6 +83,7 @@ class LineageTable:
         if record.outputs > 0:
             return []
         del self._records[task_id]
+        self.bytes -= record.size
         return record.submitted
 
     def rerun(self, spec: TaskSpec, object_id: bytes) -> BaseException | list[bytes]:

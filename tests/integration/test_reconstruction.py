@@ -125,3 +125,62 @@ def test_borrows_on_a_dead_node_end_with_it(two_workers):
     kill_node(two_workers, node)
     wait_until(lambda: not core.refs.entries[obj._id].borrowers, timeout=30,
                message="the dead node's borrow dropped")
+
+
+def test_past_the_lineage_cap_an_output_is_refused_reconstruction(two_workers, monkeypatch):
+    ray.shutdown()
+    monkeypatch.setenv("CELLFLEET_MAX_LINEAGE", "1")  # the owner keeps one task's lineage
+    ray.init(address=two_workers.address)
+    first = scaled.remote(np.ones(2 * MiB, dtype=np.uint8), 2)
+    ray.wait([first], timeout=60, fetch_local=False)
+    second = scaled.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node_holding(first), soft=True)).remote(np.ones(2 * MiB, dtype=np.uint8), 3)
+    ray.wait([second], timeout=60, fetch_local=False)  # its lineage evicts the first's
+    kill_node(two_workers, node_holding(first))
+    with pytest.raises(exceptions.ObjectReconstructionFailedLineageEvictedError,
+                       match="lineage has been evicted"):
+        ray.get(first, timeout=60)
+    assert ray.get(second, timeout=60)[0] == 3  # the newest lineage is kept: rebuilt
+
+
+@ray.remote(resources={"x": 1})
+class Maker:
+    """Owns what it puts; the driver borrows it."""
+
+    def make(self) -> list:
+        return [ray.put(np.ones(2 * MiB, dtype=np.uint8))]
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def test_an_object_whose_owner_died_fails_with_owner_died(two_workers):
+    import os
+    import signal
+
+    maker = Maker.options(max_restarts=0).remote()
+    (inner,) = ray.get(maker.make.remote(), timeout=60)
+    os.kill(ray.get(maker.pid.remote(), timeout=60), signal.SIGKILL)  # the owner, not a node
+    with pytest.raises(exceptions.OwnerDiedError) as caught:
+        ray.get(inner, timeout=60)
+    assert isinstance(caught.value, exceptions.ObjectLostError)
+
+
+def test_a_borrower_has_a_lost_object_rebuilt_by_its_owner(two_workers):
+    @ray.remote  # its CPU is lent while it waits; the re-run needs the node's only "x"
+    def first_byte(boxed: list) -> int:
+        return int(ray.get(boxed[0], timeout=60)[0])  # a borrowed ref, read in the task
+
+    source = scaled.remote(np.full(3 * MiB, 2, dtype=np.uint8), 2)
+    ray.wait([source], timeout=60, fetch_local=False)
+    kill_node(two_workers, node_holding(source))
+    assert ray.get(first_byte.remote([source]), timeout=60) == 4
+
+
+def test_a_task_whose_argument_was_lost_waits_for_it_to_be_made_again(two_workers):
+    source = scaled.remote(np.full(3 * MiB, 1, dtype=np.uint8), 5)
+    ray.wait([source], timeout=60, fetch_local=False)
+    kill_node(two_workers, node_holding(source))
+    assert ray.get(scaled.remote(source, 2), timeout=60)[0] == 10
