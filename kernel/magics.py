@@ -1,5 +1,5 @@
 """The kernel's magics: ``%%remote``, ``%remote``, ``%cluster``, ``%dashboard``,
-``%taskgraph`` and ``%cellfleet``."""
+``%taskgraph``, ``%chaos`` and ``%cellfleet``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class CellfleetMagics(Magics):
         super().__init__(shell)
         self.kernel = kernel
         self._ssh_cluster: Any = None  # the ClusterSpec '%cluster start FILE' started
+        self._chaos: Any = None  # the ChaosRunner of '%chaos', made on first use
 
     @magic_arguments()
     @argument("--push", metavar="A,B", default=None,
@@ -186,6 +187,26 @@ class CellfleetMagics(Magics):
             strips.enabled = args.value == "on"
         print(f"cellfleet: the per-cell monitor is {'on' if strips.enabled else 'off'}")
         return None
+
+    @line_magic
+    def chaos(self, line: str) -> None:
+        """Inject a fault into a cluster this kernel started (for teaching fault tolerance).
+
+        %chaos kill-worker [--seed N]       kill a worker that runs a task now
+        %chaos kill-node [NODE] [--seed N]  kill a node (not the head): raylet and workers
+        %chaos kill-actor ACTOR             kill an actor's process (name or id prefix)
+        %chaos restart-gcs                  kill the GCS and start it again (Redis storage)
+        %chaos slow-node NODE MS            freeze a node's processes for MS milliseconds
+
+        NODE is an address (127.0.0.2) or a node id prefix. Each fault is announced here and
+        drawn on the dashboard's timeline and in the task graph (a FAULT record).
+        """
+        from .chaos import ChaosRunner
+
+        if self._chaos is None:
+            self._chaos = ChaosRunner()
+        self.kernel.runtime.ensure()
+        self._chaos.run(line)
 
     @magic_arguments()
     @argument("action", nargs="?", default="show",
