@@ -420,8 +420,9 @@ class UnpinObjects(Message):
 class GetObjects(Message):
     """Asks the node's store where objects are, by id; each is pinned for the asker before
     the answer, one ``[offset, size]`` per id (``None``: not on this node), sent once every
-    one of them is sealed. ``sources``: per id, ``[raylet_address, size]`` of the node that
-    holds it when that is another node (the raylet pulls a copy first), else ``None``."""
+    one of them is sealed. ``sources``: per id, ``[raylet_address, size, owner_address,
+    *more_raylet_addresses]`` of the nodes that hold it when those are other nodes (the
+    raylet pulls a copy first, from all of them), else ``None``."""
 
     object_ids: list
     sources: list | None = None
@@ -440,12 +441,36 @@ class PullProgress(Message):
 
 @_message(92)
 class ReadObjectChunk(Message):
-    """Raylet to raylet: ``size`` bytes of a sealed object from ``offset`` (``None`` if it is
-    not here). The holder pins the object from the first chunk until it answers the last."""
+    """Raylet to raylet, on the holder's chunk port: ``size`` bytes of a sealed object from
+    ``offset``, answered as a bulk reply (``None`` if it is not here). The holder pins the
+    object while it writes the chunk."""
 
     object_id: bytes
     offset: int
     size: int
+
+
+@_message(100)
+class ChunkAddress(Message):
+    """Raylet to raylet: the ``host:port`` of the chunk port, where pulls read objects."""
+
+
+@_message(101)
+class ObjectLocationAdded(Message):
+    """Raylet to an object's owner: a copy of the object is now sealed in the store of the
+    node ``node_id``, whose raylet is at ``address`` (a secondary copy, pulled there)."""
+
+    object_id: bytes
+    node_id: bytes
+    address: str
+
+
+@_message(102)
+class ObjectLocationRemoved(Message):
+    """Raylet to an object's owner: the secondary copy at ``address`` is gone (evicted)."""
+
+    object_id: bytes
+    address: str
 
 
 @_message(91)

@@ -45,6 +45,7 @@ from .dependency_resolver import DependencyResolver
 from .events import FLUSH_INTERVAL_S, EventBuffer
 from .lineage import LineageTable
 from .memory_store import MemoryStore, error_payload, is_error
+from .object_directory import ObjectDirectory, pull_source
 from .object_ref import ObjectRef
 from .peers import PeerCache
 from .pin_cache import GRACE_S as PIN_GRACE_S
@@ -122,6 +123,7 @@ class CoreWorker:
         self.tasks = TaskManager()
         self.resolver = DependencyResolver()
         self.lineage = LineageTable()
+        self.directory = ObjectDirectory()  # other nodes' copies of this process's objects
         self._exported: set[bytes] = set()
         self._closed = False
         self.submitter: TaskSubmitter | None = None
@@ -330,6 +332,8 @@ class CoreWorker:
             m.DefineFunctions: self._define_functions,
             m.TaskResults: self._task_results,
             m.GetObjectStatus: self._get_object_status,
+            m.ObjectLocationAdded: self._location_added,
+            m.ObjectLocationRemoved: self._location_removed,
             m.ReconstructObject: self._reconstruct_object,
             m.AddBorrowers: lambda conn, msg: self.refs.add_borrower(msg.object_ids,
                                                                      msg.borrower),
@@ -376,6 +380,7 @@ class CoreWorker:
     def _published(self, conn: Connection, msg: m.Publish) -> None:
         if msg.channel == "exits":
             self.refs.borrower_gone(msg.data)  # whatever that process borrowed, it holds no more
+            self._copies_changed(self.directory.node_died(msg.data))  # gone with their node
         elif msg.channel == "logs" and self.log_handler is not None:
             lines = [line for line in msg.data if line[0] == self.job_id]
             if lines:
@@ -451,7 +456,7 @@ class CoreWorker:
             progress = _context.copy_progress if size >= LARGE_COPY_BYTES else None
             self.arena.write(offset, obj.chunks(), progress)
             self.call_soon(lambda: self.raylet.send(m.SealObject(object_id)))
-        return ["s", obj.kind, size, self.node_id, self.raylet_address]
+        return ["s", obj.kind, size, self.node_id, self.raylet_address, owner]
 
     async def _allocate(self, object_id: bytes, size: int, owner: str) -> int:
         self._drain()  # releases queued before this put go first: their space is reusable
@@ -685,7 +690,8 @@ class CoreWorker:
         return await self.raylet.request(self._locate_message(stored))
 
     def _locate_message(self, stored: list[tuple[bytes, list]]) -> m.GetObjects:
-        sources = [None if p[3] == self.node_id else [p[4], p[2]] for _, p in stored]
+        sources = [None if p[3] == self.node_id else pull_source(
+            self.directory.share(object_id, p), self.raylet_address) for object_id, p in stored]
         return m.GetObjects([object_id for object_id, _ in stored],
                             sources if any(sources) else None)
 
@@ -748,7 +754,7 @@ class CoreWorker:
             return error_payload(exceptions.ReferenceCountingAssertionError(
                 msg.object_id.hex(), self.address))
         if entry.payload is not None:
-            return entry.payload
+            return self.directory.share(msg.object_id, entry.payload)
         fut = self._loop.create_future()
         entry.callbacks.append(lambda e: fut.done() or fut.set_result(e.payload))
         return fut
@@ -927,7 +933,7 @@ class CoreWorker:
             if is_error(entry.payload):
                 error = entry.payload  # failures propagate downstream
                 break
-            resolved.append(entry.payload)
+            resolved.append(self.directory.share(object_id, entry.payload))
         spec.resolved = resolved
         if error is not None and spec.method:
             self.actor_submitter.drop(spec)  # a call that cannot run leaves the actor's line
@@ -1092,6 +1098,26 @@ class CoreWorker:
             self.raylet.send(m.FreeObjects([object_id]))
         else:
             self.peers.send(payload[4], m.FreeObjects([object_id]))
+        for address in self.directory.forget(object_id):  # the secondary copies
+            self.peers.send(address, m.FreeObjects([object_id]))
+
+    def _location_added(self, conn: Connection, msg: m.ObjectLocationAdded) -> None:
+        """A raylet pulled a copy of an object this process owns (``object_directory``)."""
+        entry = self.refs.entries.get(msg.object_id)
+        live = entry is not None and entry.owned and entry.payload is not None \
+            and entry.payload[0] == "s"
+        for address in self.directory.added(msg.object_id, msg.node_id, msg.address, live):
+            self.peers.send(address, m.FreeObjects([msg.object_id]))
+        self._copies_changed([msg.object_id] if live else [])
+
+    def _location_removed(self, conn: Connection, msg: m.ObjectLocationRemoved) -> None:
+        self.directory.removed(msg.object_id, msg.address)
+        self._copies_changed([msg.object_id] if msg.object_id in self.refs.entries else [])
+
+    def _copies_changed(self, object_ids: list[bytes]) -> None:
+        """The state API and the dashboard list each object's secondary copies."""
+        for object_id in object_ids:
+            self.events.object(object_id, "LOCATED", {"copies": self.directory.copies(object_id)})
 
     def _on_borrow(self, object_id: bytes, owner: str) -> None:
         self._register_borrow(owner, [object_id], self.address)

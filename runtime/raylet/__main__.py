@@ -132,6 +132,7 @@ def main() -> None:
                         store=ObjectStore(args.object_store_memory), store_name=store_name,
                         pool=pool, prestart=prestart, limits=limits, arena=arena,
                         token=token, spill_dir=spill_directory(session.path, node_id))
+        raylet.serve_transfers(address)
         server, _ = await serve(raylet.handlers(), token, sock=sock,
                                 on_close=raylet.connection_closed)
         registration = m.RegisterNode(node_id, address, resources, store_name,
@@ -149,7 +150,7 @@ def main() -> None:
             for task in tasks:
                 task.cancel()
             server.close()
-            raylet.channels.close()
+            raylet.close_transfers()
             await pool.stop()
             arena.close()
             arena.unlink()

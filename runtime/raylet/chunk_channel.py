@@ -1,40 +1,49 @@
-"""A blocking connection to another node's raylet that reads object chunks into this arena.
+"""Blocking connections to other nodes' chunk ports that read object chunks into this arena.
 
+A pull's bytes never pass through Python objects: the holder's chunk port (``chunk_server``)
+writes them from its arena file to the socket with ``sendfile``, and a channel here
+``recv_into``s them straight into the view of the copy's block in this node's arena, so the
+kernel makes the only copies. A channel speaks the ordinary wire protocol (the token
+handshake, then frames), with requests pipelined and answered in order. ``pull_object`` runs a
+pull's lanes (``object_manager.Pull``), one thread and one channel each, on threads of the
+raylet, so the raylet's event loop never waits for a transfer.
 
-A pull's bytes never pass through Python objects: the holder writes a view of its arena to
-the socket (``ReadObjectChunk`` answered as a bulk reply, see ``_messages.encode_parts``), and
-this channel ``recv_into``s them straight into the view of the copy's block in this node's
-arena, so the kernel does the only copies. It speaks the ordinary wire protocol (the token
-handshake, then frames), with requests pipelined and answered in order; a thread of the raylet
-runs it, so the raylet's event loop never waits for a transfer.
+A holder is named by its raylet's address; its chunk port is asked for once on that address
+(``ChunkAddress``) and remembered by the ``ChannelPool``.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from itertools import count
 
 from .. import _messages as m
 from .._protocol import ClientHandshake, frame_header
 from ..exceptions import ObjectLostError
+from .chunk_server import SOCKET_BUFFER
 from .object_manager import Pull
 
-__all__ = ["ChunkChannel", "ChannelPool"]
+__all__ = ["ChannelPool", "ChunkChannel", "pull_object"]
+
+logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0  # a holder that sends nothing for this long is gone
 
 
 class ChunkChannel:
-    """One authenticated socket to a holder's raylet, used by one pull at a time."""
+    """One authenticated socket to a raylet's port (``ask``) or its chunk port (``lane``)."""
 
     def __init__(self, address: str, token: bytes) -> None:
         host, _, port = address.rpartition(":")
         self.address = address
+        self.holder = address  # the raylet this channel reads from (``ChannelPool.take``)
         self._sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         self._sock.settimeout(READ_TIMEOUT_S)
         self._ids = count(1)
         handshake = ClientHandshake(token, address)
@@ -50,23 +59,42 @@ class ChunkChannel:
     def close(self) -> None:
         self._sock.close()
 
-    def pull(self, pull: Pull, into: memoryview,
-             on_chunk: Callable[[int], None] | None = None) -> None:
-        """Read the object's chunks into ``into`` (its block here), as ``pull`` asks for them;
-        ``on_chunk(bytes received so far)`` after each."""
+    def ask(self, message: m.Message) -> object:
+        """One request and its answer's value (a raylet's own port, not a chunk port)."""
+        payload = m.encode(message, next(self._ids))
+        self._sock.sendall(frame_header(len(payload)) + payload)
+        length = int.from_bytes(self._read(4), "little")
+        answer, _ = m.decode(self._read(length))
+        if not isinstance(answer, m.Reply):
+            raise ConnectionError(f"{self.address} answered {answer!r}")
+        return answer.value
+
+    def lane(self, pull: Pull, lane: Hashable, holder: str, lock: threading.Lock,
+             into: memoryview, on_chunk: Callable[[int], None] | None = None) -> None:
+        """Read the chunks ``pull`` gives this lane into ``into`` (the copy's block here)
+        until it gives no more; ``on_chunk(bytes received so far)`` after each."""
         asked: deque[tuple[int, int, int]] = deque()
-        whole = False
-        while not whole:
-            for offset, size in pull.next_chunks():
-                request_id = next(self._ids)
-                payload = m.encode(m.ReadObjectChunk(pull.object_id, offset, size), request_id)
-                self._sock.sendall(frame_header(len(payload)) + payload)
-                asked.append((request_id, offset, size))
+        while True:
+            with lock:
+                chunks = pull.next_chunks(lane, holder)
+            if chunks:
+                requests = []
+                for offset, size in chunks:
+                    request_id = next(self._ids)
+                    payload = m.encode(m.ReadObjectChunk(pull.object_id, offset, size),
+                                       request_id)
+                    requests.append(frame_header(len(payload)) + payload)
+                    asked.append((request_id, offset, size))
+                self._sock.sendall(b"".join(requests))
+            if not asked:
+                return
             request_id, offset, size = asked.popleft()
             self._receive(pull.object_id, request_id, into[offset:offset + size])
-            whole = pull.chunk_arrived(offset, size)
+            with lock:
+                pull.chunk_arrived(lane, offset)
+                received = pull.received
             if on_chunk is not None:
-                on_chunk(pull.received)
+                on_chunk(received)
 
     def _receive(self, object_id: bytes, request_id: int, into: memoryview) -> None:
         """Read one answer: a bulk reply lands in ``into``; anything else means not here."""
@@ -105,24 +133,43 @@ class ChunkChannel:
 
 
 class ChannelPool:
-    """Idle channels per holder, so consecutive pulls from one node reuse a connection."""
+    """Idle chunk channels per holder, so consecutive pulls from one node reuse connections;
+    and each holder's chunk port, asked for once."""
 
     def __init__(self, token: bytes, per_address: int = 4) -> None:
         self._token = token
         self._per_address = per_address
         self._idle: dict[str, list[ChunkChannel]] = {}
+        self._chunk_ports: dict[str, str] = {}  # raylet address -> its chunk port's
         self._lock = threading.Lock()
 
-    def take(self, address: str) -> ChunkChannel:
+    def take(self, holder: str) -> ChunkChannel:
+        """A channel to the chunk port of the raylet at ``holder``."""
         with self._lock:
-            idle = self._idle.get(address)
+            idle = self._idle.get(holder)
             if idle:
                 return idle.pop()
-        return ChunkChannel(address, self._token)
+            address = self._chunk_ports.get(holder)
+        if address is None:
+            asking = ChunkChannel(holder, self._token)
+            try:
+                address = str(asking.ask(m.ChunkAddress()))
+            finally:
+                asking.close()
+            with self._lock:
+                self._chunk_ports[holder] = address
+        try:
+            channel = ChunkChannel(address, self._token)
+        except OSError:
+            with self._lock:  # a raylet restarted at the same address has another port
+                self._chunk_ports.pop(holder, None)
+            raise
+        channel.holder = holder
+        return channel
 
     def give_back(self, channel: ChunkChannel) -> None:
         with self._lock:
-            idle = self._idle.setdefault(channel.address, [])
+            idle = self._idle.setdefault(channel.holder, [])
             if len(idle) < self._per_address:
                 idle.append(channel)
                 return
@@ -134,3 +181,48 @@ class ChannelPool:
             self._idle.clear()
         for channel in channels:
             channel.close()
+
+
+def pull_object(pull: Pull, into: memoryview, pool: ChannelPool, cond: threading.Condition,
+                on_chunk: Callable[[int], None] | None = None) -> None:
+    """Carry ``pull`` out: run its lanes, each on a thread with a channel of its own, and
+    start new ones while chunks that failed lanes gave back remain and a holder is left.
+    ``cond`` guards ``pull``. Returns once the copy is whole; ObjectLostError when every
+    holder has failed."""
+    running = [0]
+    errors: list[str] = []
+    lanes = count()
+
+    def run(lane: int, holder: str) -> None:
+        try:
+            channel = pool.take(holder)
+            try:
+                channel.lane(pull, lane, holder, cond, into, on_chunk)
+            except BaseException:
+                channel.close()
+                raise
+            pool.give_back(channel)
+        except Exception as exc:  # the holder went, or lost the object: others take over
+            logger.info("a pull of %s from %s failed over: %r", pull.object_id.hex(), holder,
+                        exc)
+            with cond:
+                pull.lane_failed(lane, holder)
+                errors.append(f"{holder}: {exc!r}")
+        finally:
+            with cond:
+                running[0] -= 1
+                cond.notify_all()
+
+    with cond:
+        while not pull.whole:
+            if not running[0]:
+                holders = pull.lanes()
+                if not holders:
+                    logger.warning("no holder of %s could send it: %s", pull.object_id.hex(),
+                                   "; ".join(errors))
+                    raise ObjectLostError(pull.object_id.hex(), pull.owner)
+                running[0] = len(holders)
+                for holder in holders:
+                    threading.Thread(target=run, args=(next(lanes), holder), daemon=True,
+                                     name="cellfleet-pull").start()
+            cond.wait()

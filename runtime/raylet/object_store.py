@@ -11,6 +11,10 @@ object is still known by id: a reader's ``locate`` finds it in ``spilled``, the 
 allocates a block and reads the file back (``restoring``, then ``seal``). Freeing a spilled
 object deletes its file (``take_spill_deletions``).
 
+A copy pulled from another node is *secondary* (``allocate(..., secondary=True)``): it stays
+after its readers unpin it, until its owner frees the object or exits, and when the arena is
+full it is evicted (``evict``, unread ones oldest first) before any primary is spilled.
+
 Objects are known by id, never by offset outside the node: a creator allocates space, writes
 the bytes and seals the object (``seal``); a reader asks for objects by id (``locate``), which
 pins each one for that reader before saying where it is, so it cannot be freed or moved while
@@ -52,6 +56,7 @@ class StoredObject:
     released: bool = False  # the owner no longer needs it
     sealed: bool = False  # its creator has written all of it
     writer: Any = None  # the creator's connection, until it seals
+    secondary: bool = False  # a copy pulled from another node: evicted before spilling
 
 
 @dataclass(slots=True)
@@ -78,7 +83,8 @@ class ObjectStore:
     def capacity(self) -> int:
         return self.allocator.capacity
 
-    def allocate(self, object_id: bytes, size: int, owner: str, writer: Any = None) -> int:
+    def allocate(self, object_id: bytes, size: int, owner: str, writer: Any = None,
+                 secondary: bool = False) -> int:
         """Reserve space for a new object (``ALREADY_STORED``: this node has it sealed, as
         Ray's plasma answers ObjectExists: nothing to write); ObjectStoreFullError says what
         is in the way."""
@@ -86,6 +92,7 @@ class ObjectStore:
         if existing is not None:  # a retried or re-run task writing the same return again
             if existing.sealed:  # here already (a copy pulled here, an earlier attempt's)
                 existing.released, existing.owner = False, owner  # now the primary copy
+                existing.secondary = False
                 return ALREADY_STORED
             if existing.size == size:
                 existing.sealed, existing.writer, existing.released = False, writer, False
@@ -103,7 +110,8 @@ class ObjectStore:
                 "objects you no longer need, or start the cluster with a larger "
                 "object_store_memory."
             )
-        self.objects[object_id] = StoredObject(offset, size, owner, writer=writer)
+        self.objects[object_id] = StoredObject(offset, size, owner, writer=writer,
+                                               secondary=secondary)
         return offset
 
     def seal(self, object_id: bytes) -> bool:
@@ -162,11 +170,27 @@ class ObjectStore:
         for object_id, obj in sorted(self.objects.items(), key=lambda kv: -kv[1].size):
             if free >= size:
                 break
-            if obj.sealed and not obj.released and not obj.readers and obj.owner:
+            if obj.sealed and not obj.released and not obj.readers and not obj.secondary:
                 obj.readers[SPILLER] = 1
                 chosen.append(object_id)
                 free += obj.size
         return chosen
+
+    def evict(self, size: int) -> tuple[list[tuple[bytes, str]], list[tuple[int, int]]]:
+        """Free secondary copies nobody reads, oldest first, until ``size`` more bytes would
+        fit (before any primary is spilled: the node that made an object still has it).
+        Returns ``(object id, owner)`` of each copy evicted and the ranges to give back."""
+        free = self.allocator.capacity - self.allocator.used
+        evicted = []
+        for object_id, obj in list(self.objects.items()):
+            if free >= size:
+                break
+            if obj.secondary and obj.sealed and not obj.readers:
+                evicted.append((object_id, obj.owner))
+                free += obj.size
+                obj.released = True
+                self._free_if_unused(object_id, obj)
+        return evicted, self._take_reclaim()
 
     def spilled_out(self, object_id: bytes, path: str | None) -> list[tuple[int, int]]:
         """The raylet wrote the object's bytes to ``path`` (``None``: it could not): free its

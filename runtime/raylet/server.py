@@ -10,20 +10,24 @@ and load.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from .. import _messages as m
 from .._rpc import Connection, HandlerTable
 from .._shm import SharedArena
+from ..core.peers import PeerCache
 from ..core.pin_cache import GRACE_S as PIN_GRACE_S
 from ..exceptions import ObjectStoreFullError, TaskUnschedulableError
 from .bundles import BundleLedger
-from .chunk_channel import ChannelPool
+from .chunk_channel import ChannelPool, pull_object
+from .chunk_server import ChunkServer
 from .cluster_scheduler import ClusterScheduler, Infeasible, Spill
 from .object_manager import PROGRESS_BYTES, Pull
 from .object_store import ObjectStore
@@ -80,8 +84,31 @@ class Raylet:
         self._next_request = 1
         # Readers waiting for objects to be sealed: object id -> [(reader, ids, answer)].
         self._unsealed: dict[bytes, list[tuple[Connection, list, asyncio.Future]]] = {}
-        self.channels = ChannelPool(token)  # to other nodes' raylets, for pulls
+        self.channels = ChannelPool(token)  # to other nodes' chunk ports, for pulls
+        self.address = ""  # this raylet's, once it serves (``serve_transfers``)
+        self.chunks: ChunkServer | None = None  # this node's chunk port
+        self.owners: PeerCache | None = None  # to owners, told where copies are
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pulls: dict[bytes, tuple[Pull, threading.Condition]] = {}  # in progress
         self._carry_out(self.scheduler.start())
+
+    def serve_transfers(self, address: str) -> None:
+        """Open this node's chunk port beside the raylet's own ``address`` (from the
+        raylet's event loop), and the connections to owners that pulls report copies to."""
+        self.address = address
+        self._loop = asyncio.get_running_loop()
+        self.owners = PeerCache(address, self.token, self.handlers())
+        self.chunks = ChunkServer(address.rpartition(":")[0], self.token, self.store_name,
+                                  self._pin_for_chunk, self._unpin_for_chunk,
+                                  self._chunk_reader_gone)
+
+    def close_transfers(self) -> None:
+        """Close the chunk port and every connection pulls and owners used."""
+        if self.chunks is not None:
+            self.chunks.close()
+        if self.owners is not None:
+            self.owners.close()
+        self.channels.close()
 
     def handlers(self) -> HandlerTable:
         return {
@@ -96,7 +123,7 @@ class Raylet:
             m.FreeObjects: lambda conn, msg: self._reclaim(self.store.release(msg.object_ids)),
             m.SealObject: self.seal_object,
             m.GetObjects: self.get_objects,
-            m.ReadObjectChunk: self.read_object_chunk,
+            m.ChunkAddress: lambda conn, msg: self.chunks.address,
             m.UnpinObjects: lambda conn, msg: self._reclaim(
                 self.store.unpin(conn, msg.object_ids)),
             m.GetNodeStats: lambda conn, msg: self.stats(),
@@ -151,6 +178,8 @@ class Raylet:
     def register_client(self, conn: Connection, msg: m.RegisterClient) -> dict[str, Any]:
         client = _Client(msg)
         conn.state = client
+        if self.owners is not None:  # copies of its objects are reported on its connection
+            self.owners.inbound[msg.address] = conn
         if msg.kind == "worker":
             if not self.pool.registered(msg.worker_id, conn, msg.address):
                 raise ValueError("unknown worker id")
@@ -167,6 +196,8 @@ class Raylet:
         self._reclaim(self.store.reader_gone(conn))
         self._answer_dropped()
         if client is not None:
+            if self.owners is not None and self.owners.inbound.get(client.address) is conn:
+                del self.owners.inbound[client.address]
             if client.kind == "worker":
                 self.pool.remove(client.worker_id)
                 self.worker_exited(client.worker_id)
@@ -328,6 +359,9 @@ class Raylet:
             try:
                 return allocate()
             except ObjectStoreFullError:
+                if self._evict(size):  # secondary copies go before any primary is spilled
+                    with contextlib.suppress(ObjectStoreFullError):
+                        return allocate()
                 if not await self._spill(size):
                     if attempt:
                         break
@@ -341,6 +375,19 @@ class Raylet:
                 raise
             raise ObjectStoreFullError(f"{exc} Spilling to {self.spill_dir} failed too: "
                                        f"{self._spill_error}") from None
+
+    def _evict(self, size: int) -> bool:
+        """Free secondary copies nobody reads until ``size`` bytes would fit, telling their
+        owners; False if there was none to free."""
+        evicted, ranges = self.store.evict(size)
+        self._reclaim(ranges)
+        for object_id, owner in evicted:
+            self._tell_owner(owner, m.ObjectLocationRemoved(object_id, self.address))
+        return bool(evicted)
+
+    def _tell_owner(self, owner: str, message: m.Message) -> None:
+        if owner and self.owners is not None:
+            self.owners.send(owner, message)
 
     async def _spill(self, size: int) -> bool:
         """Write primary copies nobody reads to files until ``size`` bytes would fit; False
@@ -403,10 +450,10 @@ class Raylet:
 
     def get_objects(self, conn: Connection, msg: m.GetObjects) -> Any:
         """Where objects are, pinned for the reader; waits for any not sealed yet, and pulls
-        a copy of any that another node holds (``object_manager``)."""
+        a copy of any that other nodes hold (``object_manager``)."""
         for object_id, source in zip(msg.object_ids, msg.sources or ()):
             if source is not None and object_id not in self.store.objects:
-                self._start_pull(object_id, source[0], source[1])
+                self._start_pull(object_id, source)
         for object_id in msg.object_ids:
             if object_id in self.store.spilled and object_id not in self._restoring:
                 self._start_restore(object_id)
@@ -414,64 +461,86 @@ class Raylet:
         self._answer_locations(conn, msg.object_ids, answer)
         return answer.result() if answer.done() else answer  # at once when all are here
 
-    def _start_pull(self, object_id: bytes, source: str, size: int) -> None:
-        """Make room for a copy (ObjectStoreFullError says what is in the way) and fetch it."""
-        offset = self.store.allocate(object_id, size, "")
-        self.store.objects[object_id].released = True  # a secondary copy: gone once unread
-        pull = Pull(object_id, size, source, offset)
+    def _start_pull(self, object_id: bytes, source: list) -> None:
+        """Make room for a copy (secondary copies nobody reads go first; else
+        ObjectStoreFullError says what is in the way) and fetch it from its holders."""
+        holders = [source[0], *(h for h in source[3:] if h != source[0] and h != self.address)]
+        size, owner = source[1], source[2]
+        try:
+            offset = self.store.allocate(object_id, size, owner, secondary=True)
+        except ObjectStoreFullError:
+            if not self._evict(size):
+                raise
+            offset = self.store.allocate(object_id, size, owner, secondary=True)
+        pull = Pull(object_id, size, holders, offset, owner)
         task = asyncio.get_running_loop().create_task(self._pull(pull))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _pull(self, pull: Pull) -> None:
-        """Carry a pull out on a thread (``chunk_channel``): the bytes go from the holder's
-        socket straight into the copy's block, and this loop stays free meanwhile."""
+        """Carry a pull out on threads (``chunk_channel``): the bytes go from the holders'
+        sockets straight into the copy's block, and this loop stays free meanwhile. The
+        whole copy is sealed and its owner told where it is."""
         into = self.arena.writable_view(pull.offset, pull.size)
         loop = asyncio.get_running_loop()
+        on_chunk = None
+        if pull.size >= PROGRESS_BYTES:
+            step = pull.size // PROGRESS_STEPS
+            reported = [0]
+
+            def on_chunk(done: int) -> None:  # on a lane's thread
+                if done - reported[0] >= step or done == pull.size:
+                    reported[0] = done
+                    loop.call_soon_threadsafe(self._pull_progress, pull, done)
+        cond = threading.Condition()
+        self._pulls[pull.object_id] = (pull, cond)
         try:
-            await loop.run_in_executor(None, self._pull_into, pull, into, loop)
-        except Exception as exc:  # the holder went, or lost the object: readers hear None
+            await loop.run_in_executor(None, pull_object, pull, into, self.channels, cond,
+                                       on_chunk)
+        except Exception as exc:  # every holder went, or lost the object: readers hear None
             logger.warning("could not pull object %s from %s: %s", pull.object_id.hex(),
-                           pull.source, exc)
+                           ", ".join(pull.holders), exc)
             self._reclaim(self.store.drop_unsealed(pull.object_id))
             self._answer_dropped()
             return
         finally:
             into.release()
+            del self._pulls[pull.object_id]
         self.seal_object(None, m.SealObject(pull.object_id))
-
-    def _pull_into(self, pull: Pull, into: memoryview, loop: asyncio.AbstractEventLoop) -> None:
-        on_chunk = None
-        if pull.size >= PROGRESS_BYTES:
-            on_chunk = lambda done: loop.call_soon_threadsafe(  # noqa: E731
-                self._pull_progress, pull, done)
-        channel = self.channels.take(pull.source)
-        try:
-            channel.pull(pull, into, on_chunk)
-        except BaseException:
-            channel.close()
-            raise
-        self.channels.give_back(channel)
+        if pull.object_id in self.store.objects:
+            self._tell_owner(pull.owner, m.ObjectLocationAdded(pull.object_id, self.node_id,
+                                                               self.address))
 
     def _pull_progress(self, pull: Pull, done: int) -> None:
         """Tell the readers waiting for a large pull how far it is."""
-        notice = m.PullProgress(pull.object_id, done, pull.size, pull.source)
+        notice = m.PullProgress(pull.object_id, done, pull.size, ", ".join(pull.holders))
         for reader, _, answer in self._unsealed.get(pull.object_id, ()):
             if reader.is_open and not answer.done():
                 reader.send(notice)
 
-    def read_object_chunk(self, conn: Connection, msg: m.ReadObjectChunk) -> Any:
-        """A view of a sealed object's bytes for another node's pull (written to the socket
-        uncopied); pinned from the first chunk until the last has been written."""
-        obj = self.store.objects.get(msg.object_id)
-        if obj is None or not obj.sealed or msg.offset + msg.size > obj.size:
+    # The chunk port's threads ask for pins here: the store belongs to the event loop.
+
+    def _pin_for_chunk(self, key: object, object_id: bytes) -> tuple[int, int] | None:
+        pinned: concurrent.futures.Future = concurrent.futures.Future()
+
+        def pin() -> None:
+            where = self.store.locate(key, [object_id])[0]
+            pinned.set_result(tuple(where) if where else None)
+
+        try:
+            self._loop.call_soon_threadsafe(pin)
+        except RuntimeError:  # the loop has stopped: the raylet is going
             return None
-        if msg.offset == 0:
-            self.store.locate(conn, [msg.object_id])
-        if msg.offset + msg.size == obj.size:  # after the reply below has gone out
-            asyncio.get_running_loop().call_soon(
-                lambda: self._reclaim(self.store.unpin(conn, [msg.object_id])))
-        return self.arena.read_view(obj.offset + msg.offset, msg.size)
+        return pinned.result()
+
+    def _unpin_for_chunk(self, key: object, object_id: bytes) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(
+                lambda: self._reclaim(self.store.unpin(key, [object_id])))
+
+    def _chunk_reader_gone(self, key: object) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(lambda: self._reclaim(self.store.reader_gone(key)))
 
     def _answer_locations(self, reader: Connection, ids: list, answer: asyncio.Future) -> None:
         where = self.store.locate(reader, ids)
@@ -508,12 +577,21 @@ class Raylet:
                                                   "queued": node.queued}
                              for node in self.cluster.nodes.values()},
             "pool": self.scheduler.workers.stats(),
+            "pulls": [self._pull_stats(*entry) for entry in list(self._pulls.values())[:100]],
+            "served_bytes": self.chunks.served_bytes if self.chunks is not None else 0,
             "workers": [
                 {"worker_id": w.worker_id, "pid": w.process.pid, "address": w.address}
                 for w in self.pool.workers.values()
             ],
             "pid": os.getpid(),
         }
+
+    @staticmethod
+    def _pull_stats(pull: Pull, cond: threading.Condition) -> dict[str, Any]:
+        with cond:
+            return {"object_id": pull.object_id.hex(), "size": pull.size,
+                    "received": pull.received, "holders": pull.holders,
+                    "failed": sorted(pull.failed), "waiting_on": pull.waiting_on()}
 
     def _report_soon(self) -> None:
         if self._report is None and self.gcs is not None:
@@ -566,6 +644,7 @@ def _removed(pg_id: bytes) -> str:
 
 
 SPILL_ROUNDS = 3  # spill-and-retry rounds before an allocation gives up
+PROGRESS_STEPS = 50  # a large pull tells its readers how far it is at most this many times
 
 
 def _write_file(path: str, data: memoryview) -> None:

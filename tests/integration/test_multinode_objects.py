@@ -1,8 +1,8 @@
 """Objects that move between nodes: three nodes on 127.0.0.1-3, each its own raylet and store.
 
 A task on one node takes an object stored on another, the driver gets an object made
-elsewhere, and a copy pulled to a node is a secondary that goes once nobody reads it, while
-the node that made the object keeps the primary.
+elsewhere, and a copy pulled to a node is a secondary that the owner knows of and frees with
+the object, while the node that made the object keeps the primary.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_an_object_moves_from_one_worker_node_to_another(cluster):
     assert node == cluster.worker_nodes[0].node_id and total == 3 * 5 * MiB
 
 
-def test_a_pulled_copy_goes_once_unread_and_the_primary_stays(cluster):
+def test_a_pulled_copy_stays_as_a_secondary_until_the_owner_frees_the_object(cluster):
     c = cluster.worker_nodes[1]
     head = cluster.head_node
     ref = make.options(resources={"c": 1}).remote(20 * MiB, 1)
@@ -104,12 +104,17 @@ def test_a_pulled_copy_goes_once_unread_and_the_primary_stays(cluster):
     value, made = ray.get(ref, timeout=60), ref.hex()
     assert made in stored_ids(head.address)  # the copy, pinned by the view
     del value
-    wait_until(lambda: made not in stored_ids(head.address), timeout=10,
-               message="the secondary copy freed")
+    directory, object_id = ray._context.core.directory, ref._id
+    wait_until(lambda: directory.holders(object_id), timeout=10,
+               message="the owner to learn of the copy")
+    assert directory.holders(object_id) == [head.address]
+    assert made in stored_ids(head.address)  # kept, unread, as a secondary copy
     assert made in stored_ids(c.address)  # the primary, still referenced
-    assert ray.get(ref, timeout=60)[0] == 1  # pulled again on demand
+    assert ray.get(ref, timeout=60)[0] == 1  # read from the copy here
     del ref
     wait_until(lambda: store_used(c.address) == 0, timeout=10, message="the primary freed")
+    wait_until(lambda: made not in stored_ids(head.address), timeout=10,
+               message="the secondary copy freed")
 
 
 def test_reading_an_object_whose_only_node_is_gone_raises_object_lost(cluster):
