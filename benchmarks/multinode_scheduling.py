@@ -1,7 +1,6 @@
 """Scheduling across nodes on this machine (``cluster_utils.Cluster``, 4 nodes of 1 CPU):
 
-- ``add_node`` → first task running there: a task asks for a resource only the new node has,
-  the node is added, and the clock stops when the task's result is back;
+- ``add_node`` → first task running there (``multinode.first_task_on_new_node``);
 - tasks async over 4 nodes: ``--tasks`` no-op tasks submitted at once and gathered;
 - SPREAD of 1,000 tasks: the same with ``scheduling_strategy="SPREAD"``;
 - a node killed (SIGKILL) while it runs a task → that task's retry finished on another node.
@@ -21,18 +20,10 @@ import tempfile
 import time
 from collections import Counter
 
+from multinode import define, first_task_on_new_node, task_rate
+
 import cellfleet as ray
 from cellfleet.cluster_utils import Cluster
-
-
-@ray.remote
-def noop() -> None:
-    return None
-
-
-@ray.remote
-def node_of() -> str:
-    return ray.get_runtime_context().get_node_id()
 
 
 @ray.remote(resources={"r": 1}, max_retries=1)
@@ -67,13 +58,8 @@ def failover(cluster: Cluster, repeats: int) -> list[float]:
 
 
 def rate(task: ray.remote_function.RemoteFunction, n: int, repeats: int) -> list[float]:
-    ray.get([task.remote() for _ in range(n)])  # warm-up: leases on every node
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ray.get([task.remote() for _ in range(n)])
-        rates.append(n / (time.perf_counter() - start))
-    return rates
+    task_rate(ray, task, n)  # warm-up: leases on every node
+    return [task_rate(ray, task, n) for _ in range(repeats)]
 
 
 def show(name: str, values: list[float], unit: str) -> None:
@@ -91,23 +77,15 @@ def main() -> None:
         for _ in range(3):
             cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address)
-        show("tasks async over 4 nodes", rate(noop, args.tasks, args.repeats), "tasks/s")
-        spread = noop.options(scheduling_strategy="SPREAD")
+        fns = define(ray)
+        show("tasks async over 4 nodes", rate(fns["noop"], args.tasks, args.repeats), "tasks/s")
+        spread = fns["noop"].options(scheduling_strategy="SPREAD")
         show("SPREAD 1,000 tasks", rate(spread, 1000, args.repeats), "tasks/s")
-        where = Counter(ray.get([node_of.options(scheduling_strategy="SPREAD").remote()
+        where = Counter(ray.get([fns["node_of"].options(scheduling_strategy="SPREAD").remote()
                                  for _ in range(1000)]))
         print(f"{'SPREAD 1,000 tasks: tasks per node':<42} {sorted(where.values())}")
-        joins, firsts = [], []
-        for i in range(args.repeats):
-            ref = node_of.options(resources={f"new{i}": 1}).remote()  # fits no node yet
-            start = time.perf_counter()
-            node = cluster.add_node(num_cpus=1, resources={f"new{i}": 1})
-            joins.append(time.perf_counter() - start)
-            assert ray.get(ref, timeout=60) == node.node_id
-            firsts.append(time.perf_counter() - start)
-            cluster.remove_node(node)
-        show("add_node (until the GCS lists it)", [s * 1000 for s in joins], "ms")
-        show("add_node → first task's result there", [s * 1000 for s in firsts], "ms")
+        show("add_node → first task's result there",
+             [first_task_on_new_node(ray, cluster, fns, i) for i in range(args.repeats)], "ms")
         show("node killed → its task's retry finished", [s * 1000 for s in failover(
             cluster, args.repeats)], "ms")
     finally:

@@ -17,6 +17,8 @@ import importlib
 import statistics
 import time
 
+from multinode import broadcast, define, transfer
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,27 +35,13 @@ def main() -> None:
     store = {"object_store_memory": 4 * size}
     cluster = cluster_utils.Cluster(initialize_head=True,
                                     head_node_args={"num_cpus": 1, **store})
-    cluster.add_node(num_cpus=1, resources={"other": 1, "reader": 1}, **store)
+    cluster.add_node(num_cpus=1, resources={"maker": 1, "reader": 1}, **store)
     for _ in range(args.nodes - 2):
         cluster.add_node(num_cpus=1, resources={"reader": 1}, **store)
     ray.init(address=cluster.address)
     try:
-        @ray.remote(resources={"other": 1})
-        def make(n: int) -> np.ndarray:
-            return np.ones(n, dtype=np.uint8)
-
-        @ray.remote(resources={"other": 1})
-        def first(array: np.ndarray) -> int:
-            return int(array[0])
-
-        def pull_to_driver() -> float:
-            ref = make.remote(size)
-            ray.wait([ref], fetch_local=False)  # made, not yet moved (Ray pulls in wait)
-            start = time.perf_counter()
-            value = ray.get(ref)
-            elapsed = time.perf_counter() - start
-            assert value.nbytes == size
-            return size / elapsed / 1e9
+        fns = define(ray)
+        first = fns["read"].options(resources={"maker": 1})
 
         def push_to_task() -> float:
             ref = ray.put(np.ones(size, dtype=np.uint8))
@@ -62,22 +50,12 @@ def main() -> None:
             assert ray.get(first.remote(ref)) == 1
             return size / (time.perf_counter() - start) / 1e9
 
-        @ray.remote(resources={"reader": 1})
-        def read(array: np.ndarray) -> int:
-            return int(array[-1])
-
         readers = args.nodes - 1
-
-        def broadcast() -> float:
-            ref = ray.put(np.ones(size, dtype=np.uint8))
-            ray.get([read.remote(np.ones(1, dtype=np.uint8)) for _ in range(readers)])
-            start = time.perf_counter()
-            assert ray.get([read.remote(ref) for _ in range(readers)]) == [1] * readers
-            return readers * size / (time.perf_counter() - start) / 1e9
-
-        for name, run in (("get of an object made on another node", pull_to_driver),
+        for name, run in (("get of an object made on another node",
+                           lambda: transfer(ray, fns, size)),
                           ("task on another node reads a put object", push_to_task),
-                          (f"broadcast to {readers} nodes (total)", broadcast)):
+                          (f"broadcast to {readers} nodes (total)",
+                           lambda: readers * size / broadcast(ray, fns, size, readers) / 1e9)):
             run()
             rates = [run() for _ in range(args.repeats)]
             spread = statistics.stdev(rates) if len(rates) > 1 else 0.0
