@@ -64,17 +64,18 @@ def test_a_lost_output_is_rebuilt_from_its_lineage(two_workers):
     assert node_holding(ref) != lost_on  # made again on the node that is left
 
 
-def test_a_chain_lost_with_its_node_is_rebuilt_link_by_link(two_workers):
+def test_a_chain_of_three_lost_with_its_node_is_rebuilt_link_by_link(two_workers):
     first = scaled.options(resources={"x": 1}).remote(np.ones(3 * MiB, dtype=np.uint8), 3)
     ray.wait([first], timeout=60, fetch_local=False)
     on = node_holding(first)
-    strategy = NodeAffinitySchedulingStrategy(on, soft=True)  # the second link there too
+    strategy = NodeAffinitySchedulingStrategy(on, soft=True)  # the other links there too
     second = scaled.options(scheduling_strategy=strategy).remote(first, 2)
-    ray.wait([second], timeout=60, fetch_local=False)
-    assert node_holding(second) == on
+    third = scaled.options(scheduling_strategy=strategy).remote(second, 5)
+    ray.wait([third], timeout=60, fetch_local=False)
+    assert node_holding(second) == node_holding(third) == on
     kill_node(two_workers, on)
-    value = ray.get(second, timeout=60)  # both links run again on the node that is left
-    assert value[0] == 6 and node_holding(first) != on
+    value = ray.get(third, timeout=60)  # all three run again on the node that is left
+    assert value[0] == 30 and node_holding(first) != on and node_holding(second) != on
 
 
 def test_an_output_of_a_task_without_retries_is_lost_for_good(two_workers):

@@ -35,9 +35,9 @@ def test_puts_beyond_the_store_spill_and_every_value_comes_back(fresh_cluster, t
                                                                  monkeypatch):
     monkeypatch.setenv("CELLFLEET_SPILL_DIR", str(tmp_path))
     fresh_cluster(num_cpus=1, object_store_memory=64 * MiB)
-    refs = [ray.put(np.full(24 * MiB, i, dtype=np.uint8)) for i in range(5)]  # 120 MB
+    refs = [ray.put(np.full(24 * MiB, i, dtype=np.uint8)) for i in range(14)]  # 5x the store
     figures = store()
-    assert figures["spilled"] >= 2 and figures["used"] <= 64 * MiB
+    assert figures["spilled"] >= 11 and figures["used"] <= 64 * MiB
     assert len(spill_files(tmp_path)) == figures["spilled"]
     for path in spill_files(tmp_path):  # another local user cannot read what was spilled
         assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0
@@ -45,7 +45,7 @@ def test_puts_beyond_the_store_spill_and_every_value_comes_back(fresh_cluster, t
         value = ray.get(ref, timeout=60)
         assert value[0] == i and value[-1] == i
         del value
-    assert store()["restored_total"] >= 2
+    assert store()["restored_total"] >= 11
     del refs, ref
     wait_until(lambda: not spill_files(tmp_path), message="spill files deleted")
     wait_until(lambda: store()["spilled"] == 0 and store()["used"] == 0,
