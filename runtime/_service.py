@@ -5,16 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import random
 import resource
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from ._process import watch_parent
 
-__all__ = ["add_common_arguments", "listening_socket", "raise_fd_limit", "run_service"]
+__all__ = ["add_common_arguments", "listening_socket", "raise_fd_limit", "reconnect_delays",
+           "run_service"]
 
 logger = logging.getLogger(__name__)
+
+
+def reconnect_delays(first: float = 0.05, most: float = 1.0) -> Iterator[float]:
+    """Seconds to wait before each attempt to reach the GCS again: doubling from ``first``
+    to ``most``, each jittered by ±25% so that a cluster's processes do not all knock at
+    once when a restarted GCS comes back."""
+    delay = first
+    while True:
+        yield delay * random.uniform(0.75, 1.25)
+        delay = min(most, delay * 2)
 
 
 def raise_fd_limit() -> int:

@@ -38,7 +38,7 @@ from .._serialization import (
     find_unserializable,
     serialize,
 )
-from .._service import raise_fd_limit
+from .._service import raise_fd_limit, reconnect_delays
 from .._shm import SharedArena
 from .actor_submitter import ActorSubmitter
 from .dependency_resolver import DependencyResolver
@@ -223,12 +223,13 @@ class CoreWorker:
 
     async def _reconnect_gcs(self) -> None:
         """Keep trying until the GCS is back (with Redis storage it reloads the cluster)."""
+        delays = reconnect_delays()
         while not self._closed:
             try:
                 conn = await connect(self.gcs_address, self.token, self._handler_table,
                                      timeout=2)
             except (ConnectionError, OSError, exceptions.RayError):
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(next(delays))
                 continue
             for channel in self._subscriptions:
                 conn.send(m.Subscribe(channel, self.job_id if channel == "logs" else -1))

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import __version__
 from .. import _messages as m
 from .._rpc import Connection, connect, serve
-from .._service import add_common_arguments, listening_socket, run_service
+from .._service import add_common_arguments, listening_socket, reconnect_delays, run_service
 from .._session import Session
 from .._shm import SharedArena
 from ..exceptions import RayError
@@ -41,6 +41,7 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
         elif msg.channel == "placement_groups":  # a group removed: refuse work sent to it
             raylet.placement_group_removed(msg.data)
 
+    delays = reconnect_delays()
     while not stop.is_set():
         try:
             conn: Connection = await connect(args.gcs_address, token,
@@ -56,8 +57,9 @@ async def _keep_gcs_connection(raylet: Raylet, args: argparse.Namespace, token: 
             return
         except (ConnectionError, OSError, RayError) as exc:
             logger.info("waiting for the GCS at %s: %s", args.gcs_address, exc)
-            await asyncio.sleep(0.05 if raylet.gcs is None else 0.5)
+            await asyncio.sleep(next(delays))
             continue
+        delays = reconnect_delays()
         raylet.gcs_connected(conn, reply.get("view", []))
         await conn.closed
         raylet.gcs_lost()
