@@ -222,6 +222,31 @@ class PlacementGroupManager:
 
     # -- events from clients --------------------------------------------------------------
 
+    def definition(self, pg_id: bytes) -> dict[str, Any] | None:
+        """What storage keeps of a live group to recover it (``loaded``); its placement is
+        not kept: a GCS that goes takes the reservations with it (raylets give them back)."""
+        group = self.groups.get(pg_id)
+        if group is None or group.state == "REMOVED":
+            return None
+        return {"bundles": group.bundles, "strategy": group.strategy, "name": group.name,
+                "namespace": group.namespace, "detached": group.detached,
+                "job_id": group.job_id, "created_at": group.created_at}
+
+    def loaded(self, pg_id: bytes, definition: dict[str, Any]) -> list:
+        """A group a restarted GCS reloaded from storage: PENDING, its name taken again, and
+        placed as nodes register."""
+        if pg_id in self.groups:
+            return []
+        bundles = [dict(b) for b in definition["bundles"]]
+        group = _Group(pg_id, bundles, definition["strategy"], definition["name"],
+                       definition["namespace"], definition["detached"], definition["job_id"],
+                       definition["created_at"], nodes=[None] * len(bundles))
+        self.groups[pg_id] = group
+        if group.name:
+            self._names[(group.namespace, group.name)] = pg_id
+        self._waiting[pg_id] = None
+        return self._try(group)
+
     def refusal(self, pg_id: bytes) -> str | None:
         """Why the creation of ``pg_id`` was refused, if it was (creation may be one-way)."""
         return self._refused.get(pg_id)

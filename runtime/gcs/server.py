@@ -102,6 +102,7 @@ class GcsServer:
         self._raylets: dict[bytes, Connection] = {}  # node id -> its raylet's registration
         # placement group id -> connection -> its WaitPlacementGroup answers to give
         self._pg_waiters: dict[bytes, dict[Connection, list[asyncio.Future]]] = {}
+        self._pg_writes: dict[bytes, asyncio.Task] = {}  # the last storage write per group
 
     async def load(self) -> None:
         """Reload the recoverable tables from storage (a no-op in memory)."""
@@ -117,6 +118,11 @@ class GcsServer:
         for key, value in (await self.storage.load("kv")).items():
             ns, _, k = key.partition(b"\0")
             self.kv[(ns.decode(), k)] = value
+        for key, value in (await self.storage.load("placement_groups")).items():
+            self._carry_out_pg(self.placement_groups.loaded(key, _unpack(value)))
+        for job_id, job in self.jobs.items():  # a job that ended meanwhile takes its groups
+            if not job["alive"]:
+                self._carry_out_pg(self.placement_groups.job_finished(job_id))
 
     def handlers(self) -> HandlerTable:
         return {
@@ -412,6 +418,28 @@ class GcsServer:
         self._carry_out_pg(self.placement_groups.create(
             msg.pg_id, msg.bundles, msg.strategy, msg.name, msg.namespace, msg.detached,
             msg.job_id))
+        self._store_placement_group(msg.pg_id)
+
+    def _store_placement_group(self, pg_id: bytes) -> None:
+        """Write a group's definition through to storage (delete it once removed), each
+        write after the group's previous one, so a quick removal is never overtaken."""
+        definition = self.placement_groups.definition(pg_id)
+        previous = self._pg_writes.get(pg_id)
+
+        async def write() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            if definition is None:
+                await self.storage.delete("placement_groups", pg_id)
+            else:
+                await self.storage.put("placement_groups", pg_id, _pack(definition))
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        self._pg_writes[pg_id] = task
+        task.add_done_callback(
+            lambda t: self._pg_writes.pop(pg_id) if self._pg_writes.get(pg_id) is t else None)
 
     def wait_placement_group(self, conn: Connection, msg: m.WaitPlacementGroup) -> Any:
         record = self.placement_groups.get(msg.pg_id)
@@ -464,6 +492,7 @@ class GcsServer:
                             fut.set_result(action.record)
                 if action.record["state"] == "REMOVED":  # raylets refuse work sent to it
                     self.publish("placement_groups", pg_id)
+                    self._store_placement_group(pg_id)
 
     def _ask_raylet(self, node_id: bytes, message: m.Message,
                     answered: Callable[[bool], list]) -> None:

@@ -39,7 +39,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TABLES = ("nodes", "jobs", "functions", "kv", "actors")
+TABLES = ("nodes", "jobs", "functions", "kv", "actors", "placement_groups")
 PASSWORD_FILE_ENV = "CELLFLEET_REDIS_PASSWORD_FILE"
 MAC_SIZE = 32
 
