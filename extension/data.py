@@ -13,7 +13,6 @@ of this server's notebook kernels (``kernels``). Log files are read in a thread,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,19 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from cellfleet import _messages as m
-from cellfleet._rpc import connect
 from cellfleet.widgets.model import cancelled_error, was_cancelled
 
 from . import kernels
 from .discovery import ClusterInfo
 from .live import state_of
+from .sources import source_of
 
 __all__ = [
     "NotCancelled",
     "actors",
     "cancel",
-    "gcs",
     "graph",
+    "limits",
     "logs",
     "nodes",
     "objects",
@@ -66,19 +65,17 @@ def plain(value: Any) -> Any:
     return value
 
 
-@contextlib.asynccontextmanager
-async def gcs(cluster: ClusterInfo):
-    conn = await connect(cluster.address, cluster.token(), timeout=TIMEOUT_S)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
 async def ask(cluster: ClusterInfo, *messages: m.Message) -> list[Any]:
-    async with gcs(cluster) as conn:
-        futures = [conn.request(msg) for msg in messages]
-        return list(await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT_S))
+    """The cluster's answers (its GCS's, or a Ray cluster's in the same shapes)."""
+    return await source_of(cluster).ask(*messages)
+
+
+def limits(cluster: ClusterInfo) -> list[str]:
+    """What the cluster's engine does not expose, one sentence each (shown on the pages)."""
+    try:
+        return list(source_of(cluster).limits)
+    except ConnectionError:
+        return []
 
 
 def _last_ts(task: dict) -> float:
@@ -213,6 +210,10 @@ class NotCancelled(Exception):
 
 async def cancel(cluster: ClusterInfo, task_id: str, kernel_manager: Any) -> dict:
     """Cancel a running or queued task through the notebook kernel that submitted it."""
+    if cluster.backend == "ray":
+        raise NotCancelled("a Ray cluster's tasks are cancelled from the notebook that "
+                           "submitted them: interrupt its cell (the kernel cancels the cell's "
+                           "Ray tasks)")
     if kernel_manager is None:
         raise NotCancelled("tasks are cancelled by the process that submitted them: this "
                            "dashboard runs outside Jupyter, so cancel it there "
@@ -489,7 +490,9 @@ async def logs(cluster: ClusterInfo, *, wait: float = 0.0, tail: int = 200,
         history = await asyncio.to_thread(_read_logs, Path(cluster.session_dir, "logs"),
                                           max(1, tail), file, offset)
     live = []
-    if wait > 0:
+    if wait > 0 and cluster.backend == "ray":
+        await asyncio.sleep(min(wait, 30.0))  # a long poll with nothing to wait for: see limits
+    elif wait > 0:
         got: asyncio.Queue = asyncio.Queue()
         from cellfleet._rpc import connect as _connect
 

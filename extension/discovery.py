@@ -6,7 +6,9 @@ Two sources, merged by GCS address:
   (``Session.is_running()``): clusters started by ``cellfleet.init()`` or ``cellfleet start``;
 - entries that kernels register in Jupyter's runtime directory,
   ``jupyter_runtime_dir()/cellfleet-cluster-<id>.json`` with the GCS address, the token file,
-  the kernel id, the registering process's pid and a start time (``register_cluster``).
+  the kernel id, the registering process's pid and a start time (``register_cluster``); a
+  kernel on the Ray backend registers its Ray cluster with ``backend: "ray"`` and the URL of
+  Ray's state API (``state_url``), which the views read instead of a GCS.
 
 Entries whose process is gone, or whose token file has disappeared, are dropped (their files
 deleted). A cluster's ``id`` is derived from its GCS address, so it is stable across requests and
@@ -51,6 +53,8 @@ class ClusterInfo:
     session_dir: str | None = None
     pid: int | None = None
     source: str = "session"  # "session" or "kernel"
+    backend: str = "cellfleet"  # or "ray": read through Ray's state API at state_url
+    state_url: str | None = None
 
     def token(self) -> bytes:
         return Path(self.token_file).read_text().strip().encode()
@@ -74,7 +78,8 @@ def _entry_path(address: str) -> Path:
 
 def register_cluster(address: str, token_file: str | os.PathLike, *, kernel_id: str | None = None,
                      start_time: float | None = None, pid: int | None = None,
-                     session_dir: str | os.PathLike | None = None) -> Path:
+                     session_dir: str | os.PathLike | None = None, backend: str = "cellfleet",
+                     state_url: str | None = None) -> Path:
     """Announce a running cluster to the dashboard; returns the entry's path.
 
     ``pid`` is the process whose life bounds the entry (default: the caller's, e.g. the
@@ -89,6 +94,8 @@ def register_cluster(address: str, token_file: str | os.PathLike, *, kernel_id: 
         "start_time": time.time() if start_time is None else start_time,
         "pid": os.getpid() if pid is None else pid,
         "session_dir": None if session_dir is None else str(session_dir),
+        "backend": backend,
+        "state_url": state_url,
     }
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -138,13 +145,16 @@ def _registered_clusters() -> list[ClusterInfo]:
             _drop(path)
             continue
         pid = entry.get("pid")
-        if (pid and not _alive(int(pid))) or not Path(token_file).exists():
+        backend = entry.get("backend") or "cellfleet"
+        needs_token = backend == "cellfleet" or bool(token_file)
+        if (pid and not _alive(int(pid))) or (needs_token and not Path(token_file).exists()):
             _drop(path)
             continue
         found.append(ClusterInfo(
             id=cluster_id(address), address=address, token_file=token_file,
             start_time=entry.get("start_time"), kernel_id=entry.get("kernel_id"),
             session_dir=entry.get("session_dir"), pid=pid, source="kernel",
+            backend=backend, state_url=entry.get("state_url"),
         ))
     return found
 

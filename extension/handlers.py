@@ -108,6 +108,7 @@ class _Logic:
             entry = cluster.to_json()
             entry["notebook"] = notebooks.get(cluster.kernel_id) if cluster.kernel_id else None
             entry["this_server"] = bool(cluster.kernel_id) and cluster.kernel_id in notebooks
+            entry["limits"] = data.limits(cluster)
             out.append(entry)
         self._json({"clusters": out})
 
@@ -186,7 +187,7 @@ class _Logic:
             raise tornado.web.HTTPError(404, f"no dashboard page {page}")
         notebook = (await self._notebooks()).get(cluster.kernel_id) if cluster.kernel_id else None
         self.finish(pages.render(page, self.base_path, cluster, theme, notebook=notebook,
-                                 xsrf=self.xsrf_token.decode()))
+                                 xsrf=self.xsrf_token.decode(), limits=data.limits(cluster)))
 
     async def component_body(self, kind: str) -> None:
         from cellfleet.widgets.assets import css_source, esm_source

@@ -108,6 +108,9 @@ code, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; fon
 .notice { margin: -4px 0 10px; padding: 4px 10px; border-left: 3px solid var(--accent);
   background: var(--bg2); }
 .notice.bad { border-left-color: #e03131; }
+.limits { margin: 0 0 10px; padding: 4px 10px; border-left: 3px solid #e0a800;
+  background: var(--bg2); color: var(--fg2); }
+.limits ul { margin: 2px 0; padding-left: 18px; }
 .btn { font: inherit; font-size: 12px; color: var(--fg); background: var(--bg2);
   border: 1px solid var(--line); border-radius: 3px; padding: 0 8px; cursor: pointer; }
 .btn:hover { border-color: var(--accent); }
@@ -241,10 +244,20 @@ _BODIES = {
 }
 
 
+def _limits(limits: list[str]) -> str:
+    """What the cluster's engine does not expose, said plainly above the page's content."""
+    if not limits:
+        return ""
+    items = "".join(f"<li>{html.escape(text)}</li>" for text in limits)
+    return (f'<aside class="limits"><b>Not shown for this cluster</b> (its engine does not '
+            f"expose it):<ul>{items}</ul></aside>")
+
+
 def render(page: str, base: str, cluster: ClusterInfo, theme: str = "light",
-           notebook: str | None = None, xsrf: str = "") -> str:
+           notebook: str | None = None, xsrf: str = "", limits: list[str] = ()) -> str:
     """A cluster's page (``index`` is the overview); ``notebook`` names the cluster; ``xsrf``
-    is the token the page's POSTs (a cancel) send back in ``X-XSRFToken``."""
+    is the token the page's POSTs (a cancel) send back in ``X-XSRFToken``; ``limits``: what
+    the cluster's engine does not expose (e.g. a Ray cluster's argument edges)."""
     title = "Overview" if page == "index" else PAGES[page]
     body = _BODIES[page]
     script = ""
@@ -259,7 +272,8 @@ def render(page: str, base: str, cluster: ClusterInfo, theme: str = "light",
               "module": f"{base}cellfleet/static/taskgraph.js", "theme": theme,
               "xsrf": xsrf}
     return _page(f"{title} · {_name(cluster, notebook)}", base,
-                 _header(base, cluster, page, theme, notebook) + body, theme=theme,
+                 _header(base, cluster, page, theme, notebook) + _limits(list(limits)) + body,
+                 theme=theme,
                  script=script + f"<script type='module'>{_live_js()}</script>", config=config,
                  bokeh=page in _LAYOUTS, head=head)
 

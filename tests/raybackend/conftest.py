@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 from helpers import free_port
+from pytest_jupyter.jupyter_server import *  # noqa: F403 - a Jupyter server for the dashboard
 
 RAY_KERNEL = "cellfleet-ray-tests"
 START_TIMEOUT_S = 180
@@ -161,6 +162,16 @@ def kernel(ray_kernelspec: str) -> Iterator[Any]:
         yield k
     finally:
         k.close()
+
+
+@pytest.fixture
+def jp_server_config() -> dict:
+    return {"ServerApp": {"jpserver_extensions": {"cellfleet.extension": True}}}
+
+
+@pytest.fixture
+def jp_base_url() -> str:
+    return "/user/alice/"  # as behind JupyterHub's proxy
 
 
 # Kernels started inside a test (``new_kernel(kernel_name=...)``), shut down after it.
