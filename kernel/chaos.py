@@ -262,7 +262,7 @@ class ChaosPlanner:
             raise ChaosRefused(f"the actor {wanted!r} runs in a process this kernel did not "
                                "start: %chaos leaves it alone")
         left = actor.max_restarts - actor.num_restarts if actor.max_restarts >= 0 else "∞"
-        lost = (f"its state (restarts left: {left})" if actor.max_restarts
+        lost = (f"its state (it may restart {left} more times)" if actor.max_restarts
                 else "the actor for good (max_restarts=0)")
         return Fault("kill-actor", seed, f"actor {actor.name or actor.actor_id[:8]} "
                      f"({actor.class_name}, pid {actor.pid})", lost, node_id=actor.node_id,
@@ -340,7 +340,6 @@ class ChaosRunner:
         nodes = ask("gcs", m.GetNodes(), timeout=5)
         running = ask("gcs", m.ListTasks({"state": "RUNNING"}, 10_000), timeout=5)
         actors = ask("gcs", m.ListActors(), timeout=5)
-        objects = ask("gcs", m.ListObjects(10_000), timeout=5)
         own = _descendants(psutil.Process())
         gcs_pid = None
         raylets: dict[str, int] = {}
@@ -369,10 +368,8 @@ class ChaosRunner:
                       int(a.get("pid") or 0), a["node_id"].hex() if a.get("node_id") else "",
                       int(a.get("max_restarts") or 0), int(a.get("num_restarts") or 0))
             for a in actors)
-        objects_on: dict[str, int] = {}
-        for obj in objects:
-            if obj.get("node_id"):
-                objects_on[obj["node_id"]] = objects_on.get(obj["node_id"], 0) + 1
+        objects_on = {n["node_id"].hex(): int((n.get("store") or {}).get("num_objects", 0))
+                      for n in nodes}
         storage = "memory"
         if gcs_pid is not None:
             try:
