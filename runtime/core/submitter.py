@@ -33,6 +33,7 @@ __all__ = ["LeaseGrant", "TaskSubmitter", "lease_worker"]
 logger = logging.getLogger(__name__)
 
 PIPELINE_DEPTH = 64
+SPREAD_PIPELINE_DEPTH = 2  # a SPREAD task's worker has the next one at hand, no more
 SHORT_TASK_S = 0.002
 LEASE_IDLE_S = 0.01
 LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this move faster than a task waits
@@ -225,13 +226,15 @@ class TaskSubmitter:
             self._loop.create_task(self._lease(key, queue))
 
     def _can_take(self, worker: LeasedWorker, spec: TaskSpec, queue: _KeyQueue) -> bool:
-        """An idle worker takes any task; a busy one only short tasks behind short ones (and
-        none of SPREAD's, which go to the nodes their leases spread over)."""
+        """An idle worker takes any task; a busy one only short tasks behind short ones. A
+        SPREAD task goes to a busy worker only as the one next in line behind a short one:
+        the rest wait in the queue, which keeps asking for leases, so they spread over the
+        nodes the leases go to."""
         if not worker.in_flight:
             return True
-        if len(worker.in_flight) >= PIPELINE_DEPTH or not self._is_short(spec.function_id):
-            return False
-        if queue.strategy is not None and queue.strategy[0] == "SPREAD":
+        spread = queue.strategy is not None and queue.strategy[0] == "SPREAD"
+        depth = SPREAD_PIPELINE_DEPTH if spread else PIPELINE_DEPTH
+        if len(worker.in_flight) >= depth or not self._is_short(spec.function_id):
             return False
         return all(self._is_short(s.function_id) for s in worker.in_flight.values())
 
