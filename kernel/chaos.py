@@ -20,6 +20,7 @@ cluster's GCS does too (a cluster this kernel started, never one it connected to
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import shlex
@@ -412,6 +413,8 @@ class ChaosRunner:
         timer = threading.Timer(fault.pause_ms / 1000, _resume, args=(pids,))
         timer.daemon = True
         timer.start()
+        if not self._timers:
+            atexit.register(self.close)  # a kernel that ends in the pause lets them go on
         self._timers = [t for t in self._timers if t.is_alive()] + [timer]
         return f"{len(pids)} processes stopped; they go on by themselves after " \
                f"{fault.pause_ms} ms."
@@ -483,7 +486,7 @@ class ChaosRunner:
         })
 
     def close(self) -> None:
-        """Let paused processes go on at once (kernel shutdown)."""
+        """Let paused processes go on at once (at exit)."""
         for timer in self._timers:
             if timer.is_alive():
                 timer.cancel()
