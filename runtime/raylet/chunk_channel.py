@@ -27,12 +27,16 @@ from ..exceptions import ObjectLostError
 from .chunk_server import SOCKET_BUFFER
 from .object_manager import Pull
 
-__all__ = ["ChannelPool", "ChunkChannel", "pull_object"]
+__all__ = ["ChannelPool", "ChunkChannel", "StaleChannel", "pull_object"]
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0  # a holder that sends nothing for this long is gone
+
+
+class StaleChannel(ConnectionError):
+    """A connection taken from the idle pool was closed before it answered anything."""
 
 
 class ChunkChannel:
@@ -42,6 +46,7 @@ class ChunkChannel:
         host, _, port = address.rpartition(":")
         self.address = address
         self.holder = address  # the raylet this channel reads from (``ChannelPool.take``)
+        self.reused = False  # taken from the idle pool (it may have gone stale there)
         self._sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         self._sock.settimeout(READ_TIMEOUT_S)
@@ -74,6 +79,7 @@ class ChunkChannel:
         """Read the chunks ``pull`` gives this lane into ``into`` (the copy's block here)
         until it gives no more; ``on_chunk(bytes received so far)`` after each."""
         asked: deque[tuple[int, int, int]] = deque()
+        answered = False
         while True:
             with lock:
                 chunks = pull.next_chunks(lane, holder)
@@ -89,7 +95,13 @@ class ChunkChannel:
             if not asked:
                 return
             request_id, offset, size = asked.popleft()
-            self._receive(pull.object_id, request_id, into[offset:offset + size])
+            try:
+                self._receive(pull.object_id, request_id, into[offset:offset + size])
+            except (ConnectionError, OSError) as exc:
+                if self.reused and not answered and not self._spare:
+                    raise StaleChannel(f"{self.address}: {exc}") from exc
+                raise
+            answered = True
             with lock:
                 pull.chunk_arrived(lane, offset)
                 received = pull.received
@@ -136,19 +148,21 @@ class ChannelPool:
     """Idle chunk channels per holder, so consecutive pulls from one node reuse connections;
     and each holder's chunk port, asked for once."""
 
-    def __init__(self, token: bytes, per_address: int = 4) -> None:
+    def __init__(self, token: bytes, per_address: int = 2) -> None:
         self._token = token
         self._per_address = per_address
         self._idle: dict[str, list[ChunkChannel]] = {}
         self._chunk_ports: dict[str, str] = {}  # raylet address -> its chunk port's
         self._lock = threading.Lock()
 
-    def take(self, holder: str) -> ChunkChannel:
-        """A channel to the chunk port of the raylet at ``holder``."""
+    def take(self, holder: str, fresh: bool = False) -> ChunkChannel:
+        """A channel to the chunk port of the raylet at ``holder`` (``fresh``: a new one)."""
         with self._lock:
             idle = self._idle.get(holder)
-            if idle:
-                return idle.pop()
+            if idle and not fresh:
+                channel = idle.pop()
+                channel.reused = True
+                return channel
             address = self._chunk_ports.get(holder)
         if address is None:
             asking = ChunkChannel(holder, self._token)
@@ -193,15 +207,24 @@ def pull_object(pull: Pull, into: memoryview, pool: ChannelPool, cond: threading
     errors: list[str] = []
     lanes = count()
 
-    def run(lane: int, holder: str) -> None:
+    def start(holder: str, fresh: bool = False) -> None:
+        threading.Thread(target=run, args=(next(lanes), holder, fresh), daemon=True,
+                         name="cellfleet-pull").start()
+
+    def run(lane: int, holder: str, fresh: bool) -> None:
+        again = False
         try:
-            channel = pool.take(holder)
+            channel = pool.take(holder, fresh)
             try:
                 channel.lane(pull, lane, holder, cond, into, on_chunk)
             except BaseException:
                 channel.close()
                 raise
             pool.give_back(channel)
+        except StaleChannel:  # an idle connection had gone: the holder may well be there
+            with cond:
+                pull.lane_failed(lane, holder, holder_failed=False)
+            again = True
         except Exception as exc:  # the holder went, or lost the object: others take over
             logger.info("a pull of %s from %s failed over: %r", pull.object_id.hex(), holder,
                         exc)
@@ -210,7 +233,10 @@ def pull_object(pull: Pull, into: memoryview, pool: ChannelPool, cond: threading
                 errors.append(f"{holder}: {exc!r}")
         finally:
             with cond:
-                running[0] -= 1
+                if again:
+                    start(holder, fresh=True)  # the same lane's place, on a new connection
+                else:
+                    running[0] -= 1
                 cond.notify_all()
 
     with cond:
@@ -223,6 +249,5 @@ def pull_object(pull: Pull, into: memoryview, pool: ChannelPool, cond: threading
                     raise ObjectLostError(pull.object_id.hex(), pull.owner)
                 running[0] = len(holders)
                 for holder in holders:
-                    threading.Thread(target=run, args=(next(lanes), holder), daemon=True,
-                                     name="cellfleet-pull").start()
+                    start(holder)
             cond.wait()

@@ -34,7 +34,7 @@ __all__ = ["HANDSHAKE_S", "MAX_CONNECTIONS", "SOCKET_BUFFER", "ChunkServer"]
 logger = logging.getLogger(__name__)
 
 HANDSHAKE_S = 3.0  # as the raylet's own listener: an honest peer answers within a round trip
-MAX_CONNECTIONS = 64  # lanes of other nodes' pulls at once; more are refused
+MAX_CONNECTIONS = 512  # other nodes' lanes (and their idle connections); more are refused
 MAX_REQUEST = 4096  # a ReadObjectChunk frame is ~40 bytes
 SOCKET_BUFFER = 4 << 20  # SO_SNDBUF / SO_RCVBUF of chunk connections
 

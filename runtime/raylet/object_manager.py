@@ -98,10 +98,11 @@ class Pull:
         self.received += size
         return self.whole
 
-    def lane_failed(self, lane: Hashable, holder: str) -> None:
-        """``lane`` could not read from ``holder``: its chunks go back to be asked of another
-        holder, and ``holder`` is asked for no more."""
-        self.failed.add(holder)
+    def lane_failed(self, lane: Hashable, holder: str, holder_failed: bool = True) -> None:
+        """``lane`` could not read from ``holder``: its chunks go back to be asked again, of
+        another holder unless ``holder_failed`` is False (only the lane's connection went)."""
+        if holder_failed:
+            self.failed.add(holder)
         self._pending.extendleft(sorted(self.in_flight.pop(lane, {}).items(), reverse=True))
 
     def waiting_on(self) -> list[str]:

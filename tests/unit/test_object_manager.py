@@ -49,6 +49,13 @@ def test_a_failed_lane_gives_its_chunks_back_to_another_holder():
     assert pull.lanes() == []  # no holder left: had it not been whole, the pull would fail
 
 
+def test_a_lane_whose_connection_went_stale_gives_its_chunks_back_and_keeps_its_holder():
+    pull = Pull(b"o", 6, ["a"], 0, chunk=3, window=2)
+    assert pull.next_chunks(1, "a") == [(0, 3), (3, 3)]
+    pull.lane_failed(1, "a", holder_failed=False)  # an idle pooled connection had gone
+    assert pull.lanes() == ["a", "a"] and pull.next_chunks(2, "a") == [(0, 3), (3, 3)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 10_000), st.integers(1, 999), st.integers(1, 6), st.integers(1, 4),
        st.randoms())
