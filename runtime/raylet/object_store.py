@@ -37,10 +37,12 @@ from .._messages import ALREADY_STORED
 from ..exceptions import ObjectStoreFullError
 from .allocator import ArenaAllocator
 
-__all__ = ["RECLAIM_MIN_BYTES", "SPILLER", "ObjectStore", "SpilledObject", "StoredObject"]
+__all__ = ["PULLER", "RECLAIM_MIN_BYTES", "SPILLER", "ObjectStore", "SpilledObject",
+           "StoredObject"]
 
 RECLAIM_MIN_BYTES = 1 << 20  # the smallest block whose free gives pages back
 SPILLER = "spiller"  # the store's own pin on an object whose bytes are being written out
+PULLER = "puller"  # the pull's pin on a copy whose bytes are arriving (until ``pulled``)
 
 
 def _mib(n: int) -> str:
@@ -110,9 +112,16 @@ class ObjectStore:
                 "objects you no longer need, or start the cluster with a larger "
                 "object_store_memory."
             )
-        self.objects[object_id] = StoredObject(offset, size, owner, writer=writer,
-                                               secondary=secondary)
+        obj = self.objects[object_id] = StoredObject(offset, size, owner, writer=writer,
+                                                     secondary=secondary)
+        if secondary:  # its block is written by a pull: never freed under it
+            obj.readers[PULLER] = 1
         return offset
+
+    def pulled(self, object_id: bytes) -> list[tuple[int, int]]:
+        """A pull has sealed its copy (and its readers have pinned it): the pull's own pin
+        goes, and so does the copy if its owner freed it meanwhile."""
+        return self.unpin(PULLER, [object_id])
 
     def seal(self, object_id: bytes) -> bool:
         """The creator has written the object: readers may map it. False if it is unknown."""

@@ -507,6 +507,7 @@ class Raylet:
             into.release()
             del self._pulls[pull.object_id]
         self.seal_object(None, m.SealObject(pull.object_id))
+        self._reclaim(self.store.pulled(pull.object_id))
         if pull.object_id in self.store.objects:
             self._tell_owner(pull.owner, m.ObjectLocationAdded(pull.object_id, self.node_id,
                                                                self.address))

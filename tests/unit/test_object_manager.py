@@ -113,6 +113,7 @@ def test_secondary_copies_nobody_reads_are_evicted_before_any_primary_is_spilled
     store.allocate(b"read", 10 << 20, "owner:2", secondary=True)
     for object_id in (b"primary", b"old", b"read"):
         store.seal(object_id)
+    store.pulled(b"old"), store.pulled(b"read")  # the pulls of the two copies are done
     store.locate("reader", [b"read"])
     assert store.spill_candidates(20 << 20) == [b"primary"]  # never a secondary copy
     store.spilled_out(b"primary", None)  # could not be written: it stays
@@ -124,3 +125,13 @@ def test_secondary_copies_nobody_reads_are_evicted_before_any_primary_is_spilled
     assert b"read" in store.objects  # unread, a secondary copy stays until evicted or freed
     store.release([b"read"])
     assert set(store.objects) == {b"primary"}
+
+
+def test_a_copy_being_pulled_is_never_freed_under_the_pull():
+    store = ObjectStore(64 << 20)
+    offset = store.allocate(b"copy", 8 << 20, "owner:1", secondary=True)
+    assert store.owner_gone("owner:1") == [] and b"copy" in store.objects  # mid-pull
+    assert store.evict(64 << 20) == ([], [])
+    assert store.allocate(b"other", 8 << 20, "owner:2") != offset  # its block stays taken
+    store.seal(b"copy")
+    assert store.pulled(b"copy") and b"copy" not in store.objects  # freed once whole
