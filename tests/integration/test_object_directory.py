@@ -27,10 +27,9 @@ from cellfleet._protocol import ClientHandshake, frame_header
 from cellfleet.cluster_utils import Cluster, ClusterNode
 from cellfleet.util.state import list_objects
 
+MiB = 1 << 20
 pytestmark = pytest.mark.integration
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-MiB = 2**20
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers unpickle its functions
 
 
 @pytest.fixture(scope="module")
