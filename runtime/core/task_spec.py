@@ -8,7 +8,8 @@ from typing import Any
 __all__ = ["ArgSlot", "TaskResult", "TaskSpec"]
 
 # An object payload: ["i", [kind, pickle, buffers]] inline, or
-# ["s", kind, size, node_id, raylet_address] in a node's shared-memory arena, found by id.
+# ["s", kind, size, node_id, raylet_address, owner] in a node's shared-memory arena, found by
+# id (as its owner hands it out: then the raylets of other copies, ``core.object_directory``).
 Payload = list
 
 
