@@ -533,6 +533,14 @@ class ReconstructObject(Message):
     object_id: bytes
 
 
+@_message(151)
+class StealTasks(Message):
+    """Owner to worker: give back these pushed tasks if they have not started; answered with
+    the ids of those given back (they will not run there)."""
+
+    task_ids: list
+
+
 @_message(53)
 class AddBorrowers(Message):
     """``borrower`` (a core worker address) now holds refs to these objects of the receiver."""

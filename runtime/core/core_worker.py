@@ -345,6 +345,7 @@ class CoreWorker:
             m.AssignGpus: lambda conn, msg: self._executor().assign_gpus(msg.gpu_ids),
             m.CancelTask: lambda conn, msg: self._executor().cancel(
                 msg.task_id, msg.force, msg.recursive),
+            m.StealTasks: lambda conn, msg: self._executor().steal(msg.task_ids),
         }
 
     def _register_borrow(self, owner: str, object_ids: list[bytes], borrower: str) -> None:

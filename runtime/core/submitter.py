@@ -9,8 +9,12 @@ again to wait until a node that fits joins (:func:`lease_worker`).
 
 A worker runs one task at a time; the submitter sends it more than one only for functions
 whose tasks have proven short, so a burst of tiny tasks is pipelined while long tasks still
-spread over all workers. A lease with nothing left to run goes back to the raylet that
-granted it after a short idle period.
+spread over all workers. A function's calls can change their length: while tasks wait behind
+another on a worker, the submitter looks every ``STEAL_AFTER_S``, and a task still running
+at two looks in a row has proven long, so the tasks queued behind it are taken back
+(``StealTasks``: the worker gives back those that have not started) and leased elsewhere. A
+lease with nothing left to run goes back to the raylet that granted it after a short idle
+period.
 
 Runs entirely on the core worker's I/O thread.
 """
@@ -35,6 +39,7 @@ logger = logging.getLogger(__name__)
 PIPELINE_DEPTH = 64
 SPREAD_PIPELINE_DEPTH = 2  # a SPREAD task's worker has the next one at hand, no more
 SHORT_TASK_S = 0.002
+STEAL_AFTER_S = 0.01  # a task running at two looks this far apart holds up those behind it
 LEASE_IDLE_S = 0.01
 LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this move faster than a task waits
 MAX_SPILLBACKS = 16  # hops of one lease request before it fails (views that disagree)
@@ -125,6 +130,8 @@ class LeasedWorker:
     conn: Connection | None = None
     in_flight: dict[bytes, TaskSpec] = field(default_factory=dict)
     idle_timer: asyncio.TimerHandle | None = None
+    steal_timer: asyncio.TimerHandle | None = None
+    seen_running: bytes = b""  # the task at the head at the last look for stealing
     returned: bool = False
     on_close: Callable[[asyncio.Future], None] | None = None  # on the (shared) connection
 
@@ -253,6 +260,42 @@ class TaskSubmitter:
         conn.send(m.PushTasks([spec.to_wire() for spec in batch]))
         if not conn.awaiting:  # results are owed: a worker gone silent is pinged, then dropped
             conn.awaiting = 1
+        if len(worker.in_flight) > 1 and worker.steal_timer is None:
+            worker.seen_running = b""
+            worker.steal_timer = self._loop.call_later(STEAL_AFTER_S, self._look, worker)
+
+    # -- stealing back ----------------------------------------------------------------------
+
+    def _look(self, worker: LeasedWorker) -> None:
+        """Tasks wait behind another on ``worker``: take them back if it has run since the
+        last look (it has proven long), else look again later."""
+        worker.steal_timer = None
+        if len(worker.in_flight) < 2 or worker.returned or worker.conn is None:
+            return
+        head = next(iter(worker.in_flight.values()))
+        if head.task_id != worker.seen_running:
+            worker.seen_running = head.task_id
+            worker.steal_timer = self._loop.call_later(STEAL_AFTER_S, self._look, worker)
+            return
+        avg = self._durations.get(head.function_id, 0.0)
+        self._durations[head.function_id] = max(avg, STEAL_AFTER_S)  # no longer short
+        waiting = list(worker.in_flight)[1:]
+        self._loop.create_task(self._steal(worker, waiting))
+
+    async def _steal(self, worker: LeasedWorker, task_ids: list[bytes]) -> None:
+        try:
+            stolen = await worker.conn.request(m.StealTasks(task_ids), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the worker went: its loss retries them
+            logger.debug("could not take tasks back from %s: %s", worker.address, exc)
+            return
+        queue = self._queues[worker.key]
+        back = [worker.in_flight.pop(task_id) for task_id in stolen
+                if task_id in worker.in_flight]
+        for spec in back:
+            self.workers_by_task.pop(spec.task_id, None)
+        queue.tasks.extendleft(reversed(back))  # first in line again, in their order
+        if back:
+            self._pump(worker.key, queue)
 
     # -- leases ---------------------------------------------------------------------------
 

@@ -135,6 +135,10 @@ class TaskExecutor:
             self._interrupt = task_id
             os.kill(self._pid, signal.SIGINT)
 
+    def steal(self, task_ids: list[bytes]) -> list[bytes]:
+        """Give back queued tasks that have not started (I/O thread): they will not run here."""
+        return [task_id for task_id in task_ids if self._queued.pop(task_id, None) is not None]
+
     def _deliver_cancelled(self, task_id: bytes, conn: Connection, num_returns: int) -> None:
         """Answer a task that never started: it was cancelled in the queue."""
         error = exceptions.TaskCancelledError(task_id.hex())
