@@ -38,20 +38,9 @@ MB = 10**6
 PASSWORD = "fault-tolerance-benchmark"
 
 
-LOOPBACK = {"node_ip_address": "127.0.0.1"}  # Ray's nodes would take the host's address
-
-
 def _cluster(name: str, **head: Any) -> Any:
     return importlib.import_module(f"{name}.cluster_utils").Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 0, **head, **_loopback(name)})
-
-
-def _add(cluster: Any, name: str, **node: Any) -> Any:
-    return cluster.add_node(**node, **_loopback(name))
-
-
-def _loopback(name: str) -> dict[str, str]:
-    return LOOPBACK if name == "ray" else {}
+        initialize_head=True, head_node_args={"num_cpus": 0, **head})
 
 
 def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -67,8 +56,8 @@ def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 def node_death_to_retry(ray: Any, name: str, scratch: Path) -> float:
     """Seconds from SIGKILL of the node running a task to its retry running elsewhere."""
     cluster = _cluster(name)
-    doomed = _add(cluster, name, num_cpus=1)
-    _add(cluster, name, num_cpus=1)
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)
     starts = scratch / "starts"
     starts.write_text("")
@@ -102,8 +91,8 @@ def node_death_to_rebuilt_object(ray: Any, name: str, scratch: Path) -> float:
     import numpy as np
 
     cluster = _cluster(name, object_store_memory=400 * MB)
-    doomed = _add(cluster, name, num_cpus=1, object_store_memory=400 * MB)
-    _add(cluster, name, num_cpus=1, object_store_memory=400 * MB)
+    doomed = cluster.add_node(num_cpus=1, object_store_memory=400 * MB)
+    cluster.add_node(num_cpus=1, object_store_memory=400 * MB)
     ray.init(address=cluster.address)
     try:
         @ray.remote(max_retries=3)
@@ -128,8 +117,8 @@ def node_death_to_restarted_actor(ray: Any, name: str, scratch: Path) -> float:
     """Seconds from SIGKILL of an actor's node to a call answered by the actor restarted on
     another node."""
     cluster = _cluster(name)
-    doomed = _add(cluster, name, num_cpus=1)
-    _add(cluster, name, num_cpus=1)
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)
     try:
         @ray.remote(max_restarts=1)
@@ -235,8 +224,7 @@ def _cellfleet_gcs_restart(ray: Any, redis: tuple[subprocess.Popen, int]) -> flo
 def _ray_gcs_restart(ray: Any, redis: tuple[subprocess.Popen, int]) -> float:
     os.environ["RAY_REDIS_ADDRESS"] = f"127.0.0.1:{redis[1]}"
     cluster = importlib.import_module("ray.cluster_utils").Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "redis_password": PASSWORD,
-                                              **LOOPBACK})
+        initialize_head=True, head_node_args={"num_cpus": 1, "redis_password": PASSWORD})
     ray.init(address=cluster.address)
     try:
         head = cluster.head_node
@@ -262,7 +250,7 @@ def spill_and_restore(ray: Any, name: str, scratch: Path) -> tuple[float, float]
         import json
 
         config = {"type": "filesystem", "params": {"directory_path": str(spill)}}
-        ray.init(num_cpus=1, object_store_memory=store, _node_ip_address="127.0.0.1",
+        ray.init(num_cpus=1, object_store_memory=store,
                  _system_config={"object_spilling_config": json.dumps(config)})
     else:
         os.environ["CELLFLEET_SPILL_DIR"] = str(spill)
