@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from cellfleet import _context
 from cellfleet.widgets.model import COLORS, SHORT, STATES
 
 __all__ = ["CellStrips", "StripModel", "render_strip", "render_summary", "settled"]
@@ -225,19 +224,19 @@ class CellStrips:
 
     def cell_started(self, tag: str, parent: dict, label: str = "") -> None:
         """A cell begins (``label``: how the details panel names it, e.g. "In [3]")."""
-        core = _context.core
-        if not tag or core is None or core.kind != "driver":
-            return
-        from cellfleet.widgets.feed import label_cell
+        from cellfleet.widgets.feed import current_address, label_cell
 
+        address = current_address() if tag else None
+        if address is None:
+            return
         if label:
             label_cell(tag, label)
-        if not self.enabled or core.gcs_address == self._unreachable:
+        if not self.enabled or address == self._unreachable:
             return
         strip = _Strip(tag, parent)
         strip.model = StripModel(tag)
         # Watched only once the cell has run for ``after`` seconds: quick cells cost nothing.
-        strip.timer = threading.Timer(self.after, self._watch, (strip, core.gcs_address))
+        strip.timer = threading.Timer(self.after, self._watch, (strip, address))
         strip.timer.daemon = True
         self._strips[tag] = strip
         strip.timer.start()

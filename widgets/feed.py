@@ -8,6 +8,8 @@ unfinished). A new view first reads the counts and the newest records once (``Li
 ``ListTaskChanges``; a cell's view only that cell's), then lives on what is pushed. The
 feed's work per second is bounded by the sample, not by the task rate, so a view open during a
 burst of thousands of tasks a second leaves the driver's interpreter to the driver.
+An engine without that channel (the kernel's Ray backend) installs a ``PollingFeed`` over its
+``StateSource`` with ``use_feed``: it reads the changes once a second, the views stay the same.
 Each listener's ``refresh`` is called at most ``interval`` seconds apart while its model
 changes: nothing polls the GCS per frame, and with no view open there is no connection.
 """
@@ -25,8 +27,10 @@ from cellfleet import _messages as m
 
 from .model import GraphModel
 
-__all__ = ["NoClusterError", "TaskFeed", "feed", "label_cell"]
+__all__ = ["NoClusterError", "PollingFeed", "TaskFeed", "current_address", "feed",
+           "label_cell", "use_feed"]
 
+POLL_ANSWER_S = 60.0  # a polled engine's state API on a busy cluster can take this long
 HISTORY_LIMIT = 2_000  # the newest records a new view reads (its counts come from the groups)
 CONNECT_TIMEOUT_S = 5.0
 IDLE_S = 5.0  # the connection closes this long after the last view went
@@ -89,7 +93,8 @@ class TaskFeed:
             if history:
                 groups, records = self._history(model)
                 with listener.lock:
-                    model.add_groups(groups["groups"], groups["cursor"])
+                    if groups is not None:
+                        model.add_groups(groups["groups"], groups["cursor"])
                     model.add_records(records)
         except BaseException:
             self.remove(listener)
@@ -185,20 +190,27 @@ class TaskFeed:
         try:
             while not closed.is_set():
                 self._refresh_due()
-                with self._lock:
-                    if self._listeners:
-                        idle_since = None
-                    elif idle_since is None:
-                        idle_since = time.monotonic()
-                    elif time.monotonic() - idle_since > IDLE_S:
-                        self._ready.clear()  # new views wait for the next connection
-                        return
+                done, idle_since = self._idle(idle_since)
+                if done:
+                    return
                 try:
                     await asyncio.wait_for(closed.wait(), 0.1)
                 except asyncio.TimeoutError:
                     pass
         finally:
             conn.close()
+
+    def _idle(self, since: float | None) -> tuple[bool, float | None]:
+        """(close the connection now?, since when no view has listened)."""
+        with self._lock:
+            if self._listeners:
+                return False, None
+            if since is None:
+                return False, time.monotonic()
+            if time.monotonic() - since > IDLE_S:
+                self._ready.clear()  # new views wait for the next connection
+                return True, since
+            return False, since
 
     def _deliver(self, update: dict) -> None:
         """Merge a pushed update: the groups' counts, then the records a slice at a time
@@ -236,13 +248,86 @@ class TaskFeed:
             listener.due = now + max(listener.interval, 10 * cost)
 
 
+class PollingFeed(TaskFeed):
+    """A feed that reads a ``StateSource``'s changes every ``poll_s`` seconds (an engine with
+    no pushed ``tasks`` channel); its records' counts are the views' own (no GCS groups)."""
+
+    def __init__(self, address: str, source: Any, poll_s: float = 1.0) -> None:
+        super().__init__(address, b"")
+        self.source = source
+        self.poll_s = poll_s
+        self.cursor = 0
+
+    def _history(self, model: GraphModel) -> tuple[dict | None, list[dict]]:
+        answer = self._request(m.ListTaskChanges(0, HISTORY_LIMIT))
+        return None, [r for r in answer["tasks"] if model.in_scope(r)]
+
+    def _request(self, request: m.Message) -> Any:
+        loop = self._loop
+        if loop is None:
+            raise NoClusterError(f"the cluster at {self.address} went away")
+        try:
+            return asyncio.run_coroutine_threadsafe(self.source.ask(request), loop).result(
+                POLL_ANSWER_S)[0]
+        except Exception as exc:  # noqa: BLE001 - the view says why it has no tasks
+            raise NoClusterError(f"the cluster at {self.address} did not answer: "
+                                 f"{type(exc).__name__}: {exc}") from None
+
+    def _deliver(self, update: dict) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            with listener.lock:
+                listener.model.add_records(update["tasks"])
+
+    async def _main(self) -> None:
+        self.cursor = 0
+        self._conn = self.source
+        self._ready.set()  # a view's first read (its history) waits for the source itself
+        idle_since = None
+        while True:
+            try:
+                (changes,) = await self.source.ask(m.ListTaskChanges(self.cursor, HISTORY_LIMIT))
+            except Exception:  # noqa: BLE001 - an answer missed: the next poll reads it
+                changes = {"cursor": self.cursor, "tasks": []}
+            self.cursor = changes["cursor"]
+            if changes["tasks"]:
+                self._deliver(changes)
+            self._refresh_due()
+            done, idle_since = self._idle(idle_since)
+            if done:
+                return
+            await asyncio.sleep(self.poll_s)  # the polling interval of an engine with no push
+
+
 _feed: TaskFeed | None = None
 _feed_lock = threading.Lock()
+_installed: tuple[Callable[[], TaskFeed], Callable[[], Any]] | None = None
+
+
+def use_feed(make: Callable[[], TaskFeed] | None, job_id: Callable[[], Any] | None = None) -> None:
+    """Make this process's views follow another engine's feed (``make``) and notebook job
+    (``job_id``); None: back to cellfleet's runtime."""
+    global _installed
+    _installed = None if make is None else (make, job_id or (lambda: None))
+
+
+def current_address() -> str | None:
+    """The address of the cluster this process's views follow, or None."""
+    if _installed is not None:
+        try:
+            return _installed[0]().address
+        except NoClusterError:
+            return None
+    core = _context.core
+    return core.gcs_address if core is not None and core.kind == "driver" else None
 
 
 def feed() -> TaskFeed:
     """This process's feed of the current cluster (``cellfleet.init()`` must have run)."""
     global _feed
+    if _installed is not None:
+        return _installed[0]()
     core = _context.core
     if core is None:
         raise NoClusterError(
@@ -255,7 +340,9 @@ def feed() -> TaskFeed:
         return _feed
 
 
-def current_job_id() -> int:
+def current_job_id() -> Any:
+    if _installed is not None:
+        return _installed[1]()
     core = _context.core
     if core is None:
         raise NoClusterError("no cellfleet cluster: run cellfleet.init() first")

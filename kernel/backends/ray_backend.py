@@ -20,6 +20,7 @@ import ast
 import contextlib
 import contextvars
 import os
+import queue
 import threading
 import time
 import types
@@ -141,12 +142,12 @@ class ImportRewriter(ast.NodeTransformer):
 _BOOK: SubmissionBook | None = None  # the connected backend's (Ray's submission is patched once)
 
 
-def _record(result: Any, actor: bool) -> None:
+def _record(result: Any, actor: bool, tag: str | None = None) -> None:
     book = _BOOK
     if book is None:
         return
     refs = result if isinstance(result, list) else [result]
-    tag = _cell_tag.get()
+    tag = _cell_tag.get() if tag is None else tag
     for ref in refs:
         task_id = getattr(ref, "task_id", None)
         if task_id is None:
@@ -175,6 +176,46 @@ def _record_actor(handle: Any) -> None:
     book.submitted(_cell_tag.get(), task_id, None, True)
 
 
+class _ClientRecorder:
+    """Ray Client refs learn their id from the server: record them from a thread, so that
+    ``.remote()`` does not wait for a round trip."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="cellfleet-ray-client-ids", daemon=True).start()
+
+    def add(self, result: Any) -> None:
+        self.queue.put((_cell_tag.get(), result))
+
+    def _run(self) -> None:
+        while True:
+            tag, result = self.queue.get()
+            try:
+                _record(result, False, tag)
+            except Exception:  # noqa: BLE001 - a ref whose call failed: nothing to route
+                pass
+
+
+def _patch_client(ray: types.ModuleType) -> None:
+    """Ray Client's submissions all return through ``common.return_refs``."""
+    try:
+        from ray.util.client import common
+    except ImportError:
+        return
+    original = common.return_refs
+    if getattr(original, "_cellfleet", False):
+        return
+    recorder = _ClientRecorder()
+
+    def return_refs(futures: Any) -> Any:
+        result = original(futures)
+        recorder.add(result)
+        return result
+
+    return_refs._cellfleet = True  # type: ignore[attr-defined]
+    common.return_refs = return_refs
+
+
 def _patch_submission(ray: types.ModuleType) -> None:
     """Wrap Ray's task, actor-task and actor submission once per process to record them."""
     import ray.actor
@@ -196,6 +237,7 @@ def _patch_submission(ray: types.ModuleType) -> None:
 
         wrapped._cellfleet = True  # type: ignore[attr-defined]
         cls._remote = wrapped
+    _patch_client(ray)
     init = ray.init
     if not getattr(init, "_cellfleet", False):
         def init_once(*args: Any, **kwargs: Any) -> Any:
@@ -206,6 +248,25 @@ def _patch_submission(ray: types.ModuleType) -> None:
 
         init_once._cellfleet = True  # type: ignore[attr-defined]
         ray.init = init_once
+
+
+class _TaggedSource:
+    """Ray's state for this kernel's views, each task tagged with the cell that submitted it
+    (Ray's records do not know cells; the kernel's ``SubmissionBook`` does)."""
+
+    def __init__(self, source: Any, tag_of: Callable[[str], str]) -> None:
+        self.source = source
+        self.tag_of = tag_of
+        self.limits = source.limits
+
+    async def ask(self, *messages: Any) -> list[Any]:
+        answers = await self.source.ask(*messages)
+        for answer in answers:
+            records = answer.get("tasks") if isinstance(answer, dict) else answer
+            for record in records if isinstance(records, list) else ():
+                if isinstance(record, dict) and "task_id" in record and "state" in record:
+                    record["tag"] = self.tag_of(record["task_id"]) or None
+        return answers
 
 
 class RayBackend(Backend):
@@ -238,8 +299,12 @@ class RayBackend(Backend):
         ray = self.ray
         namespace = os.environ.get(NAMESPACE_ENV, "cellfleet")
         sink_name = f"cellfleet-output-{uuid.uuid4().hex[:12]}"
-        runtime_env = {"worker_process_setup_hook": "cellfleet.kernel.backends.ray_output.install",
-                       "env_vars": {SINK_ENV: f"{namespace}/{sink_name}"}}
+        hook = "cellfleet.kernel.backends.ray_output.install"
+        # Ray Client's server starts the job without turning the hook into the variable its
+        # workers read: set that too (the same string, which Ray checks for consistency).
+        runtime_env = {"worker_process_setup_hook": hook,
+                       "env_vars": {SINK_ENV: f"{namespace}/{sink_name}",
+                                    "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR": hook}}
         options: dict[str, Any] = {"namespace": namespace, "log_to_driver": False,
                                    "runtime_env": runtime_env, "configure_logging": False}
         if address is None:
@@ -255,8 +320,23 @@ class RayBackend(Backend):
         self._puller = threading.Thread(target=self._pull, name="cellfleet-ray-output",
                                         daemon=True)
         self._puller.start()
+        self._install_views()
         return {"address": self._gcs_address(), "session_dir": self._session_dir(),
                 "dashboard": self._dashboard()}
+
+    def _install_views(self) -> None:
+        """The task-graph widget and the per-cell strip follow Ray's state API, polled."""
+        from cellfleet.widgets import feed as views
+
+        url = self._dashboard()
+        if not url:
+            return  # no state API: the views say there is no cluster to watch
+        from .ray_state import RayStateSource
+
+        source = _TaggedSource(RayStateSource(url), self.book.tag_of)
+        polling = views.PollingFeed(self._gcs_address(), source)
+        job_id = self.ray.get_runtime_context().get_job_id()
+        views.use_feed(lambda: polling, lambda: job_id)
 
     def is_connected(self) -> bool:
         return self.ray.is_initialized() and self._sink is not None
@@ -267,6 +347,9 @@ class RayBackend(Backend):
         if _BOOK is self.book:
             _BOOK = None
         self._sink = None
+        from cellfleet.widgets import feed as views
+
+        views.use_feed(None)
         if self.ray.is_initialized():
             self.ray.shutdown()
         if self._puller is not None:
@@ -440,6 +523,9 @@ class RayBackend(Backend):
         for ref, force in pairs:
             try:
                 self.ray.cancel(ref, force=force, recursive=True)
+            except ValueError:  # an actor's task (Ray Client does not say so): not forced
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(ref, force=False, recursive=True)
             except Exception:  # noqa: BLE001 - best effort: the task may have just finished
                 pass
 

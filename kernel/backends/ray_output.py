@@ -28,6 +28,7 @@ MAX_LINES = 20_000  # lines the sink holds for the kernel (older ones are droppe
 MAX_LINE_CHARS = 20_000
 BURST_LINES = 200  # lines a second a worker sends one by one; above, batches
 BATCH_S = 0.05  # a batching worker's send interval
+SEND_WAIT_S = 1.0  # the longest a print waits for the sink
 # Lines Ray's worker writes for its log monitor at each task's start (not the task's output).
 RAY_MARKERS = (":task_name:", ":actor_name:", ":job_id:", ":event_summary:", ":info_message:")
 
@@ -108,7 +109,11 @@ class LineBuffer:
 
 
 class _Capture:
-    """A worker's ``sys.stdout``/``sys.stderr``: Ray's log file as before, and the sink."""
+    """A worker's ``sys.stdout``/``sys.stderr``: Ray's log file as before, and the sink.
+
+    A line sent as it is printed waits for the sink's answer (a second at most), so it is
+    there before the task can return: the kernel's output barrier then shows it above the
+    cell's result. Held lines (a flood) are sent by the flusher without waiting."""
 
     def __init__(self, original: Any, stream: str, send: Any) -> None:
         self.original = original
@@ -122,14 +127,14 @@ class _Capture:
         with self.lock:
             lines = self.buffer.write(text, time.monotonic())
         if lines:
-            self.send(self.stream, lines)
+            self.send(self.stream, lines, True)
         return written if written is not None else len(text)
 
     def flush_held(self) -> None:
         with self.lock:
             lines = self.buffer.take(time.monotonic()) if self.buffer.held else []
         if lines:
-            self.send(self.stream, lines)
+            self.send(self.stream, lines, False)
 
     def due(self) -> bool:
         with self.lock:
@@ -169,13 +174,15 @@ def install() -> None:
     state: dict[str, Any] = {"sink": None}
     pid = os.getpid()
 
-    def send(stream: str, lines: list[str]) -> None:
+    def send(stream: str, lines: list[str], wait: bool) -> None:
         task_id, task_name = _task()
         batch = [[task_id, task_name, pid, stream, line] for line in lines]
         try:
             if state["sink"] is None:
                 state["sink"] = ray.get_actor(name, namespace=namespace)
-            state["sink"].push.remote(batch)
+            pushed = state["sink"].push.remote(batch)
+            if wait:
+                ray.wait([pushed], timeout=SEND_WAIT_S, fetch_local=False)
         except Exception:  # noqa: BLE001 - the kernel has gone: Ray's log file keeps them
             state["sink"] = None
 

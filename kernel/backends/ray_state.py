@@ -221,7 +221,7 @@ class RayStateSource:
         self.url = url
         self.translator = RayTranslator()
         self.read_at = 0.0
-        self._lock = asyncio.Lock()
+        self._locks: dict[int, asyncio.Lock] = {}  # per event loop (a feed's loop can change)
 
     def _list(self, what: str, **kwargs: Any) -> list[dict]:
         from ray.util import state
@@ -232,7 +232,12 @@ class RayStateSource:
 
     async def _tasks(self) -> None:
         """Read Ray's task list at most every half second (every view question shares it)."""
-        async with self._lock:
+        loop = id(asyncio.get_running_loop())
+        lock = self._locks.get(loop)
+        if lock is None:
+            self._locks.clear()  # the loops before this one have ended
+            lock = self._locks[loop] = asyncio.Lock()
+        async with lock:
             if time.monotonic() - self.read_at < 0.5:
                 return
             tasks = await asyncio.to_thread(self._list, "tasks", detail=True)

@@ -27,6 +27,7 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403 - a Jupyter server for
 
 RAY_KERNEL = "cellfleet-ray-tests"
 START_TIMEOUT_S = 180
+WARM_UP_S = 180
 
 
 def _ray_missing() -> str | None:
@@ -153,12 +154,27 @@ def ray_kernelspec(ray_cluster: dict[str, str]) -> str:
     return RAY_KERNEL
 
 
-@pytest.fixture(scope="module")
+def warm_up(k: Any) -> None:
+    """Ray starts a new job's workers on its first tasks (seconds each on a busy machine):
+    let that happen here, not inside a test's 60 s per cell."""
+    cell = k.execute("@cellfleet.remote\ndef _warm():\n    return 1\n"
+                     "cellfleet.get([_warm.remote(), _warm.remote()])", timeout=WARM_UP_S)
+    assert cell.ok, cell.traceback_text()
+
+
+@pytest.fixture(scope="session")
+def ray_warm_up() -> Any:
+    """``warm_up(kernel)`` for kernels a test starts itself."""
+    return warm_up
+
+
+@pytest.fixture(scope="session")
 def kernel(ray_kernelspec: str) -> Iterator[Any]:
-    """A kernel on the Ray cluster, shared by a module's tests (the name the kernel's own
+    """A kernel on the Ray cluster shared by the folder's tests (the name the kernel's own
     tests use, so they run here on Ray unchanged)."""
     k = kernel_conftest.KernelProcess(kernel_name=ray_kernelspec)
     try:
+        warm_up(k)
         yield k
     finally:
         k.close()
