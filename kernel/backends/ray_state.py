@@ -25,8 +25,9 @@ TIMEOUT_S = 10
 LIMITS = (
     "Argument edges: Ray's task events do not say which objects a task took as arguments, so "
     "the graph shows each task's return and its parent, not the objects that fed it.",
-    "Cells: Ray's records do not carry the notebook cell that submitted a task (the kernel "
-    "routes their output by task id, but the views cannot group them by cell).",
+    "Cells: Ray's records do not carry the notebook cell that submitted a task, so these pages "
+    "cannot group tasks by cell (the notebook's own task graph and cell strip can: its kernel "
+    "knows which cell submitted each task).",
     "Placement reasons: Ray does not record why a task ran on its node.",
     "Live log lines: read them in the notebook (each task's prints reach its cell); Ray's log "
     "files stay on the cluster's nodes.",
