@@ -19,7 +19,7 @@ __all__ = ["add_common_arguments", "listening_socket", "raise_fd_limit", "reconn
 logger = logging.getLogger(__name__)
 
 
-def reconnect_delays(first: float = 0.05, most: float = 1.0) -> Iterator[float]:
+def reconnect_delays(first: float = 0.02, most: float = 0.1) -> Iterator[float]:
     """Seconds to wait before each attempt to reach the GCS again: doubling from ``first``
     to ``most``, each jittered by ±25% so that a cluster's processes do not all knock at
     once when a restarted GCS comes back."""
