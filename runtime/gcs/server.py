@@ -229,7 +229,7 @@ class GcsServer:
         self._node_conns[conn] = (msg.node_id, epoch)
         self._raylets[msg.node_id] = conn
         self.resource_view.node_added(msg.node_id, msg.raylet_address, msg.resources)
-        self._resources_changed()
+        self._resources_changed(now=True)  # work waiting for this node goes there at once
         self._carry_out_pg(self.placement_groups.node_added(msg.node_id, msg.resources))
         await self.storage.put("nodes", msg.node_id, _pack(node))
         self.publish("node", {"node_id": msg.node_id, "alive": True,
@@ -255,10 +255,14 @@ class GcsServer:
             self._resources_changed()
             self._carry_out_pg(self.placement_groups.node_report(msg.node_id, msg.available))
 
-    def _resources_changed(self) -> None:
+    def _resources_changed(self, now: bool = False) -> None:
         """Broadcast the view's changes to the raylets soon (changes within the window go
-        together)."""
-        if self._resources_publish is None:
+        together), or ``now``."""
+        if now:
+            if self._resources_publish is not None:
+                self._resources_publish.cancel()
+            self._publish_resources()
+        elif self._resources_publish is None:
             self._resources_publish = asyncio.get_running_loop().call_later(
                 RESOURCES_PUBLISH_S, self._publish_resources)
 

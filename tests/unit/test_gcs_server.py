@@ -76,3 +76,20 @@ def test_a_driver_subscribed_to_its_jobs_logs_is_sent_only_those() -> None:
     assert [len(msg.data) for msg in dashboard.sent] == [2, 1]
     gcs.connection_closed(job1)
     assert job1 not in gcs._log_jobs
+
+
+def test_a_joining_node_is_broadcast_at_once_not_after_the_window() -> None:
+    """Work waiting for a node that joins goes there without waiting RESOURCES_PUBLISH_S."""
+    from cellfleet import __version__
+
+    async def join() -> list[m.Message]:
+        gcs = GcsServer(MemoryStorage())
+        raylet = FakeConnection(0)
+        gcs.subscribe(raylet, m.Subscribe("resources"))
+        await gcs.register_node(raylet, m.RegisterNode(b"\x01" * 16, "127.0.0.2:1", {"CPU": 1.0},
+                                                       "store", 100, "/tmp/s", __version__))
+        return raylet.sent
+
+    sent = asyncio.run(join())
+    assert [(msg.channel, [row["node_id"] for row in msg.data]) for msg in sent] == \
+        [("resources", [b"\x01" * 16])]
