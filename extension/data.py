@@ -291,6 +291,8 @@ def _store_rows(raw_nodes: list[dict]) -> dict[str, dict]:
             "capacity": store.get("capacity", node.get("store_capacity", 0)),
             "count": store.get("num_objects", 0),
             "spilled": store.get("spilled_bytes", 0),  # bytes now on disk
+            "spilled_total": store.get("spilled_total", 0),  # objects written out, ever
+            "restored_total": store.get("restored_total", 0),  # and read back in
             "live_objects": 0, "live_bytes": 0,
         }
     return per_node

@@ -311,6 +311,8 @@ def shutdown() -> None:
     with _lock:
         core, _context.core = _context.core, None
         if core is not None:
+            if core.log_handler is not None:
+                core.output_barrier()  # its tasks' last prints are shown before it goes
             core.shutdown()
         if _head is not None:
             _head.stop()

@@ -183,7 +183,9 @@ function objects(d) {
     ["used / capacity", (n) => meter(n.used, n.capacity, `${bytes(n.used)} / ${bytes(n.capacity)}`, "#7048e8")],
     ["objects", (n) => String(n.count), "num", "80px"],
     ["live objects", (n) => `${n.live_objects} · ${bytes(n.live_bytes)}`, "num", "150px"],
-    ["spilled", (n) => bytes(n.spilled), "num", "90px"],
+    ["spilled now", (n) => bytes(n.spilled), "num", "90px"],
+    ["spilled · restored", (n) => `${n.spilled_total || 0} · ${n.restored_total || 0}`, "num",
+      "130px"],
   ], d.nodes);
   $("largest").innerHTML = table([
     ["object", (o) => oid(o.object_id), "", "140px"],

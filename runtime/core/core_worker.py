@@ -256,6 +256,18 @@ class CoreWorker:
 
         return self.run(ask(), None if timeout is None else timeout + 1)  # its error says more
 
+    def output_barrier(self, timeout: float = 0.5) -> None:
+        """Wait until what finished tasks printed has reached this process: a worker sends its
+        task's output to the GCS before the result, and the GCS publishes it here on the
+        connection that answers this request, so once the answer is here the lines are too.
+        A slow or unreachable GCS only shortens the wait to ``timeout``."""
+        if self._closed or self.gcs is None or not self.gcs.is_open:
+            return
+        try:
+            self.request("gcs", m.KvGet("cellfleet", b"output-barrier"), timeout=timeout)
+        except Exception:  # noqa: BLE001 - output may be late, never the caller
+            pass
+
     def shutdown(self) -> None:
         """Flush events, return leases, close connections and stop the I/O thread."""
         if self._closed or self._loop is None:

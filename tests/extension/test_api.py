@@ -188,6 +188,7 @@ async def test_actors_objects_timeline_logs(jp_fetch, cluster):
     async def big_listed():
         objects = await get(jp_fetch, "clusters", cid, "objects")
         assert objects["nodes"][0]["node_id"] == cluster["node_id"]
+        assert {"spilled", "spilled_total", "restored_total"} <= set(objects["nodes"][0])
         return big.hex() in [o["object_id"] for o in objects["largest"]]
 
     await until(big_listed)

@@ -151,6 +151,10 @@ def test_drain_waits_for_a_slow_reader_then_returns() -> None:
         await wait_for(lambda: accepted)
         reader = accepted[0]._transport
         reader.pause_reading()  # type: ignore[union-attr]
+        # Fixed socket buffers, whatever the machine's TCP autotuning allows: 4 MB cannot fit.
+        reader.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        client._transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
         for _ in range(400):
             client.send(m.KvPut("n", b"k", b"v" * 10_000, True))
         await asyncio.sleep(0)
