@@ -192,6 +192,7 @@ function objects(d) {
     ["size", (o) => bytes(o.size), "num", "80px"],
     ["where", (o) => `<span>${esc((o.where || "").replace("_", " "))} ${short(o.node_id, 8)}</span>`,
       "", "150px"],
+    ["copies", (o) => copies(o), "", "110px"],
     ["made by", (o) => madeBy(o), "", "18%"],
     ["cell", (o) => o.cell || (o.tag ? short(o.tag, 8) : ""), "", "70px"],
     ["owner", (o) => o.owner_name || o.owner || "", "", "13%"],
@@ -199,6 +200,14 @@ function objects(d) {
     ["borrowers", (o) => (o.borrowers || []).join(", ") ||
       (o.references ? "none" : ""), "", "12%"],
   ], d.largest, "no object in the store");
+}
+
+function copies(o) {
+  const nodes = o.copies || [];
+  if (!nodes.length) return "";
+  const title = `secondary copies, pulled to node(s) ${nodes.map((n) => n.slice(0, 8)).join(", ")}`;
+  return `<span title="${esc(title)}">+${nodes.length} · ` +
+    `${nodes.map((n) => esc(n.slice(0, 8))).join(", ")}</span>`;
 }
 
 const REF_NAMES = {
