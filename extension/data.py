@@ -293,6 +293,7 @@ def _store_rows(raw_nodes: list[dict]) -> dict[str, dict]:
             "spilled": store.get("spilled_bytes", 0),  # bytes now on disk
             "spilled_total": store.get("spilled_total", 0),  # objects written out, ever
             "restored_total": store.get("restored_total", 0),  # and read back in
+            "pulls": [dict(p) for p in store.get("pulls") or []],  # copies arriving now
             "live_objects": 0, "live_bytes": 0,
         }
     return per_node

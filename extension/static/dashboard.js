@@ -186,6 +186,9 @@ function objects(d) {
     ["spilled now", (n) => bytes(n.spilled), "num", "90px"],
     ["spilled · restored", (n) => `${n.spilled_total || 0} · ${n.restored_total || 0}`, "num",
       "130px"],
+    ["pulling", (n) => (n.pulls || []).map((p) =>
+      meter(p.received, p.size, `${oid(p.object_id)} ${bytes(p.received)} / ${bytes(p.size)}`,
+        "#1c7ed6")).join("") || '<span class="muted">none</span>', "", "220px"],
   ], d.nodes);
   $("largest").innerHTML = table([
     ["object", (o) => oid(o.object_id), "", "140px"],

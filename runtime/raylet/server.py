@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 REPORT_S = 0.05  # free resources and load go to the GCS at most this often when they change
+PULLS_REPORTED = 10  # transfers a heartbeat tells the GCS of, at most
 MAINTAIN_S = 0.25  # how often start deadlines, idle workers and exited starts are checked
 
 
@@ -620,6 +621,9 @@ class Raylet:
                 continue
             store = self.store.stats()
             store.pop("largest")
+            store["pulls"] = [  # transfers under way, for the dashboard's nodes page
+                {"object_id": pull.object_id.hex(), "size": pull.size, "received": pull.received}
+                for pull, _ in list(self._pulls.values())[:PULLS_REPORTED]]
             reply = gcs.request(m.Heartbeat(self.node_id, self.scheduler.available, store,
                                             self.scheduler.load()))
             reply.add_done_callback(lambda fut, gcs=gcs: self._heartbeat_answered(gcs, fut))

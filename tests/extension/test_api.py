@@ -358,3 +358,15 @@ async def test_a_cancelled_tasks_record_says_cancelled(jp_fetch, cluster):
     (record,) = records
     assert record["cancelled"] and record["error_message"].startswith("TaskCancelledError")
     assert "KeyboardInterrupt" not in record["error_message"]
+
+
+def test_store_rows_carry_spilling_counts_and_transfers_under_way():
+    from cellfleet.extension.data import _store_rows
+
+    pull = {"object_id": "ab" * 20, "size": 100, "received": 40}
+    rows = _store_rows([{"node_id": b"\x01" * 16, "store": {
+        "used": 5, "capacity": 10, "num_objects": 1, "spilled_bytes": 3, "spilled_total": 4,
+        "restored_total": 2, "pulls": [pull]}}, {"node_id": b"\x02" * 16, "store": {}}])
+    first, second = rows["01" * 16], rows["02" * 16]
+    assert (first["spilled_total"], first["restored_total"], first["pulls"]) == (4, 2, [pull])
+    assert (second["spilled"], second["pulls"]) == (0, [])  # an older raylet's heartbeat
