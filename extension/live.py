@@ -206,6 +206,7 @@ class ClusterState:
                 "error": (record.get("error_message") or "")[:300] or None,
                 "node": record.get("node_id"), "attempt": record.get("attempt_number") or 0,
                 "cancelled": was_cancelled(record), "placement": record.get("placement_reason"),
+                "fault": record.get("type") == "FAULT",  # a %chaos fault, drawn as one
             })
             if len(out) >= limit:
                 break

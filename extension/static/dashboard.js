@@ -73,6 +73,13 @@ function legend(counts) {
   return ORDER.filter((s) => counts[s]).map((s) =>
     `<span><span class="chip" style="background:${C.colors[s]}"></span>${C.short[s]} ${counts[s]}</span>`).join("");
 }
+const FAULT = "#c92a2a";  // %chaos faults: the moment a worker, node, actor or GCS was hit
+function spanColor(s) { return s.fault ? FAULT : colorOf(s.name); }
+function faultKey(spans) {
+  return spans.some((s) => s.fault) ?
+    `<span><span class="chip" style="background:${FAULT};outline:2px solid #212529"></span>` +
+    "fault (%chaos)</span>" : "";
+}
 function workerRows(spans) {
   const rows = [...new Set(spans.map((s) => s.worker))].sort();
   return new Map(rows.map((w, i) => [w, i]));
@@ -85,15 +92,17 @@ function streamSvg(spans) {
     const bars = spans.filter((s) => s.worker === w).map((s) => {
       const x0 = Math.max(s.start, t0), x1 = s.end || now;
       const x = 100 * (x0 - t0) / 60, width = Math.max(0.3, 100 * (x1 - x0) / 60);
-      const edge = s.state === "FAILED" ? ' stroke="#e03131" stroke-width="2"' : "";
-      return `<rect x="${x.toFixed(2)}%" y="1" width="${width.toFixed(2)}%" height="14"` +
-        ` fill="${colorOf(s.name)}"${edge}><title>${esc(s.name)}</title></rect>`;
+      const edge = s.fault ? ' stroke="#212529" stroke-width="2"' :
+        s.state === "FAILED" ? ' stroke="#e03131" stroke-width="2"' : "";
+      const title = s.fault ? `${s.name}: ${s.placement || ""}` : s.name;
+      return `<rect x="${x.toFixed(2)}%" y="1" width="${Math.max(width, s.fault ? 0.8 : 0)
+        .toFixed(2)}%" height="14" fill="${spanColor(s)}"${edge}><title>${esc(title)}</title></rect>`;
     }).join("");
     return `<div class="lane"><code>${esc(w)}</code><svg height="16">${bars}</svg></div>`;
   }).join("");
-  const keys = [...new Set(spans.map((s) => s.name))].map((n) =>
+  const keys = [...new Set(spans.filter((s) => !s.fault).map((s) => s.name))].map((n) =>
     `<span><span class="chip" style="background:${colorOf(n)}"></span>${esc(n)}</span>`);
-  return lanes + `<div class="keys">${keys.join("")}</div>`;
+  return lanes + `<div class="keys">${keys.join("")}${faultKey(spans)}</div>`;
 }
 
 function overview(d) {
@@ -147,7 +156,8 @@ function timeline(d) {
     const i = rows.get(s.worker);
     S.left.push(s.start - t0); S.right.push((s.end || now) - t0);
     S.bottom.push(i + 0.12); S.top.push(i + 0.88);
-    S.color.push(colorOf(s.name)); S.line.push(s.state === "FAILED" ? "#e03131" : null);
+    S.color.push(spanColor(s));
+    S.line.push(s.fault ? "#212529" : s.state === "FAILED" ? "#e03131" : null);
     S.name.push(s.name); S.state.push(C.short[s.state] || s.state); S.worker.push(s.worker);
     S.duration.push(s.end ? secs(s.end - s.start) : "running"); S.error.push(s.error || "");
     S.node.push((s.node || "").slice(0, 12)); S.attempt.push(attempt(s));
@@ -162,10 +172,11 @@ function timeline(d) {
     range.start = 0; range.end = Math.max(1, rows.size);
   }
   const failed = spans.some((s) => s.state === "FAILED");
-  $("keys").innerHTML = [...new Set(spans.map((s) => s.name))].sort().map((n) =>
-    `<span><span class="chip" style="background:${colorOf(n)}"></span>${esc(n)}</span>`).join("") +
-    (failed ? '<span><span class="chip" style="border:2px solid #e03131"></span>failed</span>' : "") ||
-    '<span>no task ran yet</span>';
+  $("keys").innerHTML = [...new Set(spans.filter((s) => !s.fault).map((s) => s.name))].sort()
+    .map((n) => `<span><span class="chip" style="background:${colorOf(n)}"></span>${esc(n)}` +
+      "</span>").join("") +
+    (failed ? '<span><span class="chip" style="border:2px solid #e03131"></span>failed</span>' : "") +
+    faultKey(spans) || '<span>no task ran yet</span>';
 }
 
 function objects(d) {

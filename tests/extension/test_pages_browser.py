@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import cellfleet
+from cellfleet.kernel.chaos import ChaosRunner, Fault
 
 CHROMIUM = os.environ.get("CELLFLEET_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -95,6 +96,9 @@ def _workload() -> list[str]:
     assert cellfleet.get(calls)[-1] == 3
     with pytest.raises(ValueError):
         cellfleet.get(bad)
+    now = time.time()  # a fault as %chaos records it: the timeline draws it apart
+    ChaosRunner._record(Fault("kill-worker", 0, "a worker", "its running task", worker_pid=1),
+                        now - 0.05, now, "the task was retried")
     return [r.task_id() for r in refs] + [result.task_id()]
 
 
@@ -126,6 +130,8 @@ async def test_every_page_in_light_and_dark(jp_fetch, jp_serverapp, jp_http_port
                     await _until(page, "document.querySelectorAll('#keys .chip').length >= 4")
                     keys = await page.text_content("#keys")
                     assert "square" in keys and "failed" in keys
+                    await _until(page, "document.querySelector('#keys').textContent"
+                                       ".includes('fault (%chaos)')")
                 if name == "objects":
                     text = await page.text_content("#stores")
                     assert "MiB" in text or "GiB" in text, text
