@@ -82,3 +82,37 @@ def test_a_collapsed_group_replays_its_members_states():
             browser.close()
     assert errors == [], errors
     assert json.dumps(view)  # what the widget syncs stays JSON
+
+
+def test_a_chaos_fault_is_drawn_apart_from_the_tasks():
+    model = GraphModel("all")
+    model.add_events([
+        [bytes.fromhex("aa" * 16), "FINISHED", 2.0, {"name": "work", "start_time": 1.0,
+                                                     "end_time": 2.0}],
+        [bytes.fromhex("bb" * 16), "FINISHED", 1.6, {"name": "chaos kill-node", "type": "FAULT",
+                                                     "start_time": 1.5, "end_time": 1.6}],
+    ])
+    view = model.view()
+    page_html = ("<!DOCTYPE html><html><head><style>" + css_source() + "</style></head>"
+                 "<body><div id='g' style='height:300px;width:700px'></div></body></html>")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.set_content(page_html)
+            page.add_script_tag(type="module", content=esm_source() +
+                                "\nwindow.cfCreateGraph = createGraph;")
+            page.wait_for_function("window.cfCreateGraph !== undefined")
+            page.evaluate("""(view) => { window.cfCreateGraph(document.getElementById('g'),
+                {send() {}, expand() {}, live: () => true}).draw(view); }""", view)
+            fault = page.locator(".cf-node.cf-fault")
+            assert fault.count() == 1 and "chaos kill-node" in fault.text_content()
+            assert page.locator(".cf-node.cf-fault[data-id='" + "aa" * 16 + "']").count() == 0
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "widget-fault.png"))
+        finally:
+            browser.close()
+    assert errors == []

@@ -388,7 +388,9 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
     }
     for (const n of view.nodes) {
       const box = g.node(n.id);
-      const grp = s("g", { class: `cf-node cf-${n.kind}`, "data-id": n.id, "data-state": n.state,
+      const fault = n.type === "FAULT";  // a %chaos fault: drawn as the moment it struck
+      const grp = s("g", { class: `cf-node cf-${n.kind}${fault ? " cf-fault" : ""}`,
+                           "data-id": n.id, "data-state": n.state,
                            "data-cancelled": n.cancelled ? "1" : null,
                            transform: `translate(${box.x - box.width / 2},${box.y - box.height / 2})` });
       grp.style.setProperty("--c", COLORS[n.state] || "#8c8c8c");
@@ -397,7 +399,8 @@ export function createGraph(el, { send, expand, live, memory, cancel }) {
       grp.append(parts);
       if (n.kind !== "task") drawParts(parts, box, n.states, n.count);
       const text = s("text", { x: 8, y: n.kind === "task" ? 19 : 22 });
-      text.textContent = fit((n.kind === "task" ? "" : "▸ ") + n.label, box.width - 12);
+      text.textContent = fit((n.kind === "task" ? (fault ? "⚡ " : "") : "▸ ") + n.label,
+                             box.width - 12);
       grp.append(text);
       grp.cf = { parts, text, box };
       const tip = s("title");
