@@ -13,8 +13,8 @@ object deletes its file (``take_spill_deletions``).
 
 A copy pulled from another node is *secondary* (``allocate(..., secondary=True)``): it stays
 after its readers unpin it (while its bytes arrive the pull holds a pin of its own,
-``PULLER``, released by ``pulled``), until its owner frees the object or exits, and when the arena is
-full it is evicted (``evict``, unread ones oldest first) before any primary is spilled.
+``PULLER``, released by ``pulled``), until its owner frees the object or exits, and when the
+arena is full it is evicted (``evict``, unread ones oldest first) before any primary is spilled.
 
 Objects are known by id, never by offset outside the node: a creator allocates space, writes
 the bytes and seals the object (``seal``); a reader asks for objects by id (``locate``), which
