@@ -3,10 +3,13 @@ fed a view the model built: a collapsed group replays its members' states on the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,13 +41,12 @@ def _model() -> GraphModel:
     return model
 
 
-def test_a_collapsed_group_replays_its_members_states():
-    model = _model()
-    view = model.view()
-    (group,) = [n for n in view["nodes"] if n["id"] == "g:stage1"]
-    assert group["kind"] == "group" and len(group["replay"]) == 20
+@contextlib.contextmanager
+def _graph_page(view: dict, width: int, height: int) -> Iterator[tuple[Any, list[str]]]:
+    """Headless Chromium drawing ``view`` with the graph component; (page, page errors)."""
     page_html = ("<!DOCTYPE html><html><head><style>" + css_source() + "</style></head>"
-                 "<body><div id='g' style='height:420px;width:900px'></div></body></html>")
+                 f"<body><div id='g' style='height:{height}px;width:{width}px'></div></body>"
+                 "</html>")
     errors: list[str] = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -59,27 +61,36 @@ def test_a_collapsed_group_replays_its_members_states():
             page.evaluate("""(view) => { window.cfGraph = window.cfCreateGraph(
                 document.getElementById('g'), {send() {}, expand() {}, live: () => true});
                 window.cfGraph.draw(view); }""", view)
-            node = page.locator(".cf-node[data-id='g:stage1']")
-            assert "20 done" in node.text_content()
-            for value in (0, 250, 500, 900):
-                page.evaluate("""(v) => { const s = document.querySelector('.cf-slider');
-                    s.value = String(v); s.dispatchEvent(new Event('input')); }""", value)
-                t = view["t0"] + (view["t1"] - view["t0"]) * value / 1000
-                counts = Counter(state_at(model.records[f"{i:032x}"], t) for i in range(20))
-                later = counts.pop(None, 0)
-                expected = [f"{counts[s]} {JS_SHORT[s]}" for s in REPLAY_ORDER if counts[s]]
-                if later:
-                    expected.append(f"{later} not yet")
-                assert node.get_attribute("data-replay") == " · ".join(expected), value
-                if value == 500:
-                    ARTIFACTS.mkdir(exist_ok=True)
-                    page.screenshot(path=str(ARTIFACTS / "widget-group-replay.png"))
-            # back to live: the group's own counts again
-            page.evaluate("""() => { const s = document.querySelector('.cf-slider');
-                s.value = '1000'; s.dispatchEvent(new Event('input')); }""")
-            assert node.get_attribute("data-replay") == "" and "20 done" in node.text_content()
+            yield page, errors
         finally:
             browser.close()
+
+
+def test_a_collapsed_group_replays_its_members_states():
+    model = _model()
+    view = model.view()
+    (group,) = [n for n in view["nodes"] if n["id"] == "g:stage1"]
+    assert group["kind"] == "group" and len(group["replay"]) == 20
+    with _graph_page(view, 900, 420) as (page, errors):
+        node = page.locator(".cf-node[data-id='g:stage1']")
+        assert "20 done" in node.text_content()
+        for value in (0, 250, 500, 900):
+            page.evaluate("""(v) => { const s = document.querySelector('.cf-slider');
+                s.value = String(v); s.dispatchEvent(new Event('input')); }""", value)
+            t = view["t0"] + (view["t1"] - view["t0"]) * value / 1000
+            counts = Counter(state_at(model.records[f"{i:032x}"], t) for i in range(20))
+            later = counts.pop(None, 0)
+            expected = [f"{counts[s]} {JS_SHORT[s]}" for s in REPLAY_ORDER if counts[s]]
+            if later:
+                expected.append(f"{later} not yet")
+            assert node.get_attribute("data-replay") == " · ".join(expected), value
+            if value == 500:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "widget-group-replay.png"))
+        # back to live: the group's own counts again
+        page.evaluate("""() => { const s = document.querySelector('.cf-slider');
+            s.value = '1000'; s.dispatchEvent(new Event('input')); }""")
+        assert node.get_attribute("data-replay") == "" and "20 done" in node.text_content()
     assert errors == [], errors
     assert json.dumps(view)  # what the widget syncs stays JSON
 
@@ -92,27 +103,10 @@ def test_a_chaos_fault_is_drawn_apart_from_the_tasks():
         [bytes.fromhex("bb" * 16), "FINISHED", 1.6, {"name": "chaos kill-node", "type": "FAULT",
                                                      "start_time": 1.5, "end_time": 1.6}],
     ])
-    view = model.view()
-    page_html = ("<!DOCTYPE html><html><head><style>" + css_source() + "</style></head>"
-                 "<body><div id='g' style='height:300px;width:700px'></div></body></html>")
-    errors: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_content(page_html)
-            page.add_script_tag(type="module", content=esm_source() +
-                                "\nwindow.cfCreateGraph = createGraph;")
-            page.wait_for_function("window.cfCreateGraph !== undefined")
-            page.evaluate("""(view) => { window.cfCreateGraph(document.getElementById('g'),
-                {send() {}, expand() {}, live: () => true}).draw(view); }""", view)
-            fault = page.locator(".cf-node.cf-fault")
-            assert fault.count() == 1 and "chaos kill-node" in fault.text_content()
-            assert page.locator(".cf-node.cf-fault[data-id='" + "aa" * 16 + "']").count() == 0
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "widget-fault.png"))
-        finally:
-            browser.close()
-    assert errors == []
+    with _graph_page(model.view(), 700, 300) as (page, errors):
+        fault = page.locator(".cf-node.cf-fault")
+        assert fault.count() == 1 and "chaos kill-node" in fault.text_content()
+        assert page.locator(".cf-node.cf-fault[data-id='" + "aa" * 16 + "']").count() == 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "widget-fault.png"))
+    assert errors == [], errors
