@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import psutil
 
@@ -52,3 +54,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CHROMIUM = os.environ.get("CELLFLEET_CHROMIUM", "/usr/bin/chromium")
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(errors: list[str]) -> AsyncIterator[Any]:
+    """A page of headless Chromium (playwright); JavaScript errors and console errors land in
+    ``errors``."""
+    from playwright import async_api
+
+    async with async_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                           args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+            page.on("console", lambda msg: errors.append(f"console: {msg.text}")
+                    if msg.type == "error" else None)
+            yield page
+        finally:
+            await browser.close()

@@ -7,18 +7,17 @@ an actor and a failing task; no JavaScript error; screenshots kept in ``tests/ar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+from helpers import CHROMIUM, chromium_page
 
 import cellfleet
 from cellfleet.kernel.chaos import ChaosRunner, Fault
 
-CHROMIUM = os.environ.get("CELLFLEET_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 pytestmark = [
@@ -26,7 +25,7 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no chromium at {CHROMIUM}"),
 ]
 
-async_api = pytest.importorskip("playwright.async_api")
+pytest.importorskip("playwright.async_api")  # the browser tests need playwright
 
 
 @cellfleet.remote
@@ -63,22 +62,6 @@ async def _url(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, cluster, page_
             f"{page_name}?token={token}")
 
 
-@contextlib.asynccontextmanager
-async def _browser_page(errors: list[str]):
-    """A page of headless Chromium; JavaScript errors and console errors land in ``errors``."""
-    async with async_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=["--no-sandbox"])
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-            page.on("console", lambda msg: errors.append(f"console: {msg.text}")
-                    if msg.type == "error" else None)
-            yield page
-        finally:
-            await browser.close()
-
-
 async def _until(page, expression, timeout=15.0):
     deadline = time.monotonic() + timeout
     while not await page.evaluate(expression):
@@ -107,7 +90,7 @@ async def test_every_page_in_light_and_dark(jp_fetch, jp_serverapp, jp_http_port
     base = await _url(jp_fetch, jp_serverapp, jp_http_port, jp_base_url, cluster, "graph")
     errors: list[str] = []
     ARTIFACTS.mkdir(exist_ok=True)
-    async with _browser_page(errors) as page:
+    async with chromium_page(errors) as page:
         await page.goto(base)
         await _until(page, "(window.CELLFLEET_UPDATES || 0) >= 1")
         # run tasks now: they appear without a reload, in the widget's own component
@@ -188,7 +171,7 @@ async def test_task_graph_follows_a_cellfleet_kernel(jp_fetch, jp_serverapp, jp_
         token = jp_serverapp.identity_provider.token
         url = (f"http://127.0.0.1:{jp_http_port}{jp_base_url}cellfleet/dashboard/"
                f"{found['id']}/graph?token={token}")
-        async with _browser_page(errors) as page:
+        async with chromium_page(errors) as page:
             await page.goto(url)
             await _until(page, "(window.CELLFLEET_UPDATES || 0) >= 1")
             kc.execute("@cellfleet.remote\ndef from_the_kernel(x):\n    return x * x\n"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import CHROMIUM, chromium_page
 from tornado.httpclient import HTTPClientError
 
 from cellfleet.extension import discovery
@@ -108,7 +109,6 @@ async def test_the_api_and_pages_read_ray_through_the_same_views(jp_fetch, ray_c
     assert b"interrupt its cell" in refused.value.response.body
 
 
-CHROMIUM = os.environ.get("CELLFLEET_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
@@ -116,28 +116,20 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 async def test_the_graph_page_draws_a_ray_cluster_in_a_browser(jp_fetch, jp_serverapp,
                                                                jp_http_port, jp_base_url,
                                                                ray_cluster, ray_driver):
-    async_api = pytest.importorskip("playwright.async_api")
     discovery.register_cluster(ray_cluster["address"], "", backend="ray",
                                state_url=ray_cluster["dashboard"])
     cid = discovery.cluster_id(ray_cluster["address"])
     url = (f"http://127.0.0.1:{jp_http_port}{jp_base_url}cellfleet/dashboard/{cid}/graph"
            f"?token={jp_serverapp.identity_provider.token}")
     errors: list[str] = []
-    async with async_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=["--no-sandbox"])
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-            await page.goto(url)
-            finished = ("document.querySelectorAll('.cf-node[data-state=FINISHED]').length"
-                        " >= 3")
-            await until(lambda: page.evaluate(finished), bool, what="finished tasks drawn")
-            assert (await page.text_content("#status")).startswith("live")
-            limits = await page.text_content(".limits")
-            assert "Argument edges" in limits and "Placement reasons" in limits
-            ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "page-graph-ray.png"))
-        finally:
-            await browser.close()
+    async with chromium_page(errors) as page:  # the dashboard tests' own headless Chromium
+        await page.goto(url)
+        finished = ("document.querySelectorAll('.cf-node[data-state=FINISHED]').length"
+                    " >= 3")
+        await until(lambda: page.evaluate(finished), bool, what="finished tasks drawn")
+        assert (await page.text_content("#status")).startswith("live")
+        limits = await page.text_content(".limits")
+        assert "Argument edges" in limits and "Placement reasons" in limits
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "page-graph-ray.png"))
     assert errors == []
