@@ -71,7 +71,7 @@ def node_death_to_retry(ray: Any, name: str, scratch: Path) -> float:
                 time.sleep(600)  # the first attempt waits for its node to die
             return n
 
-        # The first attempt needs "doomed"; retries may run anywhere (a soft preference).
+        # The first attempt goes to the doomed node; retries anywhere (a soft preference).
         ref = attempt.options(scheduling_strategy=_affinity(ray, name, doomed, soft=True)
                               ).remote(str(starts))
         _wait_for(lambda: starts.read_text().strip(), 60, "the first attempt to start")
@@ -179,18 +179,18 @@ def _start_redis(scratch: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def _named_actor_answers(ray: Any, label: str) -> float:
+def _named_actor_answers(ray: Any, label: str) -> None:
+    """Return once a new named actor is created and answers (the GCS is back)."""
     @ray.remote(num_cpus=0)
     class Probe:
         def ping(self) -> str:
             return "pong"
 
-    start = time.perf_counter()
     while True:
         try:
             probe = Probe.options(name=label).remote()
             assert ray.get(probe.ping.remote(), timeout=60) == "pong"
-            return start
+            return
         except Exception:  # noqa: BLE001 - the GCS is not back yet
             time.sleep(0.01)
 

@@ -17,7 +17,8 @@ __all__ = ["ChaosPlan", "Fault"]
 @dataclass(frozen=True, slots=True)
 class Fault:
     """One fault: ``kind`` is "kill-worker" (``victim`` a pid), "kill-node" (``victim`` a node
-    id; a new node is added in its place) or "add-node"; ``after`` seconds from the last."""
+    id; a new node is added in its place), "add-node", or "none" (nothing can be hit now);
+    ``after`` seconds from the last."""
 
     kind: str
     victim: str | int | None

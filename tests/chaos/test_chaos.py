@@ -24,14 +24,13 @@ def test_every_result_is_right_under_seeded_faults(seed, tmp_path):
 
 def test_a_seed_names_one_sequence_of_faults():
     cluster = {"a": [11, 12], "b": [21], "c": []}
-    first = [ChaosPlan(7).next_fault(cluster) for _ in range(1)]
-    plan, again = ChaosPlan(7), ChaosPlan(7)
-    assert [plan.next_fault(cluster) for _ in range(20)] == \
-        [again.next_fault(cluster) for _ in range(20)]
-    assert first[0] == ChaosPlan(7).next_fault(cluster)
-    other = ChaosPlan(8)
-    assert [other.next_fault(cluster) for _ in range(20)] != \
-        [ChaosPlan(7).next_fault(cluster) for _ in range(1)] * 20
+
+    def faults(seed: int) -> list:
+        plan = ChaosPlan(seed)
+        return [plan.next_fault(cluster) for _ in range(20)]
+
+    assert faults(7) == faults(7)
+    assert faults(8) != faults(7)
 
 
 def test_the_plan_keeps_enough_nodes_and_never_too_many():
