@@ -254,7 +254,7 @@ class RemoteFunction(ExportedCode):
         core = _core()
         check_arguments(self._signature, self._name, args, kwargs)
         function_id = self._function_id(core, self._function)
-        if not self._warned_large[0]:
+        if (args or kwargs) and not self._warned_large[0]:
             self._warn_if_large(args, kwargs)
         opts = self._options
         num_returns = opts["num_returns"]

@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import _context, exceptions
 from .. import _messages as m
+from .._gc import tune_gc
 from .._ids import IdGenerator, object_id_for
 from .._rpc import Connection, Listener, connect, serve
 from .._serialization import (
@@ -157,6 +158,7 @@ class CoreWorker:
               timeout: float = 30.0) -> None:
         """Start the I/O thread and connect to the node and the GCS."""
         raise_fd_limit()
+        tune_gc()
         ready: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,),
                                         name="cellfleet-io", daemon=True)
@@ -1029,20 +1031,23 @@ class CoreWorker:
                                "that has them joins; interrupt the cell to cancel it."]])
 
     def _task_results(self, conn: Connection, msg: m.TaskResults) -> None:
-        for items in msg.results:
-            result = TaskResult.from_wire(items)
-            spec = self.tasks.spec(result.task_id)
-            if spec is None:
-                continue  # late: the task was completed (cancelled) already
-            if spec.method:
-                self.actor_submitter.call_done(spec)
-            elif spec.actor_id:
-                self.actor_submitter.creation_done(spec, result)
-            else:
-                self.submitter.task_done(result.task_id, spec.function_id,
-                                         result.end - result.start)
-            self._carry_out(self.tasks.handle(ResultReceived(result.task_id, "result",
-                                                             result)))
+        try:
+            for items in msg.results:
+                result = TaskResult.from_wire(items)
+                spec = self.tasks.spec(result.task_id)
+                if spec is None:
+                    continue  # late: the task was completed (cancelled) already
+                if spec.method:
+                    self.actor_submitter.call_done(spec)
+                elif spec.actor_id:
+                    self.actor_submitter.creation_done(spec, result)
+                else:
+                    self.submitter.task_done(result.task_id, spec.function_id,
+                                             result.end - result.start)
+                self._carry_out(self.tasks.handle(ResultReceived(result.task_id, "result",
+                                                                 result)))
+        finally:
+            self.submitter.pump_freed()  # the freed workers take more, one push each
 
     def _task_worker_lost(self, spec: TaskSpec, worker: LeasedWorker) -> None:
         self._carry_out(self.tasks.handle(WorkerLost(spec.task_id, "worker-lost")))
@@ -1096,13 +1101,15 @@ class CoreWorker:
             # The last handle to an actor is gone: the actor goes too.
             self.actor_submitter.kill(spec.actor_id, exceptions.ActorDeathReason.OUT_OF_SCOPE)
         if entry.owned:
-            if entry.payload is not None and entry.payload[0] == "s":
+            stored = entry.payload is not None and entry.payload[0] == "s"
+            if stored:
                 self._free_stored(object_id, entry.payload)
                 if spec is not None:  # the task's arguments go with its last stored output
                     released = self.lineage.output_freed(spec.task_id)
                     if released:
                         self.refs.remove_submitted(released)
-            self.events.object(object_id, "FREED")
+            if stored or spec is None:  # the objects with a record: puts, and stored copies
+                self.events.object(object_id, "FREED")
         else:
             self.peers.send(entry.owner, m.RemoveBorrowers([object_id], self.address))
 

@@ -6,6 +6,10 @@ unreachable, or stalled with ``MAX_UNSENT_BYTES`` not yet taken from its connect
 buffers keep at most ``max_size`` entries of each kind (Ray's ``task_events_max_buffer_size``):
 the oldest are dropped and counted, and the counts travel with the next batch so that
 ``cellfleet status`` can show what was lost.
+
+A batch carries one event per task (``coalesce``): a short task's owner sends its submission,
+scheduling, push and end as one. A worker leaves out the RUNNING event of a task that ended
+before the flush, since the owner's FINISHED or FAILED event carries the same fields.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from .. import _messages as m
 from .._graveyard import limit_from_env
 from .._rpc import Connection
+from .._task_states import coalesce
 
 __all__ = ["EventBuffer"]
 
@@ -34,6 +39,7 @@ class EventBuffer:
         self.tasks: deque[list] = deque(maxlen=size)
         self.objects: deque[list] = deque(maxlen=size)
         self.logs: deque[list] = deque(maxlen=size)
+        self._ended: deque[bytes] = deque(maxlen=size)  # tasks this worker ran and answered
         self.dropped = {"task_events": 0, "object_events": 0, "log_lines": 0}
         self._unreported = dict.fromkeys(self.dropped, 0)
 
@@ -49,6 +55,10 @@ class EventBuffer:
     def object(self, object_id: bytes, state: str, info: dict[str, Any] | None = None) -> None:
         self._append(self.objects, "object_events", [object_id, state, info])
 
+    def ended(self, task_id: bytes) -> None:
+        """This worker sent ``task_id``'s result: its owner records how it ran."""
+        self._ended.append(task_id)
+
     def log(self, line: list) -> None:
         self._append(self.logs, "log_lines", line)
 
@@ -61,8 +71,11 @@ class EventBuffer:
             dropped = {kind: n for kind, n in self._unreported.items() if n}
             for kind, n in dropped.items():
                 self._unreported[kind] -= n
+        ended = set(_drain(self._ended))
         if self.tasks or self.objects or dropped:
-            gcs.send(m.AddEvents(_drain(self.tasks), _drain(self.objects), dropped))
+            tasks = coalesce([event for event in _drain(self.tasks)
+                              if event[1] != "RUNNING" or event[0] not in ended])
+            gcs.send(m.AddEvents(tasks, _drain(self.objects), dropped))
         if self.logs:
             gcs.send(m.AddLogs(_drain(self.logs)))
 

@@ -129,11 +129,28 @@ class LeasedWorker:
     reason: str = "local"  # why the lease is on its node (the task's placement reason)
     conn: Connection | None = None
     in_flight: dict[bytes, TaskSpec] = field(default_factory=dict)
+    functions: dict[bytes, int] = field(default_factory=dict)  # function id -> tasks in flight
     idle_timer: asyncio.TimerHandle | None = None
     steal_timer: asyncio.TimerHandle | None = None
     seen_running: bytes = b""  # the task at the head at the last look for stealing
     returned: bool = False
     on_close: Callable[[asyncio.Future], None] | None = None  # on the (shared) connection
+
+    def take(self, spec: TaskSpec) -> None:
+        """``spec`` is pushed to this worker."""
+        self.in_flight[spec.task_id] = spec
+        self.functions[spec.function_id] = self.functions.get(spec.function_id, 0) + 1
+
+    def release(self, task_id: bytes) -> TaskSpec | None:
+        """``task_id`` is no longer this worker's (it ended, or was taken back)."""
+        spec = self.in_flight.pop(task_id, None)
+        if spec is not None:
+            left = self.functions[spec.function_id] - 1
+            if left:
+                self.functions[spec.function_id] = left
+            else:
+                del self.functions[spec.function_id]
+        return spec
 
 
 @dataclass(slots=True, eq=False)
@@ -169,6 +186,7 @@ class TaskSubmitter:
         self._on_infeasible = on_infeasible  # a queued task fits no node (yet), and why
         self._queues: dict[tuple, _KeyQueue] = {}
         self._durations: dict[bytes, float] = {}  # function id -> moving average seconds
+        self._to_pump: dict[tuple, _KeyQueue] = {}  # queues whose workers freed up
         self._loop = asyncio.get_running_loop()
         self.workers_by_task: dict[bytes, LeasedWorker] = {}
 
@@ -187,19 +205,28 @@ class TaskSubmitter:
         self._pump(key, queue)
 
     def task_done(self, task_id: bytes, function_id: bytes, duration: float) -> None:
+        """A task's result came back; its worker takes more at ``pump_freed``."""
         worker = self.workers_by_task.pop(task_id, None)
         if worker is None:
             return
-        spec = worker.in_flight.pop(task_id, None)
+        spec = worker.release(task_id)
         if not worker.in_flight and worker.conn is not None:
             worker.conn.awaiting = 0
         avg = self._durations.get(function_id)
         self._durations[function_id] = duration if avg is None else 0.8 * avg + 0.2 * duration
         if spec is not None:
-            queue = self._queues[worker.key]
-            self._pump(worker.key, queue)
-            if not worker.in_flight and not queue.tasks:
-                self._schedule_return(worker)
+            self._to_pump[worker.key] = self._queues[worker.key]
+
+    def pump_freed(self) -> None:
+        """Push queued tasks to the workers a batch of results freed: one push per worker
+        per batch, not one per result."""
+        to_pump, self._to_pump = self._to_pump, {}
+        for key, queue in to_pump.items():
+            self._pump(key, queue)
+            if not queue.tasks:
+                for worker in queue.workers:
+                    if not worker.in_flight:
+                        self._schedule_return(worker)
 
     def cancel_queued(self, task_id: bytes) -> TaskSpec | None:
         """Take a not-yet-pushed task out of its queue."""
@@ -221,7 +248,7 @@ class TaskSubmitter:
                 batch = []
                 while tasks and self._can_take(worker, tasks[0], queue):
                     spec = tasks.popleft()
-                    worker.in_flight[spec.task_id] = spec
+                    worker.take(spec)
                     self.workers_by_task[spec.task_id] = worker
                     batch.append(spec)
                 if batch:
@@ -243,7 +270,7 @@ class TaskSubmitter:
         depth = SPREAD_PIPELINE_DEPTH if spread else PIPELINE_DEPTH
         if len(worker.in_flight) >= depth or not self._is_short(spec.function_id):
             return False
-        return all(self._is_short(s.function_id) for s in worker.in_flight.values())
+        return all(self._is_short(function_id) for function_id in worker.functions)
 
     def _is_short(self, function_id: bytes) -> bool:
         avg = self._durations.get(function_id)
@@ -289,8 +316,7 @@ class TaskSubmitter:
             logger.debug("could not take tasks back from %s: %s", worker.address, exc)
             return
         queue = self._queues[worker.key]
-        back = [worker.in_flight.pop(task_id) for task_id in stolen
-                if task_id in worker.in_flight]
+        back = [worker.release(task_id) for task_id in stolen if task_id in worker.in_flight]
         for spec in back:
             self.workers_by_task.pop(spec.task_id, None)
         queue.tasks.extendleft(reversed(back))  # first in line again, in their order
@@ -374,6 +400,7 @@ class TaskSubmitter:
         """
         lost = list(worker.in_flight.values())
         worker.in_flight.clear()
+        worker.functions.clear()
         self._return(worker, failed=True)
         for spec in lost:
             self.workers_by_task.pop(spec.task_id, None)

@@ -1,7 +1,8 @@
 """The GCS's bounded store of task and object events: the live task graph.
 
 Core workers send events in batches. A task event is ``[task_id, state, time, info]`` where
-``info`` is a dict of fields that state adds (name, parent, arguments, node, worker, error...).
+``info`` is a dict of fields that state adds (name, parent, arguments, node, worker, error...)
+and ``time`` is ``{state: time}`` for an event that merged several (``_task_states.coalesce``).
 Events of one task may arrive out of order (the worker's RUNNING after the owner's FINISHED);
 the record keeps the furthest state and every timestamp. Beyond ``max_tasks`` the oldest
 records are dropped and counted (objects alike, beyond ``max_objects``).
@@ -19,17 +20,11 @@ import sys
 from collections import Counter, OrderedDict
 from typing import Any
 
+from .._task_states import RANK as _RANK
+from .._task_states import TASK_STATES
+
 __all__ = ["TASK_STATES", "TaskEventStore"]
 
-TASK_STATES = (
-    "PENDING_ARGS_AVAIL",
-    "PENDING_NODE_ASSIGNMENT",
-    "SUBMITTED_TO_WORKER",
-    "RUNNING",
-    "FINISHED",
-    "FAILED",
-)
-_RANK = {state: i for i, state in enumerate(TASK_STATES)}
 _SHARED_VALUES_MAX = 1000
 _TERMINAL = frozenset({"FINISHED", "FAILED"})
 SAMPLE_PER_JOB = 300  # changed records a view update carries per job (newest first)
@@ -93,7 +88,12 @@ class TaskEventStore:
                 before = _slot(record)
                 if _RANK.get(state, 0) >= _RANK.get(record["state"], 0):
                     record["state"] = state
-            record["events"][sys.intern(state)] = ts
+            times = record["events"]
+            if type(ts) is dict:
+                for merged_state, merged_ts in ts.items():
+                    times[sys.intern(merged_state)] = merged_ts
+            else:
+                times[sys.intern(state)] = ts
             if info:
                 record.update(_compact(info, self._shared))
             after = _slot(record)

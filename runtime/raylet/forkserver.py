@@ -27,6 +27,8 @@ import socket
 import sys
 import traceback
 
+from .._gc import tune_gc
+
 
 def _become_worker(log_path: str, argv: list[str], closing: list[int]) -> None:
     """In the forked child: detach, redirect output, run the worker; never returns."""
@@ -103,6 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     import cellfleet.worker.__main__  # noqa: F401 - the import every forked worker shares
 
+    tune_gc(freeze=True)  # what every worker inherits stays out of its collections
     serve(socket.socket(fileno=args.control_fd))
 
 

@@ -209,6 +209,7 @@ class TaskExecutor:
 
     def _deliver(self, conn: Connection, result: TaskResult) -> None:
         self._results.append((conn, result.to_wire()))
+        self.core.events.ended(result.task_id)
         if self.core.events.logs:  # what the task printed leaves before its result
             self.core.call_soon(self._flush_events)
         self.core.call_soon(self._send_results)

@@ -1,0 +1,89 @@
+"""A core worker's batch of task events, one per task: the GCS's records come out the same."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellfleet import _gc
+from cellfleet._task_states import TASK_STATES, coalesce
+from cellfleet.core.events import EventBuffer
+from cellfleet.gcs.task_events import TaskEventStore
+
+_event = st.tuples(
+    st.sampled_from([b"t1", b"t2", b"t3"]),
+    st.sampled_from([*TASK_STATES, "FAULT"]),
+    st.floats(0, 100, allow_nan=False),
+    st.one_of(st.none(), st.dictionaries(st.sampled_from(["name", "node_id", "error"]),
+                                         st.text(max_size=3), max_size=2)),
+).map(list)
+
+
+def _records(store: TaskEventStore) -> dict:
+    return {task_id: dict(record) for task_id, record in store.tasks.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(earlier=st.lists(_event, max_size=6), batch=st.lists(_event, max_size=12))
+def test_a_coalesced_batch_makes_the_records_its_events_make(earlier: list,
+                                                             batch: list) -> None:
+    one_by_one, coalesced = TaskEventStore(), TaskEventStore()
+    for store in (one_by_one, coalesced):
+        store.add_task_events([list(event) for event in earlier])
+    one_by_one.add_task_events([list(event) for event in batch])
+    merged = coalesce([list(event) for event in batch])
+    coalesced.add_task_events(merged)
+    assert len(merged) == len({event[0] for event in batch})
+    assert _records(coalesced) == _records(one_by_one)
+    assert coalesced.summarize() == one_by_one.summarize()
+
+
+def test_a_task_that_ended_before_the_flush_sends_one_event_without_running() -> None:
+    class Gcs:
+        is_open, unsent_bytes, sent = True, 0, []
+
+        def send(self, message: object) -> None:
+            self.sent.append(message)
+
+    events, gcs = EventBuffer(), Gcs()
+    events.task(b"done", "SUBMITTED_TO_WORKER", {"node_id": "n1"})
+    events.task(b"done", "RUNNING", {"worker_pid": 7})
+    events.task(b"long", "RUNNING", {"worker_pid": 7})
+    events.ended(b"done")
+    events.task(b"done", "FINISHED", {"end_time": 2.0})
+    events.flush(gcs)
+    (batch,) = gcs.sent
+    done, long = batch.tasks
+    assert (done[0], done[1], sorted(done[2])) == (b"done", "FINISHED",
+                                                   ["FINISHED", "SUBMITTED_TO_WORKER"])
+    assert done[3] == {"node_id": "n1", "end_time": 2.0}
+    assert (long[0], long[1]) == (b"long", "RUNNING")  # still running: it is shown so
+
+
+@pytest.fixture
+def default_gc():
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield
+    gc.set_threshold(*before)
+
+
+def test_the_young_generation_is_raised_only_where_nobody_chose(default_gc, monkeypatch) -> None:
+    monkeypatch.delenv(_gc.GC_THRESHOLD_ENV, raising=False)
+    _gc.tune_gc()
+    assert gc.get_threshold()[0] == _gc.GEN0_THRESHOLD
+    gc.set_threshold(1234, 10, 10)  # a process's own choice stays
+    _gc.tune_gc()
+    assert gc.get_threshold()[0] == 1234
+
+
+def test_the_threshold_can_be_left_alone(default_gc, monkeypatch) -> None:
+    monkeypatch.setenv(_gc.GC_THRESHOLD_ENV, "0")
+    _gc.tune_gc()
+    assert gc.get_threshold() == (700, 10, 10)
+    monkeypatch.setenv(_gc.GC_THRESHOLD_ENV, "lots")
+    with pytest.raises(ValueError, match="CELLFLEET_GC_THRESHOLD"):
+        _gc.tune_gc()
