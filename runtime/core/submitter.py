@@ -9,7 +9,10 @@ again to wait until a node that fits joins (:func:`lease_worker`).
 
 A worker runs one task at a time; the submitter sends it more than one only for functions
 whose tasks have proven short, so a burst of tiny tasks is pipelined while long tasks still
-spread over all workers. A function's calls can change their length: while tasks wait behind
+spread over all workers. SPREAD tasks are pushed evenly over the queue's workers, two deep while
+more leases may come; once the queue has several workers and its lease request has waited
+``SPREAD_SETTLE_S`` (no more nodes are free now) eight deep, so that no worker waits for the
+owner's next push. A function's calls can change their length: while tasks wait behind
 another on a worker, the submitter looks every ``STEAL_AFTER_S``, and a task still running
 at two looks in a row has proven long, so the tasks queued behind it are taken back
 (``StealTasks``: the worker gives back those that have not started) and leased elsewhere. A
@@ -38,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 PIPELINE_DEPTH = 64
 SPREAD_PIPELINE_DEPTH = 2  # a SPREAD task's worker has the next one at hand, no more
+SPREAD_SETTLE_S = 0.005  # a lease request unanswered this long: no more nodes are free now
+SPREAD_SETTLED_DEPTH = 8  # then: enough that a worker never waits for the owner's next push
 SHORT_TASK_S = 0.002
 STEAL_AFTER_S = 0.01  # a task running at two looks this far apart holds up those behind it
 LEASE_IDLE_S = 0.01
@@ -161,6 +166,11 @@ class _KeyQueue:
     tasks: deque[TaskSpec] = field(default_factory=deque)
     workers: list[LeasedWorker] = field(default_factory=list)
     lease_pending: bool = False
+    lease_asked: float = 0.0  # when the pending lease request left (loop time)
+
+    @property
+    def spread(self) -> bool:
+        return self.strategy is not None and self.strategy[0] == "SPREAD"
 
 
 class TaskSubmitter:
@@ -242,32 +252,59 @@ class TaskSubmitter:
     def _pump(self, key: tuple, queue: _KeyQueue) -> None:
         tasks = queue.tasks
         if tasks:
-            for worker in queue.workers:
-                if worker.conn is None or worker.returned:
-                    continue
-                batch = []
-                while tasks and self._can_take(worker, tasks[0], queue):
-                    spec = tasks.popleft()
-                    worker.take(spec)
-                    self.workers_by_task[spec.task_id] = worker
-                    batch.append(spec)
-                if batch:
-                    self._push(worker, batch)
-                if not tasks:
-                    break
+            if queue.spread:
+                self._pump_evenly(queue)
+            else:
+                for worker in queue.workers:
+                    if worker.conn is None or worker.returned:
+                        continue
+                    batch = []
+                    while tasks and self._can_take(worker, tasks[0], queue):
+                        batch.append(self._assign(worker, tasks.popleft()))
+                    if batch:
+                        self._push(worker, batch)
+                    if not tasks:
+                        break
         if tasks and not queue.lease_pending:
             queue.lease_pending = True
+            queue.lease_asked = self._loop.time()
             self._loop.create_task(self._lease(key, queue))
+
+    def _pump_evenly(self, queue: _KeyQueue) -> None:
+        """One task to each worker that can take one, round after round."""
+        tasks = queue.tasks
+        batches: dict[LeasedWorker, list[TaskSpec]] = {}
+        workers = [w for w in queue.workers if w.conn is not None and not w.returned]
+        while tasks and workers:
+            took = []
+            for worker in workers:
+                if not tasks:
+                    break
+                if self._can_take(worker, tasks[0], queue):
+                    batches.setdefault(worker, []).append(self._assign(worker, tasks.popleft()))
+                    took.append(worker)
+            workers = took
+        for worker, batch in batches.items():
+            self._push(worker, batch)
+
+    def _assign(self, worker: LeasedWorker, spec: TaskSpec) -> TaskSpec:
+        worker.take(spec)
+        self.workers_by_task[spec.task_id] = worker
+        return spec
 
     def _can_take(self, worker: LeasedWorker, spec: TaskSpec, queue: _KeyQueue) -> bool:
         """An idle worker takes any task; a busy one only short tasks behind short ones. A
-        SPREAD task goes to a busy worker only as the one next in line behind a short one:
-        the rest wait in the queue, which keeps asking for leases, so they spread over the
-        nodes the leases go to."""
+        SPREAD task goes to a busy worker only as the one next in line behind a short one
+        while the queue's lease request is young: the rest wait in the queue, which keeps
+        asking for leases, so they spread over the nodes the leases go to."""
         if not worker.in_flight:
             return True
-        spread = queue.strategy is not None and queue.strategy[0] == "SPREAD"
-        depth = SPREAD_PIPELINE_DEPTH if spread else PIPELINE_DEPTH
+        depth = PIPELINE_DEPTH
+        if queue.spread:
+            depth = SPREAD_PIPELINE_DEPTH
+            if (queue.lease_pending and len(queue.workers) > 1
+                    and self._loop.time() - queue.lease_asked > SPREAD_SETTLE_S):
+                depth = SPREAD_SETTLED_DEPTH
         if len(worker.in_flight) >= depth or not self._is_short(spec.function_id):
             return False
         return all(self._is_short(function_id) for function_id in worker.functions)
