@@ -19,8 +19,18 @@ them), where the request goes:
 
 A request no node of the cluster could ever run is *infeasible*: the first answer says so (the
 submitter warns its user and asks again, to wait), and the request waits here until a node
-that fits joins. A request another raylet spilled here stays here when this node has what it
-asks for, so requests do not bounce between nodes whose views differ.
+that fits joins.
+
+A request another raylet spilled here runs here when it can start here now. When it cannot
+(the sender's view of this node was stale: a node that just drained, or filled, shows its old
+figures until its next report reaches the others), it is decided again here, where this
+node's own figures are exact: on to a node that has it free in this node's view, once (its
+reason then starts with ``spilled on from``); else it is queued here. A spilled request that
+waits here for resources moves on, like a request made here, when a broadcast or a tick shows
+a node that has them free, but only once it has waited ``SPILL_SETTLE_S`` here (long enough
+for this node's report to reach the other views), so a request hops at most twice, then once
+per ``SPILL_SETTLE_S``, however much the nodes' views disagree. SPREAD, affinity and
+placement group requests stay where they were sent.
 
 After spilling a request to a node, the view counts its resources there as taken until the
 next broadcast or clock tick (the node's figures may not change at all when its lease comes
@@ -93,6 +103,8 @@ def _has(total: dict[str, float], resources: dict[str, float]) -> bool:
 
 
 TRANSFER_BYTES_S = 1e9  # node-to-node object transfer, for weighing locality against waits
+SPILL_SETTLE_S = 0.1  # a request spilled here waits this long before it may move on again
+ONWARD = "spilled on from "  # how the reason of a request moved on from where it was spilled
 
 
 def _wait(queued: int, total: dict[str, float]) -> float:
@@ -170,7 +182,7 @@ class ClusterScheduler:
     def _place(self, request: LeaseRequest) -> list:
         resources = request.resources
         if request.spilled and not self.local.missing(resources):
-            return self._here(request, request.reason)
+            return self._spilled_here(request)
         strategy = request.strategy
         if strategy and strategy[0] == "NODE_AFFINITY":
             return self._affinity(request, strategy[1], bool(strategy[2]))
@@ -219,19 +231,37 @@ class ClusterScheduler:
         return [self._spill(request, best, f"{prefix}spilled back from "
                                            f"{node_name(self.node_id)}: {why}")]
 
+    def _spilled_here(self, request: LeaseRequest) -> list:
+        """A request another raylet spilled here, which this node has what it asks for: here
+        when it can start here now (or has a strategy, or was moved on already); else on to
+        a node that has it free; else queued here."""
+        request.arrived = self.local.clock()
+        if (request.strategy or request.reason.startswith(ONWARD)
+                or self.local.fits_now(request.resources)):
+            return self._here(request, request.reason)
+        best = self._best_free(request.resources)
+        if best is None:
+            return self._here(request, request.reason)
+        return [self._spill(request, best, self._moved_reason(request))]
+
     def _rebalance(self) -> list:
         """Requests queued here for want of resources go to nodes that have them free now
-        (DEFAULT ones: SPREAD, affinity and spilled requests stay where they were sent)."""
+        (DEFAULT ones: SPREAD, affinity and placement group requests stay where they were
+        sent; a spilled one once it has waited ``SPILL_SETTLE_S`` here)."""
         moved = []
         if self.nodes:
+            settled = self.local.clock() - SPILL_SETTLE_S
             for request in self.local.waiting_for_resources():
-                best = self._best_free(request.resources)
-                if request.strategy or request.spilled or best is None:
+                if request.strategy or (request.spilled and request.arrived > settled):
                     continue
-                moved.append(self._spill(request, best, f"spilled back from "
-                                                        f"{node_name(self.node_id)}: "
-                                                        f"{self._busy(request)}"))
+                best = self._best_free(request.resources)
+                if best is not None:
+                    moved.append(self._spill(request, best, self._moved_reason(request)))
         return moved + self.local.withdraw([s.request for s in moved]) if moved else []
+
+    def _moved_reason(self, request: LeaseRequest) -> str:
+        how = ONWARD if request.spilled else "spilled back from "
+        return f"{how}{node_name(self.node_id)}: {self._busy(request)}"
 
     def _best_free(self, resources: dict[str, float]) -> NodeView | None:
         """The other node that can start ``resources`` now: the shortest queue, then the most

@@ -43,6 +43,7 @@ class LeaseRequest:
     reason: str = "local"  # why it is queued here (the placement reason of its grant)
     task_s: float = 0.0  # the owner's mean run time of such tasks (0: unknown)
     locality: list | None = None  # [node_id, bytes]: where most argument bytes are
+    arrived: float = 0.0  # when a spilled request reached this node (the local clock)
 
 
 @dataclass(slots=True)

@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellfleet.gcs.resource_view import ResourceView
-from cellfleet.raylet.cluster_scheduler import ClusterScheduler, Infeasible, Spill, node_name
+from cellfleet.raylet.cluster_scheduler import (
+    SPILL_SETTLE_S,
+    ClusterScheduler,
+    Infeasible,
+    Spill,
+    node_name,
+)
 from cellfleet.raylet.scheduler import Grant, LeaseRequest, LocalScheduler, Reject
 
 HERE = b"\x01" * 16
@@ -128,13 +134,58 @@ def test_a_parked_request_that_now_fits_here_is_queued_here() -> None:
     assert s.cancel_requests("o")[0] == [request] and not s.parked
 
 
-def test_a_spilled_request_stays_where_it_was_sent() -> None:
+def spilled(i: int, reason: str = "spilled back from x: it had no free CPU", **resources: float,
+            ) -> LeaseRequest:
+    request = req(i, **resources)
+    request.spilled, request.reason = True, reason
+    return request
+
+
+def test_a_spilled_request_that_can_start_here_runs_here() -> None:
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 4.0}))
+    (grant,) = s.request_lease(spilled(1))
+    assert isinstance(grant, Grant) and grant.request.reason.startswith("spilled back from x")
+
+
+def test_a_spilled_request_that_lands_on_a_busy_node_moves_on_to_a_free_one() -> None:
+    # The sender saw this node free (its view was stale): this node knows better, and its
+    # view shows B free.
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 1.0}))
+    s.request_lease(req(1))
+    (spill,) = s.request_lease(spilled(2))
+    assert isinstance(spill, Spill) and spill.node_id == B and not s.local.queue
+    assert spill.reason == f"spilled on from {node_name(HERE)}: it had no free CPU (queue 0)"
+
+
+def test_a_spilled_request_with_no_free_node_is_queued_then_moves_on_once_settled() -> None:
+    clock = [0.0]
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 1.0}, {"CPU": 0.0}, queued=1))
+    s.local.clock = lambda: clock[0]
+    s.request_lease(req(1))
+    assert s.request_lease(spilled(2)) == [] and len(s.local.queue) == 1
+    # B drains at once, but the request stays until it has settled here.
+    assert s.update_nodes([row(B, {"CPU": 1.0})]) == [] and len(s.local.queue) == 1
+    clock[0] = SPILL_SETTLE_S
+    (spill, *_) = s.tick()
+    assert isinstance(spill, Spill) and spill.node_id == B and not s.local.queue
+    assert spill.reason.startswith(f"spilled on from {node_name(HERE)}")
+
+
+def test_a_request_moved_on_once_is_queued_where_it_lands_when_busy() -> None:
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 1.0}))
+    s.request_lease(req(1))
+    assert s.request_lease(spilled(2, reason="spilled on from y: it had no free CPU")) == []
+    assert len(s.local.queue) == 1
+
+
+def test_spread_and_affinity_requests_spilled_here_stay_here() -> None:
     s = cluster({"CPU": 1.0}, row(B, {"CPU": 4.0}))
     s.request_lease(req(1))
-    request = req(2)
-    request.spilled, request.reason = True, "spilled back from x: it had no free CPU"
-    assert s.request_lease(request) == []  # queued here even though B has free CPUs
-    assert s.local.queue[0].reason == "spilled back from x: it had no free CPU"
+    for i, strategy in enumerate((["SPREAD"], ["NODE_AFFINITY", HERE, False]), start=2):
+        request = spilled(i)
+        request.strategy = strategy
+        assert s.request_lease(request) == []
+    assert len(s.local.queue) == 2 and s.tick() == []
 
 
 def test_spread_goes_round_robin_over_the_nodes() -> None:
@@ -240,8 +291,10 @@ def test_every_request_gets_one_answer_that_fits_the_view(here: dict, events: li
             if isinstance(action, Spill):
                 node = s.nodes[action.node_id]
                 assert all(node.total.get(k, 0.0) >= v for k, v in action.request.resources.items())
-                assert not (action.request.spilled and not s.local.missing(
-                    action.request.resources)), "a spilled request that fits here moved on"
+                request = action.request
+                assert not (request.spilled and request.strategy
+                            and not s.local.missing(request.resources)), \
+                    "a spilled SPREAD or affinity request that fits here moved on"
 
     for event in events:
         if event[0] == "request":
@@ -266,3 +319,84 @@ def test_every_request_gets_one_answer_that_fits_the_view(here: dict, events: li
         for request in s.parked:
             assert request.request_id in waiting
     assert waiting == {r.request_id for r in s.local.queue} | {r.request_id for r in s.parked}
+
+
+NODES = (HERE, B, C)
+cluster_events = st.lists(st.one_of(
+    st.tuples(st.just("request"), st.sampled_from(NODES)),
+    st.tuples(st.just("return"), st.sampled_from(NODES), st.integers(0, 9)),
+    st.tuples(st.just("true view"), st.sampled_from(NODES)),
+    st.tuples(st.just("stale view"), st.sampled_from(NODES), st.sampled_from(NODES),
+              st.sampled_from([0.0, 1.0, 2.0]), st.integers(0, 3)),
+    st.tuples(st.just("time"), st.sampled_from([0.01, 0.05, SPILL_SETTLE_S])),
+    st.tuples(st.just("tick"), st.sampled_from(NODES)),
+), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cpus=st.tuples(*[st.sampled_from([1.0, 2.0])] * 3), events=cluster_events)
+def test_spilled_requests_hop_a_bounded_number_of_times_and_end_where_cpus_are_free(
+        cpus: tuple, events: list) -> None:
+    """Three nodes whose views of each other are stale or wrong in any way: a request hops at
+    most twice, then once per ``SPILL_SETTLE_S``; once the views are true again and have
+    settled, no request waits for a CPU on one node while another has one free."""
+    clock = [0.0]
+    nodes: dict[bytes, ClusterScheduler] = {}
+    for node_id, n in zip(NODES, cpus):
+        local = LocalScheduler({"CPU": n}, clock=lambda: clock[0])
+        for i in range(4):
+            local.worker_registered(node_id[:1] + bytes([i]) * 3)
+        nodes[node_id] = ClusterScheduler(node_id, local)
+    hops: dict[int, int] = {}
+    born: dict[int, float] = {}
+
+    def true_row(node_id: bytes) -> dict:
+        local = nodes[node_id].local
+        return row(node_id, local.total, local.available, len(local.queue))
+
+    def carry(node_id: bytes, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Spill):  # the owner follows it at once
+                request = action.request
+                hops[request.request_id] += 1
+                assert hops[request.request_id] <= 2 + (clock[0] - born[request.request_id]) \
+                    / SPILL_SETTLE_S + 1e-9, "a request hopped more often than settling allows"
+                request.spilled, request.reason = True, action.reason
+                carry(action.node_id, nodes[action.node_id].request_lease(request))
+            else:
+                assert isinstance(action, Grant), action
+
+    for node_id in NODES:
+        nodes[node_id].update_nodes([true_row(other) for other in NODES])
+    n = 0
+    for event in events:
+        kind, node_id, *rest = event if event[0] != "time" else (event[0], HERE, event[1])
+        s = nodes[node_id]
+        if kind == "request":
+            n += 1
+            hops[n], born[n] = 0, clock[0]
+            carry(node_id, s.request_lease(LeaseRequest(n, {"CPU": 1.0}, "o")))
+        elif kind == "return":
+            leases = sorted(s.local.leases)
+            if leases:
+                carry(node_id, s.local.return_lease(leases[rest[0] % len(leases)]))
+        elif kind == "true view":
+            carry(node_id, s.update_nodes([true_row(other) for other in NODES]))
+        elif kind == "stale view":
+            other, free, queued = rest
+            total = nodes[other].local.total
+            carry(node_id, s.update_nodes([row(other, total, {"CPU": min(free, total["CPU"])},
+                                               queued)]))
+        elif kind == "time":
+            clock[0] += rest[0]
+        else:
+            carry(node_id, s.tick())
+    # The views become true and stay so: a few rounds of broadcasts and ticks, time passing.
+    for _ in range(2 * len(hops) + 2):
+        clock[0] += SPILL_SETTLE_S
+        for node_id in NODES:
+            carry(node_id, nodes[node_id].update_nodes([true_row(o) for o in NODES]))
+            carry(node_id, nodes[node_id].tick())
+    waiting = [node_id for node_id in NODES if nodes[node_id].local.waiting_for_resources()]
+    free = [node_id for node_id in NODES if nodes[node_id].local.fits_now({"CPU": 1.0})]
+    assert not (waiting and free), "a request waits for a CPU while another node has one free"
