@@ -14,6 +14,7 @@ differ by IP as real hosts do. The nodes' processes die with the process that ma
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from typing import Any
@@ -34,6 +35,7 @@ IGNORED_ARGS = {"_system_config", "include_dashboard", "dashboard_host", "dashbo
                 "env_vars", "enable_object_reconstruction", "redis_port", "node_name",
                 "labels", "_temp_dir", "memory", "namespace", "ray_client_server_port"}
 WAIT_S = 30.0
+RECHECK_S = 0.1  # while waiting for nodes: how often to ask again with no node change
 
 
 class ClusterNode:
@@ -169,29 +171,58 @@ class Cluster:
         return self.head_node._processes.session.token()
 
     def _alive_nodes(self) -> set[str]:
-        from ._rpc import connect
-        from .api import _in_thread
+        """The ids of the nodes the GCS holds alive now."""
+        alive: set[str] = set()
 
-        async def ask() -> list:
-            conn = await connect(self.address, self._token(), timeout=5)
-            try:
-                return await conn.request(m.GetNodes())
-            finally:
-                conn.close()
+        def take(ids: set[str]) -> bool:
+            alive.update(ids)
+            return True
 
-        try:
-            nodes = _in_thread(ask())
-        except (OSError, ConnectionError):
-            return set()
-        return {n["node_id"].hex() for n in nodes if n["alive"]}
+        self._wait(take, "the GCS's nodes")
+        return alive
 
     def _wait(self, done: Any, what: str, node: ClusterNode | None = None,
               timeout: float = WAIT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while not done(self._alive_nodes()):
-            if node is not None and not node.all_processes_alive():
-                failure = node._processes.startup_failure()
-                raise RuntimeError(f"a node of the cluster did not start: {failure}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-            time.sleep(0.01)  # a polling interval, not synchronization
+        """Until ``done(ids of the alive nodes)``: one connection to the GCS, subscribed to
+        its node changes, asks again whenever a node joins or dies (and every
+        ``RECHECK_S``, when it also checks that ``node``'s processes still run)."""
+        from ._rpc import connect
+        from .api import _in_thread
+
+        async def wait() -> None:
+            import asyncio
+
+            changed = asyncio.Event()
+            deadline = time.monotonic() + timeout
+            conn = None
+            try:
+                while True:
+                    if conn is None or not conn.is_open:
+                        try:
+                            conn = await connect(self.address, self._token(),
+                                                 {m.Publish: lambda c, msg: changed.set()},
+                                                 timeout=5)
+                            conn.send(m.Subscribe("node"))
+                        except (OSError, ConnectionError):
+                            conn = None
+                    if conn is not None:
+                        changed.clear()
+                        try:
+                            nodes = await conn.request(m.GetNodes())
+                        except (OSError, ConnectionError):
+                            nodes = None
+                        if nodes is not None and done(
+                                {n["node_id"].hex() for n in nodes if n["alive"]}):
+                            return
+                    if node is not None and not node.all_processes_alive():
+                        failure = node._processes.startup_failure()
+                        raise RuntimeError(f"a node of the cluster did not start: {failure}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+                    with contextlib.suppress(TimeoutError):  # no GCS yet: soon again
+                        await asyncio.wait_for(changed.wait(), RECHECK_S if conn else 0.01)
+            finally:
+                if conn is not None:
+                    conn.close()
+
+        _in_thread(wait())

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from ._ids import random_id
 from ._process import LifelinePipe, spawn
 from ._session import Session, reclaim_dead_sessions
-from .gcs.storage import redact_url
 
 __all__ = ["HeadNode", "WorkerNode", "default_object_store_memory", "node_resources",
            "start_head", "start_worker_node"]
@@ -193,6 +192,7 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None,
         gcs_sock.close()
         raylet_sock.close()
     head = HeadNode(session, gcs_address, raylet_address, node_id, [gcs, raylet], lifeline)
+    from .gcs.storage import redact_url  # here: every worker imports this module
     session.write_info(gcs_address=gcs_address, raylet_address=raylet_address,
                        node_id=node_id.hex(), pids=[gcs.pid, raylet.pid],
                        started=time.time(), detached=detached,

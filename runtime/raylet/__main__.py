@@ -1,4 +1,10 @@
-"""``python -m cellfleet.raylet``: run one node's raylet."""
+"""``python -m cellfleet.raylet``: run one node's raylet.
+
+It imports what it shares with its workers first (asyncio, the protocol, the messages, the
+session), then forks its worker template (``forkserver``), then imports its own modules: the
+template imports the worker runtime meanwhile, so a new node's first worker is ready about
+when the raylet is, rather than a whole second start after it.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,29 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from .. import _messages as m
 from .._rpc import Connection, connect, serve
-from .._service import add_common_arguments, listening_socket, reconnect_delays, run_service
+from .._service import (
+    add_common_arguments,
+    listening_socket,
+    raise_fd_limit,
+    reconnect_delays,
+    run_service,
+)
 from .._session import Session
 from .._shm import SharedArena
+from ..core import peers, pin_cache  # noqa: F401 - shared with the workers: before the fork
 from ..exceptions import RayError
-from .object_store import ObjectStore
+from .forkserver import TemplateProcess, fork_template
 from .pool_state import PoolLimits
-from .server import Raylet
-from .worker_pool import WorkerPool
+
+if TYPE_CHECKING:
+    import socket
+
+    from .server import Raylet
 
 logger = logging.getLogger("cellfleet.raylet")
 
@@ -119,6 +136,11 @@ def main() -> None:
     resources = json.loads(args.resources)
     cpus = int(resources.get("CPU", 1))
     limits = pool_limits(cpus)
+    raise_fd_limit()  # before the fork: the template's workers inherit the limit
+    template = _start_template(session.path)
+    from .object_store import ObjectStore  # the raylet's own modules, as the template imports
+    from .server import Raylet
+    from .worker_pool import WorkerPool
 
     async def serve_raylet(stop: asyncio.Event) -> None:
         token = session.token()
@@ -128,7 +150,8 @@ def main() -> None:
         host, port = sock.getsockname()[:2]
         address = f"{host}:{port}"
         pool = WorkerPool(raylet_address=address, gcs_address=args.gcs_address,
-                          node_id=node_id, session_dir=session.path, store_name=store_name)
+                          node_id=node_id, session_dir=session.path, store_name=store_name,
+                          template=template)
         prestart = args.prestart if args.prestart is not None else cpus
         raylet = Raylet(node_id=node_id, resources=resources,
                         store=ObjectStore(args.object_store_memory), store_name=store_name,
@@ -159,6 +182,18 @@ def main() -> None:
             shutil.rmtree(raylet.spill_dir, ignore_errors=True)
 
     run_service("raylet", args, serve_raylet)
+
+
+def _start_template(session_dir: Path) -> tuple[TemplateProcess, socket.socket] | None:
+    """Fork the worker template, unless ``CELLFLEET_WORKER_TEMPLATE=0`` (None: the pool then
+    starts one itself, or none)."""
+    if os.environ.get("CELLFLEET_WORKER_TEMPLATE", "1") == "0":
+        return None
+    try:
+        return fork_template(session_dir)
+    except OSError as exc:
+        logger.warning("could not fork the worker template (%s): starting one", exc)
+        return None
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ waits here for resources moves on, like a request made here, when a broadcast or
 a node that has them free, but only once it has waited ``SPILL_SETTLE_S`` here (long enough
 for this node's report to reach the other views), so a request hops at most twice, then once
 per ``SPILL_SETTLE_S``, however much the nodes' views disagree. SPREAD, affinity and
-placement group requests stay where they were sent.
+placement group requests stay where they were sent, and so do requests whose large arguments
+are here (the sender weighed the wait here against moving them).
 
 After spilling a request to a node, the view counts its resources there as taken until the
 next broadcast or clock tick (the node's figures may not change at all when its lease comes
@@ -233,10 +234,10 @@ class ClusterScheduler:
 
     def _spilled_here(self, request: LeaseRequest) -> list:
         """A request another raylet spilled here, which this node has what it asks for: here
-        when it can start here now (or has a strategy, or was moved on already); else on to
-        a node that has it free; else queued here."""
+        when it can start here now (or stays here, or was moved on already); else on to a
+        node that has it free; else queued here."""
         request.arrived = self.local.clock()
-        if (request.strategy or request.reason.startswith(ONWARD)
+        if (self._stays(request) or request.reason.startswith(ONWARD)
                 or self.local.fits_now(request.resources)):
             return self._here(request, request.reason)
         best = self._best_free(request.resources)
@@ -252,12 +253,19 @@ class ClusterScheduler:
         if self.nodes:
             settled = self.local.clock() - SPILL_SETTLE_S
             for request in self.local.waiting_for_resources():
-                if request.strategy or (request.spilled and request.arrived > settled):
+                if request.strategy or (request.spilled and (self._stays(request)
+                                                             or request.arrived > settled)):
                     continue
                 best = self._best_free(request.resources)
                 if best is not None:
                     moved.append(self._spill(request, best, self._moved_reason(request)))
         return moved + self.local.withdraw([s.request for s in moved]) if moved else []
+
+    def _stays(self, request: LeaseRequest) -> bool:
+        """A request spilled here that does not move on: one with a strategy, or whose large
+        arguments are here."""
+        return bool(request.strategy) or bool(request.locality
+                                              and request.locality[0] == self.node_id)
 
     def _moved_reason(self, request: LeaseRequest) -> str:
         how = ONWARD if request.spilled else "spilled back from "

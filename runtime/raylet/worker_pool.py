@@ -1,7 +1,8 @@
 """The raylet's worker processes: started ahead of need, registered, reaped when they exit.
 
 Workers are forked from a template process that has imported the runtime once
-(:mod:`.forkserver`); when the template is gone a worker starts as a new interpreter instead.
+(:mod:`.forkserver`; the raylet forks it early in its start, else the pool starts one); when
+the template is gone a worker starts as a new interpreter instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from .._process import LifelinePipe, spawn
 from .._rpc import Connection
+from .forkserver import TemplateProcess
 
 __all__ = ["WorkerPool", "WorkerProcess"]
 
@@ -70,21 +72,29 @@ class ForkedProcess:
 
 
 class WorkerTemplate:
-    """The raylet's end of the template process that forks workers."""
+    """The raylet's end of the template process that forks workers: ``forked`` by the
+    raylet (``forkserver.fork_template``), else started here. The first request carries
+    the workers' ``lifeline``."""
 
     def __init__(self, *, session_dir: Path, lifeline: LifelinePipe,
-                 on_lost: Callable[[], None]) -> None:
-        ours, theirs = socket.socketpair()
-        try:
-            self.process = spawn(
-                "cellfleet.raylet.forkserver",
-                ["--control-fd", str(theirs.fileno()), "--session-dir", str(session_dir)],
-                lifeline=lifeline, log_path=session_dir / "logs" / "worker-template.log",
-                pass_fds=(theirs.fileno(),), env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            theirs.close()
+                 on_lost: Callable[[], None],
+                 forked: tuple[TemplateProcess, socket.socket] | None = None) -> None:
+        if forked is not None:
+            self.process: subprocess.Popen | TemplateProcess = forked[0]
+            ours = forked[1]
+        else:
+            ours, theirs = socket.socketpair()
+            try:
+                self.process = spawn(
+                    "cellfleet.raylet.forkserver",
+                    ["--control-fd", str(theirs.fileno()), "--session-dir", str(session_dir)],
+                    lifeline=None, log_path=session_dir / "logs" / "worker-template.log",
+                    pass_fds=(theirs.fileno(),), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            finally:
+                theirs.close()
         self._sock = ours  # blocking: a request is a short line, at most a few are unanswered
+        self._lifeline: LifelinePipe | None = lifeline  # sent with the first request
         self._on_lost = on_lost
         self._awaiting_pid: deque[ForkedProcess] = deque()
         self._by_pid: dict[int, ForkedProcess] = {}
@@ -95,7 +105,13 @@ class WorkerTemplate:
 
     def fork(self, log_path: Path, argv: list[str]) -> ForkedProcess:
         """Ask for a worker; OSError when the template cannot take the request."""
-        self._sock.sendall(json.dumps([str(log_path), argv]).encode() + b"\n")
+        line = json.dumps([str(log_path), argv]).encode() + b"\n"
+        if self._lifeline is not None:
+            sent = socket.send_fds(self._sock, [line], [self._lifeline.read_fd])
+            self._lifeline = None
+            line = line[sent:]
+        if line:
+            self._sock.sendall(line)
         proc = ForkedProcess()
         self._awaiting_pid.append(proc)
         return proc
@@ -148,7 +164,9 @@ class WorkerPool:
     """Starts ``python -m cellfleet.worker`` processes tied to this raylet's life."""
 
     def __init__(self, *, raylet_address: str, gcs_address: str, node_id: bytes,
-                 session_dir: Path, store_name: str) -> None:
+                 session_dir: Path, store_name: str,
+                 template: tuple[TemplateProcess, socket.socket] | None = None) -> None:
+        """``template``: the worker template the raylet forked, if it did."""
         self._args = [
             "--raylet-address", raylet_address,
             "--gcs-address", gcs_address,
@@ -160,11 +178,11 @@ class WorkerPool:
         self._lifeline = LifelinePipe()
         self.workers: dict[bytes, WorkerProcess] = {}
         self._template: WorkerTemplate | None = None
-        if os.environ.get("CELLFLEET_WORKER_TEMPLATE", "1") != "0":
+        if template is not None or os.environ.get("CELLFLEET_WORKER_TEMPLATE", "1") != "0":
             try:
                 self._template = WorkerTemplate(session_dir=session_dir,
                                                 lifeline=self._lifeline,
-                                                on_lost=self._template_lost)
+                                                on_lost=self._template_lost, forked=template)
             except OSError as exc:
                 logger.warning("no worker template (%s): workers start as new interpreters", exc)
 
@@ -174,8 +192,7 @@ class WorkerPool:
         args = [*self._args, "--worker-id", worker_id.hex()]
         proc: subprocess.Popen | ForkedProcess
         if self._template is not None and self._template.alive:
-            proc = self._template.fork(log_path, [*args, "--lifeline-fd",
-                                                  str(self._lifeline.read_fd)])
+            proc = self._template.fork(log_path, args)
         else:
             proc = spawn("cellfleet.worker", args, lifeline=self._lifeline, log_path=log_path,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})

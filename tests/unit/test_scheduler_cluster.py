@@ -178,6 +178,18 @@ def test_a_request_moved_on_once_is_queued_where_it_lands_when_busy() -> None:
     assert len(s.local.queue) == 1
 
 
+def test_a_request_spilled_here_for_its_arguments_stays_here() -> None:
+    clock = [0.0]
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 4.0}))
+    s.local.clock = lambda: clock[0]
+    s.request_lease(req(1))
+    request = spilled(2, reason="locality: here holds 8 MB of the arguments")
+    request.locality = [HERE, 8_000_000]
+    assert s.request_lease(request) == []
+    clock[0] = 10 * SPILL_SETTLE_S
+    assert s.tick() == [] and list(s.local.queue) == [request]
+
+
 def test_spread_and_affinity_requests_spilled_here_stay_here() -> None:
     s = cluster({"CPU": 1.0}, row(B, {"CPU": 4.0}))
     s.request_lease(req(1))
