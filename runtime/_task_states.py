@@ -8,7 +8,7 @@ one event per task (``coalesce``), whose time is then ``{state: time}``.
 
 from __future__ import annotations
 
-__all__ = ["RANK", "TASK_STATES", "coalesce"]
+__all__ = ["RANK", "TASK_STATES", "TERMINAL_STATES", "coalesce"]
 
 TASK_STATES = (
     "PENDING_ARGS_AVAIL",
@@ -19,6 +19,7 @@ TASK_STATES = (
     "FAILED",
 )
 RANK = {state: i for i, state in enumerate(TASK_STATES)}
+TERMINAL_STATES = frozenset({"FINISHED", "FAILED"})
 
 
 def coalesce(events: list[list]) -> list[list]:

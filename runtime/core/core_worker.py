@@ -334,7 +334,7 @@ class CoreWorker:
             self.refs.apply_releases(releases)
 
     def _flush_events(self) -> None:
-        self.events.flush(self.gcs)
+        self.events.flush(self.gcs, everything=False)
         if not self._closed:
             self._loop.call_later(FLUSH_INTERVAL_S, self._flush_events)
 

@@ -22,11 +22,11 @@ from typing import Any
 
 from .._task_states import RANK as _RANK
 from .._task_states import TASK_STATES
+from .._task_states import TERMINAL_STATES as _TERMINAL
 
 __all__ = ["TASK_STATES", "TaskEventStore"]
 
 _SHARED_VALUES_MAX = 1000
-_TERMINAL = frozenset({"FINISHED", "FAILED"})
 SAMPLE_PER_JOB = 300  # changed records a view update carries per job (newest first)
 MAX_SENT_OPEN = 10_000  # tasks pushed while unfinished, whose next change is always pushed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from cellfleet import _gc
 from cellfleet._task_states import TASK_STATES, coalesce
-from cellfleet.core.events import EventBuffer
+from cellfleet.core.events import YOUNG_S, EventBuffer
 from cellfleet.gcs.task_events import TaskEventStore
 
 _event = st.tuples(
@@ -41,14 +42,18 @@ def test_a_coalesced_batch_makes_the_records_its_events_make(earlier: list,
     assert coalesced.summarize() == one_by_one.summarize()
 
 
+class _Gcs:
+    is_open, unsent_bytes = True, 0
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, message: object) -> None:
+        self.sent.append(message)
+
+
 def test_a_task_that_ended_before_the_flush_sends_one_event_without_running() -> None:
-    class Gcs:
-        is_open, unsent_bytes, sent = True, 0, []
-
-        def send(self, message: object) -> None:
-            self.sent.append(message)
-
-    events, gcs = EventBuffer(), Gcs()
+    events, gcs = EventBuffer(), _Gcs()
     events.task(b"done", "SUBMITTED_TO_WORKER", {"node_id": "n1"})
     events.task(b"done", "RUNNING", {"worker_pid": 7})
     events.task(b"long", "RUNNING", {"worker_pid": 7})
@@ -61,6 +66,44 @@ def test_a_task_that_ended_before_the_flush_sends_one_event_without_running() ->
                                                    ["FINISHED", "SUBMITTED_TO_WORKER"])
     assert done[3] == {"node_id": "n1", "end_time": 2.0}
     assert (long[0], long[1]) == (b"long", "RUNNING")  # still running: it is shown so
+
+
+def test_the_periodic_flush_keeps_young_tasks_back_until_they_end_or_age(monkeypatch) -> None:
+    events, gcs = EventBuffer(), _Gcs()
+    events.task(b"quick", "PENDING_ARGS_AVAIL", {"name": "f"})
+    events.task(b"slow", "PENDING_ARGS_AVAIL", {"name": "g"})
+    events.flush(gcs, everything=False)
+    assert gcs.sent == []  # both young and under way
+    events.task(b"quick", "FINISHED", {"end_time": 1.0})
+    events.flush(gcs, everything=False)
+    (batch,) = gcs.sent
+    assert [(e[0], e[1], e[3]) for e in batch.tasks] == [
+        (b"quick", "FINISHED", {"name": "f", "end_time": 1.0})]  # one event: all it did
+    later = time.time() + 2 * YOUNG_S
+    monkeypatch.setattr(time, "time", lambda: later)
+    events.flush(gcs, everything=False)
+    assert [(e[0], e[1]) for e in gcs.sent[-1].tasks] == [(b"slow", "PENDING_ARGS_AVAIL")]
+
+
+def test_a_full_flush_sends_young_tasks_too() -> None:
+    events, gcs = EventBuffer(), _Gcs()
+    events.task(b"t", "PENDING_ARGS_AVAIL", {"name": "f"})
+    events.flush(gcs, everything=False)
+    events.flush(gcs)  # before a request to the GCS: it answers with this task in
+    assert [(e[0], e[1]) for e in gcs.sent[-1].tasks] == [(b"t", "PENDING_ARGS_AVAIL")]
+
+
+def test_young_tasks_kept_back_are_bounded() -> None:
+    events, gcs = EventBuffer(max_size=3), _Gcs()
+    for i in range(3):
+        events.task(bytes([i]), "PENDING_ARGS_AVAIL")
+    events.flush(gcs, everything=False)
+    assert gcs.sent == [] and len(events._young) == 3
+    for i in range(3, 6):
+        events.task(bytes([i]), "PENDING_ARGS_AVAIL")
+    events.flush(gcs, everything=False)
+    assert [e[0] for e in gcs.sent[-1].tasks] == [bytes([i]) for i in range(3)]  # oldest go
+    assert [e[0] for e in events._young] == [bytes([i]) for i in range(3, 6)]
 
 
 @pytest.fixture
