@@ -31,6 +31,7 @@ from .._session import Session
 from .._shm import SharedArena
 from ..core import peers, pin_cache  # noqa: F401 - shared with the workers: before the fork
 from ..exceptions import RayError
+from ..gcs import placement_groups  # noqa: F401 - shared with the workers: before the fork
 from .forkserver import TemplateProcess, fork_template
 from .pool_state import PoolLimits
 
