@@ -25,6 +25,7 @@ raylet's first request (``SCM_RIGHTS``) and passes it on as ``--lifeline-fd``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import select
@@ -164,6 +165,7 @@ def fork_template(session_dir: Path) -> tuple[TemplateProcess, socket.socket]:
         try:
             ours.close()
             _detach(theirs.fileno(), session_dir / "logs" / "worker-template.log")
+            _unbuffered()
             _set_command_line([sys.executable, "-m", "cellfleet.raylet.forkserver",
                                "--session-dir", str(session_dir)])
             _import_and_serve(theirs)
@@ -194,6 +196,16 @@ def _output_to(log_path: str | Path) -> None:
     os.dup2(out, 2)
     os.close(out)
     os.close(null)
+
+
+def _unbuffered() -> None:
+    """Output written at once, as with ``PYTHONUNBUFFERED=1`` (which a started template gets,
+    and its workers and their children inherit): a worker's lines reach its log even when
+    it is killed."""
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
+                                  errors="backslashreplace")
 
 
 def _set_command_line(argv: list[str]) -> None:
