@@ -11,8 +11,8 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 
-from ._gc import tune_gc
 from ._process import watch_parent
+from ._tuning import tune_process
 
 __all__ = ["add_common_arguments", "listening_socket", "raise_fd_limit", "reconnect_delays",
            "run_service"]
@@ -75,7 +75,7 @@ def run_service(
 ) -> None:
     """Run ``main(stop_event)`` until SIGTERM/SIGINT or the parent's death sets the event."""
     raise_fd_limit()
-    tune_gc(freeze=True)
+    tune_process(runtime=True)
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
     )

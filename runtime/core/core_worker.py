@@ -26,7 +26,6 @@ from typing import Any
 
 from .. import _context, exceptions
 from .. import _messages as m
-from .._gc import tune_gc
 from .._ids import IdGenerator, object_id_for
 from .._rpc import Connection, Listener, connect, serve
 from .._serialization import (
@@ -41,6 +40,7 @@ from .._serialization import (
 )
 from .._service import raise_fd_limit, reconnect_delays
 from .._shm import SharedArena
+from .._tuning import tune_process
 from .actor_submitter import ActorSubmitter
 from .dependency_resolver import DependencyResolver
 from .events import FLUSH_INTERVAL_S, EventBuffer
@@ -158,7 +158,7 @@ class CoreWorker:
               timeout: float = 30.0) -> None:
         """Start the I/O thread and connect to the node and the GCS."""
         raise_fd_limit()
-        tune_gc()
+        tune_process()
         ready: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,),
                                         name="cellfleet-io", daemon=True)

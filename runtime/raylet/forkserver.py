@@ -37,7 +37,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .._gc import tune_gc
+from .._tuning import tune_process
 
 __all__ = ["TemplateProcess", "fork_template", "serve"]
 
@@ -229,7 +229,7 @@ def _set_command_line(argv: list[str]) -> None:
 def _import_and_serve(conn: socket.socket) -> None:
     import cellfleet.worker.__main__  # noqa: F401 - the import every forked worker shares
 
-    tune_gc(freeze=True)  # what every worker inherits stays out of its collections
+    tune_process(runtime=True)  # every worker inherits it
     serve(conn)
 
 
@@ -241,7 +241,7 @@ def main() -> None:
     args = parser.parse_args()
     import cellfleet.worker.__main__  # noqa: F401 - the import every forked worker shares
 
-    tune_gc(freeze=True)  # what every worker inherits stays out of its collections
+    tune_process(runtime=True)  # every worker inherits it
     serve(socket.socket(fileno=args.control_fd))
 
 

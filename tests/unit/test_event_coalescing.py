@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellfleet import _gc
+from cellfleet import _tuning
 from cellfleet._task_states import TASK_STATES, coalesce
 from cellfleet.core.events import YOUNG_S, EventBuffer
 from cellfleet.gcs.task_events import TaskEventStore
@@ -115,18 +118,28 @@ def default_gc():
 
 
 def test_the_young_generation_is_raised_only_where_nobody_chose(default_gc, monkeypatch) -> None:
-    monkeypatch.delenv(_gc.GC_THRESHOLD_ENV, raising=False)
-    _gc.tune_gc()
-    assert gc.get_threshold()[0] == _gc.GEN0_THRESHOLD
+    monkeypatch.delenv(_tuning.GC_THRESHOLD_ENV, raising=False)
+    _tuning.tune_process()
+    assert gc.get_threshold()[0] == _tuning.GEN0_THRESHOLD
     gc.set_threshold(1234, 10, 10)  # a process's own choice stays
-    _gc.tune_gc()
+    _tuning.tune_process()
     assert gc.get_threshold()[0] == 1234
 
 
 def test_the_threshold_can_be_left_alone(default_gc, monkeypatch) -> None:
-    monkeypatch.setenv(_gc.GC_THRESHOLD_ENV, "0")
-    _gc.tune_gc()
+    monkeypatch.setenv(_tuning.GC_THRESHOLD_ENV, "0")
+    _tuning.tune_process()
     assert gc.get_threshold() == (700, 10, 10)
-    monkeypatch.setenv(_gc.GC_THRESHOLD_ENV, "lots")
+    monkeypatch.setenv(_tuning.GC_THRESHOLD_ENV, "lots")
     with pytest.raises(ValueError, match="CELLFLEET_GC_THRESHOLD"):
-        _gc.tune_gc()
+        _tuning.tune_process()
+
+
+def test_a_runtime_process_runs_as_sched_batch_unless_told_not_to(default_gc) -> None:
+    script = ("import os, gc; from cellfleet._tuning import tune_process; "
+              "tune_process(runtime=True); "
+              "print(os.sched_getscheduler(0) == os.SCHED_BATCH, gc.get_freeze_count() > 0)")
+    for env, expected in (({}, "True True"), ({_tuning.SCHED_BATCH_ENV: "0"}, "False True")):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=60)
+        assert done.stdout.split() == expected.split(), done.stderr
