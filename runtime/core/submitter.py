@@ -197,6 +197,7 @@ class TaskSubmitter:
         self._queues: dict[tuple, _KeyQueue] = {}
         self._durations: dict[bytes, float] = {}  # function id -> moving average seconds
         self._to_pump: dict[tuple, _KeyQueue] = {}  # queues whose workers freed up
+        self._leasing: set[asyncio.Task] = set()  # lease requests under way
         self._loop = asyncio.get_running_loop()
         self.workers_by_task: dict[bytes, LeasedWorker] = {}
 
@@ -268,7 +269,9 @@ class TaskSubmitter:
         if tasks and not queue.lease_pending:
             queue.lease_pending = True
             queue.lease_asked = self._loop.time()
-            self._loop.create_task(self._lease(key, queue))
+            lease = self._loop.create_task(self._lease(key, queue))
+            self._leasing.add(lease)
+            lease.add_done_callback(self._leasing.discard)
 
     def _pump_evenly(self, queue: _KeyQueue) -> None:
         """One task to each worker that can take one, round after round."""
@@ -447,6 +450,8 @@ class TaskSubmitter:
             self.submit(spec)
 
     def shutdown(self) -> None:
+        for lease in self._leasing:
+            lease.cancel()
         for queue in self._queues.values():
             for worker in list(queue.workers):
                 self._return(worker, failed=False)
