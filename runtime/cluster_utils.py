@@ -205,6 +205,8 @@ class Cluster:
                             conn.send(m.Subscribe("node"))
                         except (OSError, ConnectionError):
                             conn = None
+                            if done(set()):  # no GCS to answer: no node is alive
+                                return
                     if conn is not None:
                         changed.clear()
                         try:
