@@ -10,8 +10,9 @@ bulk reply (the header ``_messages.encode_parts`` would write, then the bytes), 
 the kernel, never through Python. The object is pinned in the store while its chunks are
 written: from the first request for it until a request for another object, or until the
 connection has no request waiting (``pin`` and ``unpin`` hop to the raylet's loop, which owns
-the store, so a pipelined run of chunks costs one pin). An object not here, or a range outside
-it, is answered ``None``.
+the store, so a pipelined run of chunks costs one pin). A primary copy spilled to disk is read
+back into the store first, and then served. An object not here, or a range outside it, is
+answered ``None``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .._protocol import ServerHandshake, frame_header, new_server_id
 from .._shm import SHM_DIR
 from ..exceptions import AuthenticationError, ProtocolError
 
-__all__ = ["HANDSHAKE_S", "MAX_CONNECTIONS", "SOCKET_BUFFER", "ChunkServer"]
+__all__ = ["HANDSHAKE_S", "MAX_CONNECTIONS", "SOCKET_BUFFER", "ChunkReader", "ChunkServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,22 @@ MAX_REQUEST = 4096  # a ReadObjectChunk frame is ~40 bytes
 SOCKET_BUFFER = 4 << 20  # SO_SNDBUF / SO_RCVBUF of chunk connections
 
 
+class ChunkReader:
+    """One chunk connection, as the store's readers are known: its pins, while it is open."""
+
+    __slots__ = ("is_open",)
+
+    def __init__(self) -> None:
+        self.is_open = True
+
+
 class ChunkServer:
     """Serve ``ReadObjectChunk`` from this node's arena on a port of its own.
 
-    ``pin(key, object_id)`` returns the sealed object's ``(offset, size)`` pinned for ``key``,
-    or ``None``; ``unpin(key, object_id)`` gives the pin back; ``gone(key)`` ends every pin of
-    a closed connection. All three are called from the server's threads.
+    ``pin(key, object_id)`` returns the sealed object's ``(offset, size)`` pinned for ``key``
+    (a :class:`ChunkReader`), or ``None``; ``unpin(key, object_id)`` gives the pin back;
+    ``gone(key)`` ends every pin of a closed connection. All three are called from the
+    server's threads.
     """
 
     def __init__(self, host: str, token: bytes, arena_name: str,
@@ -94,7 +105,7 @@ class ChunkServer:
                              daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        key = object()  # this connection's pins in the store
+        key = ChunkReader()  # this connection's pins in the store
         pinned: list = [None, None]  # the object pinned for this connection, and where it is
         try:
             self._handshake(conn)
@@ -124,6 +135,7 @@ class ChunkServer:
             with self._lock:
                 self._connections.discard(conn)
             conn.close()
+            key.is_open = False
             self._gone(key)
 
     def _handshake(self, conn: socket.socket) -> None:

@@ -27,7 +27,7 @@ from ..core.pin_cache import GRACE_S as PIN_GRACE_S
 from ..exceptions import ObjectStoreFullError, TaskUnschedulableError
 from .bundles import BundleLedger
 from .chunk_channel import ChannelPool, pull_object
-from .chunk_server import ChunkServer
+from .chunk_server import ChunkReader, ChunkServer
 from .cluster_scheduler import ClusterScheduler, Infeasible, Spill
 from .object_manager import PROGRESS_BYTES, Pull
 from .object_store import ObjectStore
@@ -522,18 +522,30 @@ class Raylet:
 
     # The chunk port's threads ask for pins here: the store belongs to the event loop.
 
-    def _pin_for_chunk(self, key: object, object_id: bytes) -> tuple[int, int] | None:
+    def _pin_for_chunk(self, key: ChunkReader, object_id: bytes) -> tuple[int, int] | None:
+        """``(offset, size)`` of ``object_id`` pinned for a chunk connection; a spilled copy
+        is read back first (the pull waits for it, as a local reader would)."""
         pinned: concurrent.futures.Future = concurrent.futures.Future()
 
-        def pin() -> None:
-            where = self.store.locate(key, [object_id])[0]
+        def answered(answer: asyncio.Future) -> None:
+            where = None if answer.cancelled() else answer.result()[0]
             pinned.set_result(tuple(where) if where else None)
+
+        def pin() -> None:
+            if object_id in self.store.spilled and object_id not in self._restoring:
+                self._start_restore(object_id)
+            answer = self._loop.create_future()
+            answer.add_done_callback(answered)
+            self._answer_locations(key, [object_id], answer)
 
         try:
             self._loop.call_soon_threadsafe(pin)
         except RuntimeError:  # the loop has stopped: the raylet is going
             return None
-        return pinned.result()
+        try:
+            return pinned.result(timeout=CHUNK_PIN_WAIT_S)
+        except concurrent.futures.TimeoutError:  # never sealed: the puller tries elsewhere
+            return None
 
     def _unpin_for_chunk(self, key: object, object_id: bytes) -> None:
         with contextlib.suppress(RuntimeError):
@@ -649,6 +661,7 @@ def _removed(pg_id: bytes) -> str:
 
 
 SPILL_ROUNDS = 3  # spill-and-retry rounds before an allocation gives up
+CHUNK_PIN_WAIT_S = 60.0  # a chunk request for an object being restored waits this long at most
 PROGRESS_STEPS = 50  # a large pull tells its readers how far it is at most this many times
 
 
