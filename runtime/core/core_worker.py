@@ -808,6 +808,17 @@ class CoreWorker:
         self.call_soon(attach)
         return out
 
+    def know_values(self, pairs: list[tuple[bytes, list]]) -> None:
+        """Values this process was handed (a task's resolved arguments) for borrowed refs it
+        holds without one: a ``get`` of those needs no round trip to their owner, and a task
+        doing it keeps its CPU (in Ray the object is in the local store already)."""
+        entries = self.refs.entries
+        for object_id, payload in pairs:
+            entry = entries.get(object_id)
+            if entry is not None and not entry.owned and entry.payload is None \
+                    and not entry.fetching:
+                self.memory_store.put(entry, payload)
+
     def _set_ready(self, object_id: bytes, entry: ObjectEntry, payload: list) -> None:
         self.memory_store.put(entry, payload)
         if self.resolver.is_awaited(object_id):

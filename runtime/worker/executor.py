@@ -419,10 +419,11 @@ class TaskExecutor:
         args, kwargs = pickle.loads(spec.args)
         if not spec.arg_refs:
             return args, kwargs
+        resolved = [(object_id, payload)
+                    for (object_id, _), payload in zip(spec.arg_refs, spec.resolved)]
+        self.core.know_values(resolved)  # the same refs nested in the arguments
         try:
-            values = [value for _, value in self.core.read_payloads(
-                [(object_id, payload) for (object_id, _), payload in zip(spec.arg_refs,
-                                                                        spec.resolved)])]
+            values = [value for _, value in self.core.read_payloads(resolved)]
         except exceptions.ObjectLostError as exc:
             if type(exc) is exceptions.ObjectLostError and not spec.actor_id:
                 raise _ArgumentLost(bytes.fromhex(exc.object_ref_hex)) from exc
