@@ -39,6 +39,8 @@ from pathlib import Path
 
 from .._tuning import tune_process
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
 __all__ = ["TemplateProcess", "fork_template", "serve"]
 
 
@@ -154,6 +156,7 @@ def fork_template(session_dir: Path) -> tuple[TemplateProcess, socket.socket]:
     loop yet (the raylet, early in its start); returns it and this end of its control
     socket. OSError when the fork fails."""
     ours, theirs = socket.socketpair()
+    raylet = os.getpid()
     try:
         pid = os.fork()
     except OSError:
@@ -163,6 +166,7 @@ def fork_template(session_dir: Path) -> tuple[TemplateProcess, socket.socket]:
     if pid == 0:
         code = 1
         try:
+            _die_with(raylet)
             ours.close()
             _detach(theirs.fileno(), session_dir / "logs" / "worker-template.log")
             _unbuffered()
@@ -176,6 +180,21 @@ def fork_template(session_dir: Path) -> tuple[TemplateProcess, socket.socket]:
             os._exit(code)
     theirs.close()
     return TemplateProcess(pid), ours
+
+
+def _die_with(parent: int) -> None:
+    """In the forked template: be killed when the raylet dies (``PR_SET_PDEATHSIG``), at
+    once, even while still importing (it would otherwise notice only at its next read of the
+    control socket). Its workers do not inherit this: they have their own lifeline."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl here: the control socket's end still ends it
+        return
+    if os.getppid() != parent:  # the raylet died before the request took effect
+        os._exit(1)
 
 
 def _detach(keep: int, log_path: Path) -> None:
