@@ -105,6 +105,8 @@ class ActorState:
     creation: TaskSpec | None = None  # the owner's: to run the constructor again
     kind: str = ""  # its lease kind ("actor" or "detached_actor")
     restarts: int = 0
+    killing: Connection | None = None  # the process a kill(no_restart=False) was sent to
+    kill_next: ActorDeathReason | None = None  # such a kill for the process starting now
 
 
 class ActorSubmitter:
@@ -177,6 +179,9 @@ class ActorSubmitter:
                 "worker_id": result.worker_id})
             if state.run_resources != spec.resources:
                 state.raylet.send(m.ShrinkLease(state.lease_id, state.run_resources))
+            if state.kill_next is not None:  # killed while it was (re)starting
+                reason, state.kill_next = state.kill_next, None
+                asyncio.ensure_future(self._kill_process(state, reason))
             self._flush(state)
             return
         detail = result.error_text if result is not None else ""
@@ -338,6 +343,15 @@ class ActorSubmitter:
         self._mark_dead_in_gcs(state.actor_id, error, reason)
 
     async def _kill_process(self, state: ActorState, reason: ActorDeathReason) -> None:
+        if state.owned:  # the owner knows the process: the next one, if this one is going
+            conn = state.conn
+            if state.state != "ALIVE" or conn is None or not conn.is_open \
+                    or conn is state.killing:
+                state.kill_next = reason
+                return
+            state.killing = conn
+            conn.send(m.KillActor(reason.value))
+            return
         try:
             if state.conn is None or not state.conn.is_open:
                 info = await self._ask_gcs(m.WaitActor(state.actor_id))

@@ -99,3 +99,16 @@ def test_kill_with_no_restart_false_restarts_it(fresh_cluster):
     ray.kill(counter, no_restart=False)
     wait_until(lambda: ray.get(counter.pid.remote(), timeout=60) != first,
                message="a new process")
+
+
+def test_a_kill_that_meets_a_restart_under_way_kills_the_restarted_process(fresh_cluster):
+    fresh_cluster(num_cpus=1)
+    once = Fragile.options(num_cpus=1, max_restarts=1).remote()
+    ray.get(once.pid.remote(), timeout=30)
+    ray.kill(once, no_restart=False)  # restart 1 of 1 begins
+    ray.kill(once, no_restart=False)  # meant for the process that restart starts
+    wait_until(lambda: state_of(once)["state"] == "DEAD", message="the actor dead")
+    with pytest.raises(exceptions.RayActorError):
+        ray.get(once.pid.remote(), timeout=30)
+    after = Fragile.options(num_cpus=1).remote()  # the only CPU is free again
+    assert ray.get(after.pid.remote(), timeout=30)
