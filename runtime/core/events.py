@@ -91,7 +91,6 @@ class EventBuffer:
         if self.logs:
             gcs.send(m.AddLogs(_drain(self.logs)))
 
-
     def _keep_young(self, events: list[list]) -> list[list]:
         """The events to send now; those of young tasks still under way wait (the newest
         ``max_size`` at most)."""
