@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
 import cloudpickle
@@ -92,26 +91,3 @@ def test_after_borrows_sends_at_once_when_nothing_is_in_flight(cluster) -> None:
     core.run(check(), timeout=10)
     assert sent == ["now", "later"]
 
-
-@cellfleet.remote
-def make_list() -> list:
-    return [1] * (1 << 20)  # stored in shared memory
-
-
-@cellfleet.remote
-def get_the_nested_copy(value: list, box: list) -> int:
-    assert cellfleet.get(box[0]) == value  # the same object, handed as an argument too
-    return os.getpid()
-
-
-@cellfleet.remote
-def pid_of(value: list) -> int:
-    return os.getpid()
-
-
-def test_a_get_of_a_nested_ref_also_handed_as_an_argument_keeps_the_cpu(fresh_cluster) -> None:
-    fresh_cluster(num_cpus=1)
-    made = make_list.remote()
-    first = get_the_nested_copy.remote(made, [made])
-    second = pid_of.remote(made)  # another worker only if the first lent its CPU in its get
-    assert len(set(cellfleet.get([first, second], timeout=60))) == 1
