@@ -14,6 +14,8 @@ every ``MIN_REFRESH_S``.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 import time
 from collections import deque
 from typing import Any
@@ -35,6 +37,10 @@ HISTORY = 3600  # store usage samples kept per node
 MAX_CLUSTERS = 32
 MAX_SPANS = 5000  # timeline spans per answer
 CHANGE_LOG = 600  # refreshes remembered: which tasks each one changed (the timeline's cursor)
+# How much later than a task submitted after it a task's record can reach the views: an owner
+# keeps a young task's events back up to 0.25 s and flushes every 0.1 s, the GCS publishes
+# changes every second (core/events.py, gcs/server.py).
+ARRIVAL_SPREAD_S = 2.0
 
 
 class ClusterState:
@@ -157,23 +163,36 @@ class ClusterState:
 
     def recent(self, limit: int = 12) -> list[dict[str, Any]]:
         """The newest tasks submitted: function, state, node, worker, attempt, placement reason,
-        duration."""
-        out = []
-        for record in reversed(self.model.records.values()):
+        duration. Records arrive out of submission order (an owner sends a task that ended at
+        once before older ones still running), by ``ARRIVAL_SPREAD_S`` at most: the records
+        that arrived last are read until one was submitted that long before the newest
+        ``limit``."""
+        newest: list[tuple[float, int, dict]] = []  # a heap of the newest `limit` so far
+        for order, record in enumerate(reversed(self.model.records.values())):
             if "name" not in record:
                 continue
-            start, end = record.get("start_time"), record.get("end_time")
-            out.append({
-                "task_id": record["task_id"], "name": record["name"], "state": record["state"],
-                "cancelled": was_cancelled(record), "node": record.get("node_id"),
-                "pid": record.get("worker_pid"), "attempt": record.get("attempt_number") or 0,
-                "duration": end - start if start and end else None, "tag": record.get("tag"),
-                "cell": self.model.cell_labels.get(record.get("tag") or ""),
-                "owner": record.get("owner"), "placement": record.get("placement_reason"),
-            })
-            if len(out) >= limit:
+            submitted = _submitted_at(record)
+            if submitted is None:  # no time known (its first events were dropped): oldest
+                submitted = -math.inf
+            elif len(newest) == limit and submitted < newest[0][0] - ARRIVAL_SPREAD_S:
                 break
-        return out
+            entry = (submitted, -order, record)
+            if len(newest) < limit:
+                heapq.heappush(newest, entry)
+            elif entry > newest[0]:
+                heapq.heapreplace(newest, entry)
+        return [self._recent_row(record) for *_, record in sorted(newest, reverse=True)]
+
+    def _recent_row(self, record: dict[str, Any]) -> dict[str, Any]:
+        start, end = record.get("start_time"), record.get("end_time")
+        return {
+            "task_id": record["task_id"], "name": record["name"], "state": record["state"],
+            "cancelled": was_cancelled(record), "node": record.get("node_id"),
+            "pid": record.get("worker_pid"), "attempt": record.get("attempt_number") or 0,
+            "duration": end - start if start and end else None, "tag": record.get("tag"),
+            "cell": self.model.cell_labels.get(record.get("tag") or ""),
+            "owner": record.get("owner"), "placement": record.get("placement_reason"),
+        }
 
     def spans(self, since: float, limit: int = MAX_SPANS, cursor: int = 0) -> dict[str, Any]:
         """Timeline spans of the newest ``limit`` tasks that ran, ending after ``since``; with
@@ -225,6 +244,12 @@ class ClusterState:
                 if tid not in seen:
                     seen.add(tid)
                     yield tid
+
+
+def _submitted_at(record: dict[str, Any]) -> float | None:
+    """When a record's task was submitted, or its earliest known time."""
+    times = record.get("events") or {}
+    return times.get("PENDING_ARGS_AVAIL") or min(times.values(), default=None)
 
 
 def _ignore_failure(future: asyncio.Future) -> None:
