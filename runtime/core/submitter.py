@@ -1,11 +1,13 @@
 """Direct task submission: lease workers from the raylet, push tasks to them, pipelined.
 
 Tasks whose arguments are ready wait in a queue per scheduling key (their resource shape and
-scheduling strategy). For each key the submitter keeps at most one lease request in flight;
-every granted worker gets tasks pushed straight to it. A lease request goes to this node's
-raylet first; when that raylet answers "spill back to node X" the submitter asks X's raylet,
-and when it answers "infeasible" (no node of the cluster fits) the submitter warns and asks
-again to wait until a node that fits joins (:func:`lease_worker`).
+scheduling strategy). For each key the submitter keeps one lease request in flight (SPREAD
+keys up to ``SPREAD_LEASES_IN_FLIGHT``, so that one request queued behind the owner's own
+leases on a node the raylet's stale view showed free does not keep the others from the rest
+of the nodes); every granted worker gets tasks pushed straight to it. A lease request goes to
+this node's raylet first; when that raylet answers "spill back to node X" the submitter asks
+X's raylet, and when it answers "infeasible" (no node of the cluster fits) the submitter warns
+and asks again to wait until a node that fits joins (:func:`lease_worker`).
 
 A worker runs one task at a time; the submitter sends it more than one only for functions
 whose tasks have proven short, so a burst of tiny tasks is pipelined while long tasks still
@@ -43,6 +45,7 @@ PIPELINE_DEPTH = 64
 SPREAD_PIPELINE_DEPTH = 2  # a SPREAD task's worker has the next one at hand, no more
 SPREAD_SETTLE_S = 0.005  # a lease request unanswered this long: no more nodes are free now
 SPREAD_SETTLED_DEPTH = 8  # then: enough that a worker never waits for the owner's next push
+SPREAD_LEASES_IN_FLIGHT = 4  # lease requests of one SPREAD key under way at once
 SHORT_TASK_S = 0.002
 STEAL_AFTER_S = 0.01  # a task running at two looks this far apart holds up those behind it
 LEASE_IDLE_S = 0.01
@@ -165,8 +168,8 @@ class _KeyQueue:
     locality: list | None = None  # [node_id, bytes] of the first task's large arguments
     tasks: deque[TaskSpec] = field(default_factory=deque)
     workers: list[LeasedWorker] = field(default_factory=list)
-    lease_pending: bool = False
-    lease_asked: float = 0.0  # when the pending lease request left (loop time)
+    leases_pending: int = 0  # lease requests under way
+    lease_asked: float = 0.0  # when the newest of them left (loop time)
 
     @property
     def spread(self) -> bool:
@@ -266,8 +269,9 @@ class TaskSubmitter:
                         self._push(worker, batch)
                     if not tasks:
                         break
-        if tasks and not queue.lease_pending:
-            queue.lease_pending = True
+        limit = min(len(tasks), SPREAD_LEASES_IN_FLIGHT if queue.spread else 1)
+        while queue.leases_pending < limit:
+            queue.leases_pending += 1
             queue.lease_asked = self._loop.time()
             lease = self._loop.create_task(self._lease(key, queue))
             self._leasing.add(lease)
@@ -305,7 +309,7 @@ class TaskSubmitter:
         depth = PIPELINE_DEPTH
         if queue.spread:
             depth = SPREAD_PIPELINE_DEPTH
-            if (queue.lease_pending and len(queue.workers) > 1
+            if (queue.leases_pending and len(queue.workers) > 1
                     and self._loop.time() - queue.lease_asked > SPREAD_SETTLE_S):
                 depth = SPREAD_SETTLED_DEPTH
         if len(worker.in_flight) >= depth or not self._is_short(spec.function_id):
@@ -373,12 +377,12 @@ class TaskSubmitter:
             grant = await lease_worker(self._raylet(), self._connect_raylet, request,
                                        lambda reason: self._warn_infeasible(queue, reason))
         except Exception as exc:
-            queue.lease_pending = False
+            queue.leases_pending -= 1
             failed, queue.tasks = list(queue.tasks), deque()
             for spec in failed:
                 self._on_failed(spec, exc)
             return
-        queue.lease_pending = False
+        queue.leases_pending -= 1
         worker = LeasedWorker(grant.lease_id, grant.worker_id, grant.address, grant.node_id,
                               key, grant.raylet, grant.reason)
         address, worker_id = grant.address, grant.worker_id

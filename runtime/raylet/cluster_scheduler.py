@@ -29,9 +29,11 @@ reason then starts with ``spilled on from``); else it is queued here. A spilled 
 waits here for resources moves on, like a request made here, when a broadcast or a tick shows
 a node that has them free, but only once it has waited ``SPILL_SETTLE_S`` here (long enough
 for this node's report to reach the other views), so a request hops at most twice, then once
-per ``SPILL_SETTLE_S``, however much the nodes' views disagree. SPREAD, affinity and
-placement group requests stay where they were sent, and so do requests whose large arguments
-are here (the sender weighed the wait here against moving them).
+per ``SPILL_SETTLE_S``, however much the nodes' views disagree. SPREAD requests move on the
+same way (round robin is over the nodes that can start them now; a stale view must not leave
+one queued behind the owner's own leases here). Affinity and placement group requests stay
+where they were sent, and so do requests whose large arguments are here (the sender weighed
+the wait here against moving them).
 
 After spilling a request to a node, the view counts its resources there as taken until the
 next broadcast or clock tick (the node's figures may not change at all when its lease comes
@@ -97,6 +99,12 @@ class Infeasible:
 def node_name(node_id: bytes) -> str:
     """A node as placement reasons name it: the first 8 hex digits of its id."""
     return node_id.hex()[:8]
+
+
+def _pinned(request: LeaseRequest) -> bool:
+    """Whether the request's strategy names where it runs (affinity, placement group): it is
+    not moved on to another node once it is there."""
+    return bool(request.strategy) and request.strategy[0] != "SPREAD"
 
 
 def _has(total: dict[str, float], resources: dict[str, float]) -> bool:
@@ -247,13 +255,13 @@ class ClusterScheduler:
 
     def _rebalance(self) -> list:
         """Requests queued here for want of resources go to nodes that have them free now
-        (DEFAULT ones: SPREAD, affinity and placement group requests stay where they were
+        (DEFAULT and SPREAD ones: affinity and placement group requests stay where they were
         sent; a spilled one once it has waited ``SPILL_SETTLE_S`` here)."""
         moved = []
         if self.nodes:
             settled = self.local.clock() - SPILL_SETTLE_S
             for request in self.local.waiting_for_resources():
-                if request.strategy or (request.spilled and (self._stays(request)
+                if _pinned(request) or (request.spilled and (self._stays(request)
                                                              or request.arrived > settled)):
                     continue
                 best = self._best_free(request.resources)
@@ -262,10 +270,10 @@ class ClusterScheduler:
         return moved + self.local.withdraw([s.request for s in moved]) if moved else []
 
     def _stays(self, request: LeaseRequest) -> bool:
-        """A request spilled here that does not move on: one with a strategy, or whose large
-        arguments are here."""
-        return bool(request.strategy) or bool(request.locality
-                                              and request.locality[0] == self.node_id)
+        """A request spilled here that does not move on: one pinned by its strategy, or whose
+        large arguments are here."""
+        return _pinned(request) or bool(request.locality
+                                        and request.locality[0] == self.node_id)
 
     def _moved_reason(self, request: LeaseRequest) -> str:
         how = ONWARD if request.spilled else "spilled back from "

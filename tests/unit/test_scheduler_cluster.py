@@ -190,14 +190,37 @@ def test_a_request_spilled_here_for_its_arguments_stays_here() -> None:
     assert s.tick() == [] and list(s.local.queue) == [request]
 
 
-def test_spread_and_affinity_requests_spilled_here_stay_here() -> None:
+def test_affinity_and_placement_group_requests_spilled_here_stay_here() -> None:
     s = cluster({"CPU": 1.0}, row(B, {"CPU": 4.0}))
     s.request_lease(req(1))
-    for i, strategy in enumerate((["SPREAD"], ["NODE_AFFINITY", HERE, False]), start=2):
+    pinned = (["NODE_AFFINITY", HERE, False], ["PLACEMENT_GROUP", b"g" * 16, -1])
+    for i, strategy in enumerate(pinned, start=2):
         request = spilled(i)
         request.strategy = strategy
         assert s.request_lease(request) == []
     assert len(s.local.queue) == 2 and s.tick() == []
+
+
+def test_a_spread_request_spilled_to_a_busy_node_moves_on_to_a_free_one() -> None:
+    # The sender's SPREAD picked this node from a stale view; here the owner's own lease
+    # holds the CPU, and B is free: waiting here could outlast every task of the burst.
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 1.0}))
+    s.request_lease(req(1))
+    request = spilled(2, reason="SPREAD")
+    request.strategy = ["SPREAD"]
+    (spill,) = s.request_lease(request)
+    assert isinstance(spill, Spill) and spill.node_id == B and not s.local.queue
+    assert spill.reason.startswith(f"spilled on from {node_name(HERE)}")
+
+
+def test_a_queued_spread_request_moves_on_when_a_node_frees_up() -> None:
+    clock = [0.0]
+    s = cluster({"CPU": 1.0}, row(B, {"CPU": 1.0}, {"CPU": 0.0}))
+    s.local.clock = lambda: clock[0]
+    s.request_lease(req(1))
+    assert s.request_lease(req(2, strategy=["SPREAD"])) == [] and len(s.local.queue) == 1
+    (spill, *_) = s.update_nodes([row(B, {"CPU": 1.0})])
+    assert isinstance(spill, Spill) and spill.node_id == B and not s.local.queue
 
 
 def test_spread_goes_round_robin_over_the_nodes() -> None:
@@ -305,8 +328,9 @@ def test_every_request_gets_one_answer_that_fits_the_view(here: dict, events: li
                 assert all(node.total.get(k, 0.0) >= v for k, v in action.request.resources.items())
                 request = action.request
                 assert not (request.spilled and request.strategy
+                            and request.strategy[0] != "SPREAD"
                             and not s.local.missing(request.resources)), \
-                    "a spilled SPREAD or affinity request that fits here moved on"
+                    "a spilled affinity request that fits here moved on"
 
     for event in events:
         if event[0] == "request":
