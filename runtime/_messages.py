@@ -384,6 +384,15 @@ class ReturnLease(Message):
     worker_failed: bool
 
 
+@_message(37)
+class CancelLeaseRequests(Message):
+    """The owner no longer needs its lease requests of ``scheduling_key`` that wait at this
+    raylet: they are answered ``{"cancelled": True}`` (one already granted or spilled on is
+    answered as it was)."""
+
+    scheduling_key: str
+
+
 @_message(33)
 class NotifyBlocked(Message):
     pass

@@ -178,8 +178,8 @@ class ClusterScheduler:
     def withdraw_where(self, pick: Callable[[LeaseRequest], bool]
                        ) -> tuple[list[LeaseRequest], list]:
         """Take out the requests, parked or queued here, that ``pick`` selects (those of a
-        placement group that was removed); returns them (to refuse) and what their absence
-        lets through."""
+        placement group that was removed, those their owner cancelled); returns them (to
+        answer) and what their absence lets through."""
         parked = [r for r in self.parked if pick(r)]
         if parked:
             self.parked = [r for r in self.parked if not pick(r)]

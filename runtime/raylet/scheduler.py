@@ -44,6 +44,7 @@ class LeaseRequest:
     task_s: float = 0.0  # the owner's mean run time of such tasks (0: unknown)
     locality: list | None = None  # [node_id, bytes]: where most argument bytes are
     arrived: float = 0.0  # when a spilled request reached this node (the local clock)
+    key: str = ""  # the owner's scheduling key, by which it cancels requests it no longer needs
 
 
 @dataclass(slots=True)

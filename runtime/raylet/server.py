@@ -116,6 +116,7 @@ class Raylet:
             m.RegisterClient: self.register_client,
             m.RequestLease: self.request_lease,
             m.ReturnLease: self.return_lease,
+            m.CancelLeaseRequests: self.cancel_lease_requests,
             m.ShrinkLease: lambda conn, msg: self._carry_out(
                 self.scheduler.shrink_lease(msg.lease_id, msg.resources)),
             m.NotifyBlocked: self.notify_blocked,
@@ -235,13 +236,23 @@ class Raylet:
         self._lease_futures[request_id] = future
         request = LeaseRequest(request_id, msg.resources, conn, msg.kind, msg.strategy,
                                msg.spilled, msg.wait_infeasible, msg.reason or "local",
-                               msg.task_s, msg.locality)
+                               msg.task_s, msg.locality, key=msg.scheduling_key)
         if msg.strategy and msg.strategy[0] == "PLACEMENT_GROUP" and \
                 self.bundles.was_removed(msg.strategy[1]):
             self._carry_out([Reject(request, _removed(msg.strategy[1]))])
         else:
             self._carry_out(self.cluster.request_lease(request))
         return future
+
+    def cancel_lease_requests(self, conn: Connection, msg: m.CancelLeaseRequests) -> None:
+        key = msg.scheduling_key
+        cancelled, actions = self.cluster.withdraw_where(
+            lambda r: r.owner is conn and r.key == key)
+        for request in cancelled:
+            future = self._lease_futures.pop(request.request_id)
+            if not future.done():
+                future.set_result({"cancelled": True})
+        self._carry_out(actions)
 
     def return_lease(self, conn: Connection, msg: m.ReturnLease) -> None:
         lease = self.scheduler.leases.get(msg.lease_id)

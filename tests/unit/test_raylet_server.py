@@ -41,3 +41,21 @@ def test_requests_of_a_departed_owner_leave_no_future_behind() -> None:
         assert future.cancelled() and not raylet._lease_futures
 
     asyncio.run(run())
+
+
+def test_an_owner_cancels_only_its_own_requests_of_one_key() -> None:
+    async def run() -> None:
+        raylet = Raylet(node_id=b"n", resources={"CPU": 1.0}, store=ObjectStore(2**20),
+                        store_name="s", pool=StubPool(), prestart=0, limits=PoolLimits())
+        owner, other = StubConnection("127.0.0.1:1"), StubConnection("127.0.0.1:2")
+        mine = [raylet.request_lease(owner, m.RequestLease({"CPU": 1.0}, "k", "task"))
+                for _ in range(2)]
+        other_key = raylet.request_lease(owner, m.RequestLease({"CPU": 1.0}, "j", "task"))
+        theirs = raylet.request_lease(other, m.RequestLease({"CPU": 1.0}, "k", "task"))
+        raylet.cancel_lease_requests(owner, m.CancelLeaseRequests("k"))
+        assert [f.result() for f in mine] == [{"cancelled": True}] * 2
+        assert not other_key.done() and not theirs.done()
+        assert len(raylet.scheduler.queue) == 2 and len(raylet._lease_futures) == 2
+        raylet.cancel_lease_requests(owner, m.CancelLeaseRequests("k"))  # again: nothing
+
+    asyncio.run(run())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cellfleet.core.submitter import LOCALITY_MIN_BYTES, argument_locality
+from cellfleet.core.submit_queues import LOCALITY_MIN_BYTES, argument_locality
 from cellfleet.raylet.cluster_scheduler import ClusterScheduler, Spill, node_name
 from cellfleet.raylet.scheduler import Grant, LeaseRequest, LocalScheduler
 
