@@ -3,10 +3,10 @@ worker: the owner's task submission decisions, as an I/O-free state class.
 
 Tasks whose arguments are ready wait in a queue per scheduling key (their resource shape,
 strategy and, for large arguments, the node holding them). Each key keeps one lease request
-under way (a SPREAD key up to ``SPREAD_LEASES_IN_FLIGHT``, so that one request queued behind
-the owner's own leases on a node a raylet's stale view showed free does not keep the others
-from the rest of the nodes; when a SPREAD queue empties, its requests still under way are
-cancelled, so that the next burst asks afresh).
+under way (a burst of short SPREAD tasks up to ``SPREAD_LEASES_IN_FLIGHT``, so that one queued
+behind the owner's own leases on a node a raylet's stale view showed free does not keep the
+others from the rest of the nodes; when a SPREAD queue empties, its requests still under way
+are cancelled, so that the next burst asks afresh).
 
 A worker runs one task at a time; it is sent more than one only for functions whose tasks have
 proven short, so a burst of tiny tasks is pipelined (``PIPELINE_DEPTH``) while long tasks still
@@ -397,7 +397,7 @@ class SubmitQueues:
                         self._push(worker, batch, actions)
                     if not tasks:
                         break
-        limit = min(len(tasks), SPREAD_LEASES_IN_FLIGHT if queue.spread else 1)
+        limit = min(len(tasks), self._asks_in_flight(queue)) if tasks else 0
         if len(queue.asks) < limit:
             task_s = self.durations.get(tasks[0].function_id, 0.0)
             queue.lease_asked = self._clock()
@@ -458,6 +458,14 @@ class SubmitQueues:
         if len(worker.in_flight) >= depth or not self._is_short(spec.function_id):
             return False
         return all(self._is_short(function_id) for function_id in worker.functions)
+
+    def _asks_in_flight(self, queue: KeyQueue) -> int:
+        """How many lease requests the queue keeps under way: one, but several for a burst
+        of short SPREAD tasks (tasks not known short each take a worker of their own, and
+        one request at a time keeps the raylets' round robin exact)."""
+        if queue.spread and self._is_short(queue.tasks[0].function_id):
+            return SPREAD_LEASES_IN_FLIGHT
+        return 1
 
     def _is_short(self, function_id: bytes) -> bool:
         avg = self.durations.get(function_id)

@@ -313,30 +313,40 @@ def test_a_task_that_runs_long_has_its_followers_taken_back() -> None:
     owner.check()
 
 
-def test_spread_tasks_ask_for_several_leases_and_spread_evenly() -> None:
-    owner = Owner()
-    for n in range(1, 9):
+def test_a_burst_of_short_spread_tasks_asks_for_several_leases() -> None:
+    owner = owner_with_a_worker()
+    for n in range(2, 12):
         owner.submit(n, SHORT, True)
     assert len(owner.asks) == SPREAD_LEASES_IN_FLIGHT
     for _ in range(3):
         owner.grant(0)
         owner.connect(0, True)
-    assert sorted(len(w.in_flight) for w in owner.workers) == [1, 1, 1]
+    spread_workers = [w for w in owner.workers if w.key != owner.workers[0].key]
+    assert sorted(len(w.in_flight) for w in spread_workers) == [2, 2, 2]  # evenly, 2 deep
     owner.check()
 
 
-def test_a_spread_queue_that_empties_cancels_its_lease_requests() -> None:
+def test_spread_tasks_not_known_short_ask_for_one_lease_at_a_time() -> None:
     owner = Owner()
-    for n in range(1, 4):
-        owner.submit(n, SHORT, True)
-    assert len(owner.asks) == 3
+    for n in range(1, 7):
+        owner.submit(n, LONG, True)
+    assert len(owner.asks) == 1  # each takes a worker: the raylets' round robin stays exact
     owner.grant(0)
-    owner.connect(0, True)  # takes one task: two wait, two requests still under way
-    owner.results([0])  # the two go to it: the queue is empty
-    assert owner.cancelled == {a.ask_id for a in owner.asks} and len(owner.cancelled) == 2
-    owner.submit(4, SHORT, True)
-    owner.submit(5, SHORT, True)
-    owner.submit(6, SHORT, True)
+    owner.connect(0, True)
+    assert len(owner.asks) == 1 and len(owner.workers[0].in_flight) == 1
+
+
+def test_a_spread_queue_that_empties_cancels_its_lease_requests() -> None:
+    owner = owner_with_a_worker()
+    for n in range(2, 6):
+        owner.submit(n, SHORT, True)
+    assert len(owner.asks) == 4
+    owner.grant(0)
+    owner.connect(0, True)  # takes two tasks: two wait, three requests still under way
+    owner.results([1, 1])  # the two go to it: the queue is empty
+    assert owner.cancelled == {a.ask_id for a in owner.asks} and len(owner.cancelled) == 3
+    for n in range(10, 13):
+        owner.submit(n, SHORT, True)
     fresh = [a for a in owner.asks if a.ask_id not in owner.cancelled]
     assert fresh, "the next burst asks afresh"
     owner.grant(0)  # a cancelled request's lease that comes anyway is used
