@@ -188,7 +188,10 @@ class KernelProcess:
 
     def execute(self, code: str, timeout: float = 60, **kwargs: Any) -> Cell:
         """Run a cell; returns once it is done and its output is flushed (status idle)."""
-        msg_id = self.submit(code, **kwargs)
+        return self.finish(self.submit(code, **kwargs), timeout)
+
+    def finish(self, msg_id: str, timeout: float = 60) -> Cell:
+        """The submitted cell ``msg_id``, once it is done and its output is flushed."""
         reply = self.reply(msg_id, timeout)
         self.wait_for(lambda: any(m["msg_type"] == "status" and
                                   m["content"]["execution_state"] == "idle"
