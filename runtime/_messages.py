@@ -362,8 +362,9 @@ class RequestLease(Message):
     """``kind``: "task", "actor" (dies with its owner) or "detached_actor"; ``strategy``:
     ``util.scheduling_strategies.strategy_to_wire``. Answered ``[lease_id, worker_id,
     address, node_id, reason]`` (granted), ``{"spill": raylet_address, "node_id", "reason"}``
-    (ask that node's raylet, with ``spilled`` and that ``reason``) or ``{"infeasible":
-    reason}`` (no node fits: ask again with ``wait_infeasible`` to wait for one).
+    (ask that node's raylet, with ``spilled`` and that ``reason``), ``{"infeasible":
+    reason}`` (no node fits: ask again with ``wait_infeasible`` to wait for one) or
+    ``{"cancelled": True}`` (the owner sent ``CancelLeaseRequests`` for its key).
     ``task_s``: the owner's mean run time of such tasks (0: unknown), for wait estimates;
     ``locality``: ``[node_id, bytes]``, the node holding most of the tasks' argument bytes."""
 
